@@ -1,0 +1,178 @@
+// The backend interface: every op the model and the trainers need, forward and backward.
+//
+// Two implementations: src/ops/cpu/ (the reference: plain C++, OpenMP over the cores) and
+// cuda/ (CUDA + cuBLAS). Each op lives in a file named after it in both places, forward
+// and backward side by side, with the math in a comment on top.
+//
+// Conventions (all ops):
+// - float32, row-major, contiguous. All pointers live on the backend's device (host
+//   memory for the CPU backend). Integer inputs (tokens, targets, lengths, rows) are int32.
+// - B = batch, T = padded sequence length, C = width, NH = heads, N = B*T rows,
+//   V = real vocabulary, Vp = vocabulary padded to a multiple of 64.
+// - Linear weights are stored output-major, W[OC][IC] (torch.nn.Linear's layout), so
+//   y = x·Wᵀ + b. The tied LM head is then matmul_forward(logits, x, wte, null, N, C, Vp).
+//   (Hugging Face's Conv1D stores W[IC][OC]; import/export transpose.)
+// - Gradients of PARAMETERS always accumulate (+=), so gradient accumulation is free.
+// - Gradients of ACTIVATIONS overwrite (=), except layernorm_backward's dinp, which
+//   accumulates because LayerNorm's input is always the residual stream, whose gradient
+//   is the sum of the skip path and the branch.
+// - Sequences are right-padded: sequence b has lengths[b] real tokens (1 <= len <= T).
+//   Attention is causal, so padding can never change a real position's result; ops that
+//   take lengths also skip and zero the padded rows.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace hh {
+
+enum class DeviceKind { CPU, CUDA };
+
+struct AdamWParams {
+  float lr = 3e-4f;
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;  // applied decoupled: p -= lr * wd * p
+  int64_t step = 1;           // 1-based, for bias correction
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual DeviceKind kind() const = 0;
+  virtual std::string name() const = 0;  // "cpu", "cuda:0 (NVIDIA H100 ...)"
+
+  // ---- memory ----
+  // alloc throws hh::Error naming the size asked for (and, on a GPU, the size free).
+  virtual void* alloc_bytes(size_t bytes) = 0;
+  virtual void free_bytes(void* p) = 0;
+  virtual void copy_to_device(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void copy_to_host(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy_on_device(void* dst, const void* src, size_t bytes) = 0;
+  virtual void fill_zero(void* p, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+  virtual size_t peak_bytes() const = 0;  // high-water mark of alloc_bytes
+
+  // ---- embedding: out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:] ----
+  virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte,
+                                 const float* wpe, int B, int T, int C) = 0;
+  // dwte[tokens[b,t],:] += dout[b,t,:]; dwpe[t,:] += dout[b,t,:] (deterministic order).
+  virtual void embedding_backward(float* dwte, float* dwpe, const float* dout,
+                                  const int32_t* tokens, int B, int T, int C) = 0;
+
+  // ---- LayerNorm over the last dim, eps = 1e-5: out = (x-μ)·rstd·w + b ----
+  // mean[N] and rstd[N] are saved for the backward pass.
+  virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                                 const float* weight, const float* bias, int N, int C) = 0;
+  // dinp += ..., dweight += ..., dbias += ...
+  virtual void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                                  const float* inp, const float* weight, const float* mean,
+                                  const float* rstd, int N, int C) = 0;
+
+  // ---- matmul with bias: out[N,OC] = inp[N,IC]·weight[OC,IC]ᵀ + bias[OC] ----
+  // bias may be null.
+  virtual void matmul_forward(float* out, const float* inp, const float* weight,
+                              const float* bias, int N, int IC, int OC) = 0;
+  // dinp = dout·weight (overwrite; skipped when dinp is null), dweight += doutᵀ·inp,
+  // dbias += Σ_rows dout (skipped when null).
+  virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                               const float* inp, const float* weight, int N, int IC, int OC) = 0;
+
+  // ---- causal multi-head attention over variable-length sequences ----
+  // qkv[B,T,3C] holds q, k, v (each C = NH·hs wide, head h at columns h·hs..). Scale 1/√hs.
+  // out[B,T,C]; rows t >= lengths[b] are written as 0. `saved` holds what the backward
+  // pass needs, attention_saved_floats(B,T,NH) floats (the CPU keeps the probabilities).
+  virtual size_t attention_saved_floats(int B, int T, int NH) const = 0;
+  virtual void attention_forward(float* out, float* saved, const float* qkv,
+                                 const int32_t* lengths, int B, int T, int C, int NH) = 0;
+  // dqkv = ... (overwrite, zero on padded rows).
+  virtual void attention_backward(float* dqkv, const float* dout, const float* qkv,
+                                  const float* saved, const int32_t* lengths, int B, int T,
+                                  int C, int NH) = 0;
+
+  // ---- tanh-GELU: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) ----
+  virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
+  virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) = 0;
+
+  // ---- residual: out = a + b (its backward is the identity, see the note above) ----
+  virtual void residual_forward(float* out, const float* a, const float* b, size_t n) = 0;
+
+  // ---- fused softmax cross-entropy over the first V of Vp columns ----
+  // losses[i] = -log softmax(logits[i,:V])[targets[i]]; targets[i] < 0 means "no loss":
+  // losses[i] = 0. Padded columns V..Vp-1 never enter the softmax.
+  virtual void crossentropy_forward(float* losses, const float* logits, const int32_t* targets,
+                                    int N, int V, int Vp) = 0;
+  // dlogits[i,:] = dlosses[i]·(softmax(logits[i,:V]) - onehot(targets[i])), 0 on padded
+  // columns and on rows with targets[i] < 0. dlogits may alias logits (in place: no second
+  // logits-sized buffer). The loss mask and the mean's 1/count live in dlosses.
+  virtual void crossentropy_backward(float* dlogits, const float* logits, const int32_t* targets,
+                                     const float* dlosses, int N, int V, int Vp) = 0;
+
+  // ---- rows, for the scalar head: out[m,:] = inp[rows[m],:] ----
+  virtual void gather_rows(float* out, const float* inp, const int32_t* rows, int M, int C) = 0;
+  // dinp[rows[m],:] += dout[m,:]
+  virtual void scatter_add_rows(float* dinp, const float* dout, const int32_t* rows, int M,
+                                int C) = 0;
+
+  // ---- optimizer and gradient utilities over flat buffers ----
+  // AdamW (Loshchilov & Hutter): m = β1·m + (1-β1)·g; v = β2·v + (1-β2)·g²;
+  // p -= lr·( m̂/(√v̂ + eps) + wd·p ), m̂ = m/(1-β1^t), v̂ = v/(1-β2^t).
+  virtual void adamw_update(float* params, const float* grads, float* m, float* v, size_t n,
+                            const AdamWParams& hp) = 0;
+  // Σ x², accumulated in double, returned on the host (synchronises).
+  virtual double sum_squares(const float* x, size_t n) = 0;
+  // x *= s
+  virtual void scale(float* x, float s, size_t n) = 0;
+  // y += x
+  virtual void add_inplace(float* y, const float* x, size_t n) = 0;
+};
+
+// "cpu", "cuda", or "auto" (cuda when a GPU is present and hh was built with CUDA).
+std::unique_ptr<Backend> make_backend(const std::string& device);
+std::unique_ptr<Backend> make_cpu_backend();
+#ifdef HH_WITH_CUDA
+std::unique_ptr<Backend> make_cuda_backend(int device_index);  // cuda/backend.cu
+bool cuda_device_available();
+#endif
+
+// Owning device buffer of T, freed through the backend that allocated it.
+template <typename T>
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend& be, size_t n) : be_(&be), n_(n) {
+    if (n) p_ = static_cast<T*>(be.alloc_bytes(n * sizeof(T)));
+  }
+  ~Buffer() { reset(); }
+  Buffer(Buffer&& o) noexcept : be_(o.be_), p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      be_ = o.be_; p_ = o.p_; n_ = o.n_;
+      o.p_ = nullptr; o.n_ = 0;
+    }
+    return *this;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  void reset() {
+    if (p_) be_->free_bytes(p_);
+    p_ = nullptr;
+    n_ = 0;
+  }
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  size_t size() const { return n_; }
+  size_t bytes() const { return n_ * sizeof(T); }
+  Backend& backend() const { return *be_; }
+
+ private:
+  Backend* be_ = nullptr;
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+}  // namespace hh
