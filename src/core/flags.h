@@ -39,7 +39,8 @@ class Flags {
   double get_float(const std::string& name) const;
   bool get_bool(const std::string& name) const;
   bool is_set(const std::string& name) const;  // given on the command line
-  void set(const std::string& name, const std::string& value);  // programmatic override
+  // Programmatic override, validated like a command-line value; does not change is_set().
+  void set(const std::string& name, const std::string& value);
   std::string help() const;
   // All flag values as a JSON object text (recorded in run directories and checkpoints).
   std::string to_json() const;

@@ -128,6 +128,8 @@ class Parser {
       while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') ++pos_;
       if (pos_ == d) fail("expected a digit");
     };
+    if (pos_ + 1 < s_.size() && s_[pos_] == '0' && s_[pos_ + 1] >= '0' && s_[pos_ + 1] <= '9')
+      fail("leading zero in number");
     digits();
     if (pos_ < s_.size() && s_[pos_] == '.') {
       ++pos_;
@@ -338,7 +340,9 @@ void Json::dump_to(std::string& out) const {
         out += std::to_string(static_cast<int64_t>(num_));
       } else {
         char buf[32];
-        std::snprintf(buf, sizeof buf, "%.9g", num_);
+        // Shortest of %.15g / %.17g that reads back as the same double.
+        std::snprintf(buf, sizeof buf, "%.15g", num_);
+        if (std::strtod(buf, nullptr) != num_) std::snprintf(buf, sizeof buf, "%.17g", num_);
         out += buf;
       }
       break;

@@ -32,10 +32,13 @@ class MetricsLogger {
 class Progress {
  public:
   explicit Progress(int64_t total_steps);
+  // Restarts the clock with `steps_done`/`items_done` already done (e.g. a resumed run),
+  // so the rate and ETA count only work from now on. The constructor starts from 0, 0.
+  void start(int64_t steps_done = 0, double items_done = 0);
   // Marks `steps_done` steps and `items_done` items (tokens, pairs, ...) done so far.
   void update(int64_t steps_done, double items_done);
   double items_per_second() const;
-  double eta_seconds() const;
+  double eta_seconds() const;  // negative while unknown (no step done since start)
   double elapsed_seconds() const;
   // "step 120/1000 | 8.1k tok/s | 00:14 elapsed | ETA 01:42"
   std::string line(const char* item_unit = "tok") const;
@@ -47,6 +50,6 @@ class Progress {
   Clock::time_point start_;
 };
 
-std::string format_duration(double seconds);  // "1:02:03" or "02:03"
+std::string format_duration(double seconds);  // "1:02:03" or "02:03"; "--:--" if < 0
 
 }  // namespace hh
