@@ -117,6 +117,36 @@ class Backend {
   virtual void scatter_add_rows(float* dinp, const float* dout, const int32_t* rows, int M,
                                 int C) = 0;
 
+  // ---- generation with a KV cache (cpu/decode.cpp, cuda/decode.cu) ----
+  // M rows, each one sequence at its own position. Caches are [S][max_len][C] (S slots,
+  // one per sequence); row m belongs to slot slots[m] and sits at position positions[m].
+  // out[m,:] = wte[tokens[m],:] + wpe[positions[m],:]
+  virtual void embedding_forward_at(float* out, const int32_t* tokens, const int32_t* positions,
+                                    const float* wte, const float* wpe, int M, int C) = 0;
+  // kcache[slots[m], positions[m], :] = k of qkv[m,:]; vcache likewise with v (qkv as in
+  // attention_forward: q | k | v, each C wide). Rows with positions[m] < 0 are skipped.
+  virtual void kv_cache_write(float* kcache, float* vcache, const float* qkv,
+                              const int32_t* slots, const int32_t* positions, int M, int max_len,
+                              int C) = 0;
+  // Attention of row m's query (the q part of qkv[m,:]) over its slot's cached keys and
+  // values 0..positions[m] (inclusive: write the row's own k,v first). Per head h, with
+  // hs = C/NH and scale 1/√hs: out[m,h] = Σ_t softmax_t(scale·q_h·k_h[t])·v_h[t].
+  virtual void attention_decode(float* out, const float* qkv, const float* kcache,
+                                const float* vcache, const int32_t* slots,
+                                const int32_t* positions, int M, int max_len, int C,
+                                int NH) = 0;
+
+  // Draws one token from each row of logits [M, Vp] (the first V columns only), so that
+  // only M ids and log-probs leave the device:
+  //   tokens[m] = argmax_v logits[m,v]/temperature + G(seeds[m], v)   (Gumbel-max: an exact
+  //               draw from softmax(logits[m,:V]/temperature)); temperature 0: argmax_v
+  //               logits[m,v] (greedy). Ties go to the smallest v.
+  //   logprobs[m] = logits[m,tokens[m]] - log Σ_v exp(logits[m,v])  (at temperature 1).
+  //   G(s, v) = -log(-log(u)), u = ((mix64(s + 0x9e3779b97f4a7c15·(v+1)) >> 40) + 0.5)/2^24,
+  //   mix64 = splitmix64's finaliser. seeds[M] (device) come from the caller's Rng.
+  virtual void sample_rows(int32_t* tokens, float* logprobs, const float* logits,
+                           const uint64_t* seeds, float temperature, int M, int V, int Vp) = 0;
+
   // ---- optimizer and gradient utilities over flat buffers ----
   // AdamW (Loshchilov & Hutter): m = β1·m + (1-β1)·g; v = β2·v + (1-β2)·g²;
   // p -= lr·( m̂/(√v̂ + eps) + wd·p ), m̂ = m/(1-β1^t), v̂ = v/(1-β2^t).

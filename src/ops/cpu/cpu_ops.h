@@ -27,6 +27,7 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
                     int IC, int OC);
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                      const float* inp, const float* weight, int N, int IC, int OC);
+const char* matmul_kernel_name();  // micro-kernel in use, e.g. "avx512-14x32"
 // attention.cpp
 size_t attention_saved_floats(int B, int T, int NH);
 void attention_forward(float* out, float* saved, const float* qkv, const int32_t* lengths, int B,
@@ -46,6 +47,16 @@ void crossentropy_backward(float* dlogits, const float* logits, const int32_t* t
 // rows.cpp
 void gather_rows(float* out, const float* inp, const int32_t* rows, int M, int C);
 void scatter_add_rows(float* dinp, const float* dout, const int32_t* rows, int M, int C);
+// decode.cpp (generation with a KV cache)
+void embedding_forward_at(float* out, const int32_t* tokens, const int32_t* positions,
+                          const float* wte, const float* wpe, int M, int C);
+void kv_cache_write(float* kcache, float* vcache, const float* qkv, const int32_t* slots,
+                    const int32_t* positions, int M, int max_len, int C);
+void attention_decode(float* out, const float* qkv, const float* kcache, const float* vcache,
+                      const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
+                      int NH);
+void sample_rows(int32_t* tokens, float* logprobs, const float* logits, const uint64_t* seeds,
+                 float temperature, int M, int V, int Vp);
 // adamw.cpp (also the flat-buffer utilities)
 void adamw_update(float* params, const float* grads, float* m, float* v, size_t n,
                   const AdamWParams& hp);

@@ -1,0 +1,261 @@
+// CudaBackend: hh::Backend on one GPU. One stream per backend; cuBLAS and cuBLASLt bound
+// to it with a fixed workspace we allocate (so cuBLAS never allocates inside a step);
+// memory through plain cudaMalloc (never managed memory) with a byte count per pointer
+// for the peak; the ops themselves live in one .cu per op family (cuda_ops.cuh).
+//
+// Environment switches, read when the backend is made:
+//   HH_CUDA_TF32=0  exact fp32 matmuls (default 1: TF32 tensor cores)
+//   HH_CUDA_LT=0    plain cublasSgemm + bias kernel instead of the cuBLASLt bias epilogue
+//   HH_CUDA_FLASH=1 fused flash-style attention (saved = log-sum-exp, no T×T matrices)
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "common.cuh"
+#include "cuda_ops.cuh"
+#include "ops/ops.h"
+
+namespace hh {
+namespace cuda {
+
+// out[c] += Σ_chunk partials[chunk][c], summed in chunk order (deterministic).
+__global__ void column_sum_finish_kernel(float* out, const float* partials, int chunks, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float total = 0.0f;
+  for (int r = 0; r < chunks; r++) total += partials[static_cast<size_t>(r) * C + c];
+  out[c] += total;
+}
+
+void column_sum_finish(Context& ctx, float* out, const float* partials, int chunks, int C) {
+  column_sum_finish_kernel<<<ceil_div(C, 256), 256, 0, ctx.stream>>>(out, partials, chunks, C);
+  CUDA_CHECK_LAUNCH();
+}
+
+namespace {
+
+bool env_flag(const char* name, bool default_value) {
+  const char* s = std::getenv(name);
+  if (!s || !*s) return default_value;
+  return !(std::strcmp(s, "0") == 0 || std::strcmp(s, "false") == 0 || std::strcmp(s, "off") == 0);
+}
+
+constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;  // 32 MiB, Hopper's recommendation
+
+std::string gib(size_t bytes) {
+  return str_cat(static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0), " GiB");
+}
+
+}  // namespace
+
+class CudaBackend : public Backend {
+ public:
+  explicit CudaBackend(int device_index) {
+    int count = 0;
+    CUDA_CHECK(cudaGetDeviceCount(&count));
+    HH_CHECK(device_index >= 0 && device_index < count, "cuda: device index ", device_index,
+             " out of range: this machine has ", count, " CUDA device(s)");
+    ctx_.device = device_index;
+    CUDA_CHECK(cudaSetDevice(device_index));
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device_index));
+    name_ = str_cat("cuda:", device_index, " (", prop.name, ")");
+    ctx_.num_sms = prop.multiProcessorCount;
+    ctx_.tf32 = env_flag("HH_CUDA_TF32", true);
+    ctx_.use_lt = env_flag("HH_CUDA_LT", true);
+    ctx_.flash = env_flag("HH_CUDA_FLASH", false);
+    ctx_.alloc = [this](size_t bytes) { return alloc_bytes(bytes); };
+    ctx_.free = [this](void* p) { free_bytes(p); };
+
+    CUDA_CHECK(cudaStreamCreateWithFlags(&ctx_.stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&ctx_.cublas));
+    CUBLAS_CHECK(cublasSetStream(ctx_.cublas, ctx_.stream));
+    CUBLAS_CHECK(cublasSetMathMode(ctx_.cublas,
+                                   ctx_.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    ctx_.cublas_workspace = alloc_bytes(kCublasWorkspaceBytes);
+    ctx_.cublas_workspace_bytes = kCublasWorkspaceBytes;
+    CUBLAS_CHECK(cublasSetWorkspace(ctx_.cublas, ctx_.cublas_workspace, kCublasWorkspaceBytes));
+    CUBLAS_CHECK(cublasLtCreate(&ctx_.cublaslt));
+  }
+
+  ~CudaBackend() override {
+    // Destructors must not throw: errors here are ignored (the process is ending or the
+    // device is already in an error state that an earlier call reported).
+    cudaStreamSynchronize(ctx_.stream);
+    if (ctx_.cublaslt) cublasLtDestroy(ctx_.cublaslt);
+    if (ctx_.cublas) cublasDestroy(ctx_.cublas);
+    if (ctx_.scratch_ptr) cudaFree(ctx_.scratch_ptr);
+    if (ctx_.cublas_workspace) cudaFree(ctx_.cublas_workspace);
+    if (ctx_.stream) cudaStreamDestroy(ctx_.stream);
+  }
+
+  DeviceKind kind() const override { return DeviceKind::CUDA; }
+  std::string name() const override { return name_; }
+
+  // ---- memory ----
+  void* alloc_bytes(size_t bytes) override {
+    if (bytes == 0) return nullptr;
+    void* p = nullptr;
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // clear the sticky-free error so later calls work
+      size_t free_bytes = 0, total_bytes = 0;
+      cudaMemGetInfo(&free_bytes, &total_bytes);
+      HH_FAIL(name_, ": out of memory: asked for ", bytes, " bytes (", gib(bytes), "), ",
+              free_bytes, " bytes (", gib(free_bytes), ") free of ", total_bytes, " (",
+              gib(total_bytes), "); this backend holds ", current_bytes_, " bytes (",
+              cudaGetErrorString(err), ")");
+    }
+    sizes_[p] = bytes;
+    current_bytes_ += bytes;
+    if (current_bytes_ > peak_bytes_) peak_bytes_ = current_bytes_;
+    return p;
+  }
+
+  void free_bytes(void* p) override {
+    if (!p) return;
+    auto it = sizes_.find(p);
+    HH_CHECK(it != sizes_.end(), name_, ": free_bytes of a pointer this backend did not allocate");
+    current_bytes_ -= it->second;
+    sizes_.erase(it);
+    CUDA_CHECK(cudaFree(p));  // waits for the device, so no kernel still uses p
+  }
+
+  // Pageable host memory: cudaMemcpyAsync returns once the source has been staged, so the
+  // caller may reuse host_src at once; the copy is ordered on our stream.
+  void copy_to_device(void* dst, const void* host_src, size_t bytes) override {
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
+  }
+  void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+  }
+  void copy_on_device(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0 || dst == src) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx_.stream));
+  }
+  void fill_zero(void* p, size_t bytes) override {
+    if (bytes == 0) return;
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, ctx_.stream));
+  }
+  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(ctx_.stream)); }
+  size_t peak_bytes() const override { return peak_bytes_; }
+
+  // ---- ops: forward to cuda/<op>.cu ----
+  void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
+                         int B, int T, int C) override {
+    cuda::embedding_forward(ctx_, out, tokens, wte, wpe, B, T, C);
+  }
+  void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
+                          int T, int C) override {
+    cuda::embedding_backward(ctx_, dwte, dwpe, dout, tokens, B, T, C);
+  }
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                         const float* weight, const float* bias, int N, int C) override {
+    cuda::layernorm_forward(ctx_, out, mean, rstd, inp, weight, bias, N, C);
+  }
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                          const float* inp, const float* weight, const float* mean,
+                          const float* rstd, int N, int C) override {
+    cuda::layernorm_backward(ctx_, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+  }
+  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+                      int IC, int OC) override {
+    cuda::matmul_forward(ctx_, out, inp, weight, bias, N, IC, OC);
+  }
+  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                       const float* inp, const float* weight, int N, int IC, int OC) override {
+    cuda::matmul_backward(ctx_, dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
+  }
+  size_t attention_saved_floats(int B, int T, int NH) const override {
+    return cuda::attention_saved_floats(ctx_, B, T, NH);
+  }
+  void attention_forward(float* out, float* saved, const float* qkv, const int32_t* lengths, int B,
+                         int T, int C, int NH) override {
+    cuda::attention_forward(ctx_, out, saved, qkv, lengths, B, T, C, NH);
+  }
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* saved,
+                          const int32_t* lengths, int B, int T, int C, int NH) override {
+    cuda::attention_backward(ctx_, dqkv, dout, qkv, saved, lengths, B, T, C, NH);
+  }
+  void gelu_forward(float* out, const float* inp, size_t n) override {
+    cuda::gelu_forward(ctx_, out, inp, n);
+  }
+  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
+    cuda::gelu_backward(ctx_, dinp, inp, dout, n);
+  }
+  void residual_forward(float* out, const float* a, const float* b, size_t n) override {
+    cuda::residual_forward(ctx_, out, a, b, n);
+  }
+  void crossentropy_forward(float* losses, const float* logits, const int32_t* targets, int N,
+                            int V, int Vp) override {
+    cuda::crossentropy_forward(ctx_, losses, logits, targets, N, V, Vp);
+  }
+  void crossentropy_backward(float* dlogits, const float* logits, const int32_t* targets,
+                             const float* dlosses, int N, int V, int Vp) override {
+    cuda::crossentropy_backward(ctx_, dlogits, logits, targets, dlosses, N, V, Vp);
+  }
+  void gather_rows(float* out, const float* inp, const int32_t* rows, int M, int C) override {
+    cuda::gather_rows(ctx_, out, inp, rows, M, C);
+  }
+  void scatter_add_rows(float* dinp, const float* dout, const int32_t* rows, int M,
+                        int C) override {
+    cuda::scatter_add_rows(ctx_, dinp, dout, rows, M, C);
+  }
+  void embedding_forward_at(float* out, const int32_t* tokens, const int32_t* positions,
+                            const float* wte, const float* wpe, int M, int C) override {
+    cuda::embedding_forward_at(ctx_, out, tokens, positions, wte, wpe, M, C);
+  }
+  void kv_cache_write(float* kcache, float* vcache, const float* qkv, const int32_t* slots,
+                      const int32_t* positions, int M, int max_len, int C) override {
+    cuda::kv_cache_write(ctx_, kcache, vcache, qkv, slots, positions, M, max_len, C);
+  }
+  void attention_decode(float* out, const float* qkv, const float* kcache, const float* vcache,
+                        const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
+                        int NH) override {
+    cuda::attention_decode(ctx_, out, qkv, kcache, vcache, slots, positions, M, max_len, C, NH);
+  }
+  void sample_rows(int32_t* tokens, float* logprobs, const float* logits, const uint64_t* seeds,
+                   float temperature, int M, int V, int Vp) override {
+    cuda::sample_rows(ctx_, tokens, logprobs, logits, seeds, temperature, M, V, Vp);
+  }
+  void adamw_update(float* params, const float* grads, float* m, float* v, size_t n,
+                    const AdamWParams& hp) override {
+    cuda::adamw_update(ctx_, params, grads, m, v, n, hp);
+  }
+  double sum_squares(const float* x, size_t n) override { return cuda::sum_squares(ctx_, x, n); }
+  void scale(float* x, float s, size_t n) override { cuda::scale(ctx_, x, s, n); }
+  void add_inplace(float* y, const float* x, size_t n) override {
+    cuda::add_inplace(ctx_, y, x, n);
+  }
+
+ private:
+  Context ctx_;
+  std::string name_;
+  std::unordered_map<void*, size_t> sizes_;
+  size_t current_bytes_ = 0;
+  size_t peak_bytes_ = 0;
+};
+
+}  // namespace cuda
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index) {
+  return std::make_unique<cuda::CudaBackend>(device_index);
+}
+
+// True when the CUDA runtime finds at least one device (false without a driver or GPU).
+bool cuda_device_available() {
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear it; "no device" is an answer, not an error
+    return false;
+  }
+  return count > 0;
+}
+
+}  // namespace hh

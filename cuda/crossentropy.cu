@@ -1,0 +1,119 @@
+// Fused softmax cross-entropy over the first V of Vp columns, one block per row.
+//   forward:  losses[i] = logsumexp(logits[i,:V]) − logits[i,targets[i]]; 0 if targets[i] < 0
+//   backward: dlogits[i,c] = dlosses[i]·(softmax(logits[i,:V])[c] − [c == targets[i]]) for c < V,
+//             0 for V ≤ c < Vp and on rows with targets[i] < 0.
+// The row's max and Σexp come from one pass with an online (running-max) update, per
+// thread and then combined across the block. The backward pass reads the whole row for
+// the reduction before any thread writes (a __syncthreads() separates them), and then
+// each thread reads and writes only its own columns, so dlogits may alias logits: no
+// second logits-sized buffer. Targets must be < V (the caller checks them on the host).
+#include <cfloat>
+
+#include "common.cuh"
+#include "cuda_ops.cuh"
+
+namespace hh::cuda {
+namespace {
+
+constexpr int kThreads = 512;
+
+struct MaxSum {
+  float max;
+  float sum;  // Σ exp(x − max)
+};
+
+__device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
+  const float m = fmaxf(a.max, b.max);
+  return {m, a.sum * expf(a.max - m) + b.sum * expf(b.max - m)};
+}
+
+// The row's (max, Σexp) over columns [0, V), identical in every thread of the block.
+__device__ MaxSum row_max_sum(const float* x, int V) {
+  __shared__ float shared_max[32];
+  __shared__ float shared_sum[32];
+  MaxSum acc{-FLT_MAX, 0.0f};
+  for (int c = threadIdx.x; c < V; c += blockDim.x) {
+    const float v = x[c];
+    if (v > acc.max) {
+      acc.sum = acc.sum * expf(acc.max - v) + 1.0f;
+      acc.max = v;
+    } else {
+      acc.sum += expf(v - acc.max);
+    }
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    MaxSum other{__shfl_xor_sync(0xffffffffu, acc.max, offset),
+                 __shfl_xor_sync(0xffffffffu, acc.sum, offset)};
+    acc = combine(acc, other);
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) {
+    shared_max[warp] = acc.max;
+    shared_sum[warp] = acc.sum;
+  }
+  __syncthreads();
+  const int num_warps = blockDim.x / 32;
+  MaxSum total{shared_max[0], shared_sum[0]};
+  for (int w = 1; w < num_warps; w++) total = combine(total, MaxSum{shared_max[w], shared_sum[w]});
+  return total;
+}
+
+__global__ void crossentropy_forward_kernel(float* losses, const float* logits,
+                                            const int32_t* targets, int V, int Vp) {
+  const int i = blockIdx.x;
+  const int target = targets[i];
+  if (target < 0) {
+    if (threadIdx.x == 0) losses[i] = 0.0f;
+    return;
+  }
+  const float* x = logits + static_cast<size_t>(i) * Vp;
+  const MaxSum ms = row_max_sum(x, V);
+  if (threadIdx.x == 0) losses[i] = logf(ms.sum) + ms.max - x[target];
+}
+
+// No __restrict__: dlogits may be logits.
+__global__ void crossentropy_backward_kernel(float* dlogits, const float* logits,
+                                             const int32_t* targets, const float* dlosses, int V,
+                                             int Vp) {
+  const int i = blockIdx.x;
+  const int target = targets[i];
+  float* dx = dlogits + static_cast<size_t>(i) * Vp;
+  if (target < 0) {
+    for (int c = threadIdx.x; c < Vp; c += blockDim.x) dx[c] = 0.0f;
+    return;
+  }
+  const float* x = logits + static_cast<size_t>(i) * Vp;
+  const MaxSum ms = row_max_sum(x, V);  // ends after a __syncthreads(): all reads done
+  __syncthreads();
+  const float dloss = dlosses[i];
+  const float inv_sum = 1.0f / ms.sum;
+  for (int c = threadIdx.x; c < Vp; c += blockDim.x) {
+    float g = 0.0f;
+    if (c < V) {
+      const float p = expf(x[c] - ms.max) * inv_sum;
+      g = dloss * (p - (c == target ? 1.0f : 0.0f));
+    }
+    dx[c] = g;
+  }
+}
+
+}  // namespace
+
+void crossentropy_forward(Context& ctx, float* losses, const float* logits, const int32_t* targets,
+                          int N, int V, int Vp) {
+  if (N <= 0) return;
+  HH_CHECK(V > 0 && V <= Vp, "crossentropy_forward: vocabulary ", V, " not in 1..", Vp);
+  crossentropy_forward_kernel<<<N, kThreads, 0, ctx.stream>>>(losses, logits, targets, V, Vp);
+  CUDA_CHECK_LAUNCH();
+}
+
+void crossentropy_backward(Context& ctx, float* dlogits, const float* logits,
+                           const int32_t* targets, const float* dlosses, int N, int V, int Vp) {
+  if (N <= 0) return;
+  HH_CHECK(V > 0 && V <= Vp, "crossentropy_backward: vocabulary ", V, " not in 1..", Vp);
+  crossentropy_backward_kernel<<<N, kThreads, 0, ctx.stream>>>(dlogits, logits, targets, dlosses, V,
+                                                               Vp);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace hh::cuda

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# GPU check for the CUDA backend (issue 4), run from the repository root on a GPU machine:
+#   bash scripts/gpu_check.sh
+# Steps (each with its own time budget; the whole script stays under ~6 minutes on an H100):
+#   0. machine and tools            4. compute-sanitizer memcheck on a small subset
+#   1. GoogleTest (built from source if the machine has none)
+#   2. configure + build for sm_90  5. benchmarks: hh-bench train --device cuda (GPT-2 124M,
+#   3. ctest (all tests)               batch 8 x 1024) and PyTorch on the same model/step
+#   6. one short table (also written to $OUT/gpu_check_summary.txt when $OUT is set)
+# Logs of every step go to build-gpu/check; with $OUT set (the remote GPU tool) the summary
+# and one file holding the tail of every log are copied there. Environment:
+#   HH_GPU_JOBS (16) build jobs; HH_GPU_SKIP_BENCH=1 skips step 5;
+#   HH_GTEST_SRC: a googletest source tree to build when find_package(GTest) fails
+#   (default: build-gpu-deps/googletest, made here by `bash scripts/gpu_deps.sh` and carried).
+set -euo pipefail
+
+ROOT="$(pwd)"
+BUILD="$ROOT/build-gpu"
+LOGDIR="$BUILD/check"
+mkdir -p "$LOGDIR"
+JOBS="${HH_GPU_JOBS:-16}"
+START=$(date +%s)
+step() { echo; echo "=== [$(($(date +%s) - START))s] $* ==="; }
+# Table rows, filled as the steps finish.
+BUILD_STATUS="not run"; TEST_STATUS="not run"; SANITIZER_STATUS="not run"
+HH_TOKS="n/a"; HH_PEAK="n/a"; TORCH_TOKS="n/a"; TORCH_PEAK="n/a"; RATIO="n/a"
+FLASH_TOKS="n/a"; FLASH_PEAK="n/a"; FLASH_RATIO="n/a"
+
+step "0. machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+nvcc --version | tail -1 || true
+cmake --version | head -1
+command -v compute-sanitizer || echo "compute-sanitizer: not on PATH"
+
+step "1. GoogleTest and zlib"
+CMAKE_EXTRA=()
+GTEST_SRC="${HH_GTEST_SRC:-$ROOT/build-gpu-deps/googletest}"
+GTEST_PREFIX="$ROOT/build-gpu-deps/gtest-install"
+probe_gtest() {
+  local d; d=$(mktemp -d)
+  printf 'cmake_minimum_required(VERSION 3.16)\nproject(p CXX)\nfind_package(GTest REQUIRED)\n' >"$d/CMakeLists.txt"
+  cmake -S "$d" -B "$d/b" "$@" >/dev/null 2>&1; local rc=$?; rm -rf "$d"; return $rc
+}
+if probe_gtest; then
+  echo "GTest: found on the system"
+elif [ -f "$GTEST_PREFIX/.built" ] || { [ -d "$GTEST_SRC" ] && timeout 120 bash -c "
+    cmake -S '$GTEST_SRC' -B '$ROOT/build-gpu-deps/gtest-build' -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_INSTALL_PREFIX='$GTEST_PREFIX' -DBUILD_GMOCK=OFF >'$LOGDIR/gtest_build.log' 2>&1 &&
+    cmake --build '$ROOT/build-gpu-deps/gtest-build' -j$JOBS >>'$LOGDIR/gtest_build.log' 2>&1 &&
+    cmake --install '$ROOT/build-gpu-deps/gtest-build' >>'$LOGDIR/gtest_build.log' 2>&1 &&
+    touch '$GTEST_PREFIX/.built'"; }; then
+  echo "GTest: built from $GTEST_SRC into $GTEST_PREFIX"
+  CMAKE_EXTRA+=("-DGTest_ROOT=$GTEST_PREFIX")
+else
+  echo "GTest: not found and no source at $GTEST_SRC (run scripts/gpu_deps.sh where apt works and carry build-gpu-deps)"
+fi
+
+# zlib (hh_data reads .jsonl.gz): the machine's, else the copy gpu_deps.sh made.
+probe_zlib() {
+  local d; d=$(mktemp -d)
+  printf 'cmake_minimum_required(VERSION 3.16)\nproject(p C)\nfind_package(ZLIB REQUIRED)\n' >"$d/CMakeLists.txt"
+  cmake -S "$d" -B "$d/b" >/dev/null 2>&1; local rc=$?; rm -rf "$d"; return $rc
+}
+if probe_zlib; then
+  echo "zlib: found on the system"
+elif [ -f "$ROOT/build-gpu-deps/zlib/include/zlib.h" ]; then
+  echo "zlib: using build-gpu-deps/zlib"
+  CMAKE_EXTRA+=("-DZLIB_ROOT=$ROOT/build-gpu-deps/zlib")
+else
+  echo "zlib: not found (configure will fail; run scripts/gpu_deps.sh and carry build-gpu-deps)"
+fi
+
+step "2. configure + build (sm_90, -j$JOBS)"
+# Keep going past a broken target (so whatever built can still be tested).
+GEN=(); KEEP_GOING=(-k)
+if command -v ninja >/dev/null && [ ! -f "$BUILD/Makefile" ]; then GEN=(-G Ninja); KEEP_GOING=(-k 0); fi
+if timeout 300 cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DHH_CUDA=ON \
+     -DCMAKE_CUDA_ARCHITECTURES=90 "${CMAKE_EXTRA[@]}" >"$LOGDIR/configure.log" 2>&1 &&
+   timeout 300 cmake --build "$BUILD" -j"$JOBS" -- "${KEEP_GOING[@]}" >"$LOGDIR/build.log" 2>&1; then
+  BUILD_STATUS="ok"
+else
+  BUILD_STATUS="FAILED (see build.log)"
+  tail -40 "$LOGDIR/configure.log" "$LOGDIR/build.log" || true
+fi
+grep -ci "warning" "$LOGDIR/build.log" | sed 's/^/build warnings: /' || true
+echo "build: $BUILD_STATUS"
+
+step "3. ctest (all tests)"
+if [ -d "$BUILD" ]; then
+  set +e
+  (cd "$BUILD" && timeout 150 ctest --output-on-failure -j8 --timeout 120) >"$LOGDIR/ctest.log" 2>&1
+  set -e
+  grep -E "tests passed|tests failed|Failed|\*\*\*" "$LOGDIR/ctest.log" | tail -20 || true
+  TEST_STATUS=$(grep -Eo "[0-9]+% tests passed, [0-9]+ tests failed out of [0-9]+" "$LOGDIR/ctest.log" || echo "no summary (see ctest.log)")
+  # The CUDA parity suite on its own, with per-test results (its skips would mean no GPU).
+  if [ -x "$BUILD/test_ops_cuda" ]; then
+    set +e
+    timeout 120 "$BUILD/test_ops_cuda" >"$LOGDIR/test_ops_cuda.log" 2>&1
+    set -e
+    grep -E "^\[  (PASSED|FAILED|SKIPPED)|^\[==========\]" "$LOGDIR/test_ops_cuda.log" | head -30 || true
+  fi
+fi
+
+step "4. compute-sanitizer memcheck (op subset + the small scalar-head model test)"
+if command -v compute-sanitizer >/dev/null && [ -x "$BUILD/test_ops_cuda" ]; then
+  FILTER='CudaParity.Embedding:CudaParity.LayerNorm:CudaParity.AttentionExactFp32:CudaParity.CrossEntropyInPlaceAndMasked:CudaParity.GatherScatterRows:CudaParity.AdamWAndFlatUtilities:CudaParity.AttentionFlash:CudaParity.DecodeWithKvCache:CudaParity.WholeModelScalarHead'
+  set +e
+  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 99 --leak-check no \
+    "$BUILD/test_ops_cuda" --gtest_filter="$FILTER" >"$LOGDIR/sanitizer.log" 2>&1
+  rc=$?
+  set -e
+  tail -5 "$LOGDIR/sanitizer.log"
+  case $rc in
+    0) SANITIZER_STATUS="clean" ;;
+    99) SANITIZER_STATUS="ERRORS (see sanitizer.log)" ;;
+    124) SANITIZER_STATUS="timed out" ;;
+    *) SANITIZER_STATUS="test failures (rc $rc)" ;;
+  esac
+else
+  SANITIZER_STATUS="skipped (no compute-sanitizer or test binary)"
+fi
+
+step "5. benchmarks (GPT-2 124M, batch 8 x 1024, full training step)"
+if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ]; then
+  set +e
+  timeout 150 bash "$ROOT/scripts/bench_gpu_vs_torch.sh" \
+    >"$LOGDIR/bench.log" 2>&1
+  set -e
+  tail -40 "$LOGDIR/bench.log"
+  # bench_gpu_vs_torch.sh ends with key=value lines.
+  val() { grep -E "^$1=" "$LOGDIR/bench.log" | tail -1 | cut -d= -f2-; }
+  HH_TOKS=$(val hh_tokens_per_s); HH_PEAK=$(val hh_peak_gib)
+  TORCH_TOKS=$(val torch_tokens_per_s); TORCH_PEAK=$(val torch_peak_gib); RATIO=$(val ratio)
+  FLASH_TOKS=$(val hh_flash_tokens_per_s); FLASH_PEAK=$(val hh_flash_peak_gib)
+  FLASH_RATIO=$(val flash_ratio)
+  : "${HH_TOKS:=n/a}" "${HH_PEAK:=n/a}" "${TORCH_TOKS:=n/a}" "${TORCH_PEAK:=n/a}" "${RATIO:=n/a}"
+  : "${FLASH_TOKS:=n/a}" "${FLASH_PEAK:=n/a}" "${FLASH_RATIO:=n/a}"
+fi
+
+step "6. summary"
+{
+  echo "| check                         | result"
+  echo "|-------------------------------|-------------------------------"
+  echo "| build (sm_90)                 | $BUILD_STATUS"
+  echo "| ctest                         | $TEST_STATUS"
+  echo "| compute-sanitizer memcheck    | $SANITIZER_STATUS"
+  echo "| hh tokens/s (124M, 8x1024)    | $HH_TOKS   peak $HH_PEAK GiB"
+  echo "| torch tokens/s (fp32/TF32)    | $TORCH_TOKS   peak $TORCH_PEAK GiB"
+  echo "| hh HH_CUDA_FLASH=1 tokens/s    | $FLASH_TOKS   peak $FLASH_PEAK GiB"
+  echo "| hh / torch (default, flash)   | $RATIO, $FLASH_RATIO"
+  echo "| total time                    | $(($(date +%s) - START)) s"
+} | tee "$LOGDIR/gpu_check_summary.txt"
+
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT"
+  cp "$LOGDIR/gpu_check_summary.txt" "$OUT/"
+  {
+    echo "==================== test failures (gtest 'Failure' blocks, all logs)"
+    grep -h -A12 -E "Failure$|: Failure" "$LOGDIR"/test_ops_cuda.log "$LOGDIR"/ctest.log 2>/dev/null | head -400 || true
+    for f in "$LOGDIR"/*.log; do
+      echo "==================== $(basename "$f") (last 300 lines)"
+      tail -300 "$f"
+    done
+  } >"$OUT/gpu_check_logs.txt"
+fi
+
+# Exit status: 0 only when the build, every test and the sanitizer run were clean.
+if [ "$BUILD_STATUS" = "ok" ] && [[ "$TEST_STATUS" == *" 0 tests failed"* ]] &&
+   [ "$SANITIZER_STATUS" = "clean" ]; then
+  exit 0
+fi
+exit 1

@@ -1,0 +1,71 @@
+"""PyTorch reference for the PPO losses (src/train/ppo.cpp): the clipped policy loss and
+the clipped value loss and their gradients, computed in float64 with autograd and stored
+as float32 in tests/fixtures/ppo_losses.safetensors.
+
+    /usr/bin/python3 scripts/reference/ppo_reference.py [out_dir]
+"""
+import json
+import os
+import struct
+import sys
+
+import torch
+
+
+def save_safetensors(path, tensors):
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        data = t.detach().to(torch.float32).contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps(header).encode()
+    head += b" " * ((8 - len(head) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for b in blobs:
+            f.write(b)
+
+
+def main():
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
+    os.makedirs(out_dir, exist_ok=True)
+    g = torch.Generator().manual_seed(7)
+    n, clip, value_clip = 40, 0.2, 0.2
+    d = torch.float64
+    # Log-ratios spread over [-0.5, 0.5] so that some ratios fall outside [0.8, 1.2].
+    logp_old = -torch.rand(n, generator=g, dtype=d) * 4 - 0.1
+    logp = (logp_old + (torch.rand(n, generator=g, dtype=d) - 0.5)).requires_grad_()
+    adv = torch.randn(n, generator=g, dtype=d)
+    mask = (torch.rand(n, generator=g, dtype=d) > 0.25).to(d)
+
+    ratio = torch.exp(logp - logp_old)
+    surrogate = torch.min(ratio * adv, torch.clamp(ratio, 1 - clip, 1 + clip) * adv)
+    policy_loss = -(surrogate * mask).sum() / mask.sum()
+    policy_loss.backward()
+    clip_fraction = (((ratio - 1).abs() > clip).to(d) * mask).sum() / mask.sum()
+    approx_kl = (0.5 * (logp - logp_old) ** 2 * mask).sum() / mask.sum()
+
+    values_old = torch.randn(n, generator=g, dtype=d)
+    values = (values_old + (torch.rand(n, generator=g, dtype=d) - 0.5)).requires_grad_()
+    returns = torch.randn(n, generator=g, dtype=d)
+    v_clipped = values_old + torch.clamp(values - values_old, -value_clip, value_clip)
+    value_loss = 0.5 * (torch.max((values - returns) ** 2, (v_clipped - returns) ** 2) * mask).sum() / mask.sum()
+    value_loss.backward()
+
+    save_safetensors(os.path.join(out_dir, "ppo_losses.safetensors"), {
+        "logp": logp.detach(), "logp_old": logp_old, "advantages": adv, "mask": mask,
+        "policy_loss": policy_loss.detach().reshape(1), "dlogp": logp.grad,
+        "clip_fraction": clip_fraction.detach().reshape(1), "approx_kl": approx_kl.detach().reshape(1),
+        "values": values.detach(), "values_old": values_old, "returns": returns,
+        "value_loss": value_loss.detach().reshape(1), "dvalues": values.grad,
+        "clip": torch.tensor([clip, value_clip], dtype=d),
+    })
+    print("wrote", os.path.join(out_dir, "ppo_losses.safetensors"),
+          "policy_loss %.6f value_loss %.6f clip_fraction %.3f" % (policy_loss, value_loss, clip_fraction))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+// hh-eval: policies judged by the preference model. Two subcommands:
+//   hh-eval bon     --policy runs/sft/model.safetensors --pm runs/pm/model.safetensors
+//                   --tokenizer tok.bin --prompts dev.prompts.bin --n 4
+//   hh-eval compare --a runs/ppo/model.safetensors --b runs/sft/model.safetensors
+//                   --reference runs/sft/model.safetensors --pm runs/pm/model.safetensors
+//                   --tokenizer tok.bin --prompts dev.prompts.bin --n 64
+// The last line of each is one JSON object.
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/flags.h"
+#include "data/dataset.h"
+#include "model/checkpoint.h"
+#include "tokenizer/tokenizer.h"
+#include "train/evaluate.h"
+#include "train/ppo.h"
+#include "train/run.h"
+
+namespace {
+
+const char* kUsage =
+    "usage: hh-eval bon|compare [flags]   (hh-eval <subcommand> --help for its flags)\n"
+    "  bon      best-of-N: N samples per prompt, the PM keeps the best; mean PM score of\n"
+    "           the chosen sample and KL = log N - (N-1)/N\n"
+    "  compare  two policies on held-out prompts: mean PM reward, KL of each to a\n"
+    "           reference, win rate of A over B (mean sigmoid(r_a - r_b)), samples side by side\n";
+
+void add_common_flags(hh::Flags& f) {
+  f.add_string("pm", "", "preference model (hh-pm checkpoint)");
+  f.add_string("tokenizer", "", "tokenizer file (hh-bpe)");
+  f.add_string("prompts", "", "held-out prompts (hh-prepare prompts)");
+  f.add_int("max-new-tokens", 64, "tokens per response");
+  f.add_float("temperature", 1.0, "sampling temperature");
+  f.add_int("top-k", 0, "top-k (0: all)");
+  f.add_float("top-p", 1.0, "nucleus top-p (1: all)");
+  f.add_int("micro-batch", 8, "prompts per generate call");
+  f.add_int("seed", 1234, "sampling seed");
+  hh::add_device_flag(f);
+}
+
+hh::SamplingOptions sampling_from(const hh::Flags& f) {
+  hh::SamplingOptions s;
+  s.max_new_tokens = static_cast<int>(f.get_int("max-new-tokens"));
+  s.temperature = static_cast<float>(f.get_float("temperature"));
+  s.top_k = static_cast<int>(f.get_int("top-k"));
+  s.top_p = static_cast<float>(f.get_float("top-p"));
+  s.seed = static_cast<uint64_t>(f.get_int("seed"));
+  s.validate();
+  return s;
+}
+
+// A checkpoint whose tokenizer fingerprint (when recorded) matches the tokenizer's.
+hh::GPT load_checked(const std::string& path, hh::Backend& backend, const hh::Tokenizer& tok,
+                     bool want_scalar_head, const std::string& what) {
+  HH_CHECK(!path.empty(), "--", what, " is required (see --help)");
+  std::map<std::string, std::string> meta = hh::read_checkpoint_metadata(path);
+  auto it = meta.find("tokenizer");
+  HH_CHECK(it == meta.end() || it->second == std::to_string(tok.fingerprint()), what, " ", path,
+           " was trained with another tokenizer than --tokenizer");
+  hh::GPT model = hh::load_model(path, backend);
+  HH_CHECK(model.has_scalar_head() == want_scalar_head, what, " ", path,
+           want_scalar_head ? " has no scalar head: not a preference model"
+                            : " has a scalar head: not a policy");
+  HH_CHECK(model.config().vocab_size == tok.vocab_size(), what, " ", path, " has a vocabulary of ",
+           model.config().vocab_size, ", the tokenizer ", tok.vocab_size());
+  return model;
+}
+
+// The first n prompts, each left-truncated to leave room for the response in `ctx`.
+std::vector<std::vector<int32_t>> load_prompts(const std::string& path, const hh::Tokenizer& tok,
+                                               int64_t n, int ctx, int max_new) {
+  HH_CHECK(!path.empty(), "--prompts is required (see --help)");
+  HH_CHECK(n > 0, "the number of prompts must be > 0");
+  HH_CHECK(max_new < ctx, "--max-new-tokens=", max_new,
+           " leaves no room for a prompt in the context of ", ctx);
+  hh::PromptDataset ds = hh::PromptDataset::load(path, &tok);
+  std::vector<std::vector<int32_t>> out;
+  for (size_t i = 0; i < std::min<size_t>(ds.size(), static_cast<size_t>(n)); ++i) {
+    std::vector<int32_t> p = ds.prompt(i).to_vector();
+    hh::truncate_left(&p, static_cast<size_t>(ctx - max_new));
+    out.push_back(std::move(p));
+  }
+  HH_CHECK(!out.empty(), path, ": no prompts");
+  return out;
+}
+
+int run_bon(const std::vector<std::string>& args) {
+  hh::Flags f("hh-eval bon",
+              "Best-of-N with the PM: N samples per prompt, the highest-scoring is kept. Prints\n"
+              "the mean PM score of the chosen samples, of all samples (best-of-1) and the\n"
+              "KL of best-of-N from the policy, log N - (N-1)/N; last line one JSON object.");
+  f.add_string("policy", "", "the policy (hh-sft or hh-ppo checkpoint)");
+  f.add_int("n", 4, "samples per prompt (N)");
+  f.add_int("num-prompts", 32, "prompts from the start of --prompts");
+  f.add_int("show", 3, "print the chosen response of this many prompts");
+  add_common_flags(f);
+  f.parse(args);
+  HH_CHECK(!f.get_string("tokenizer").empty(), "--tokenizer is required (see --help)");
+  hh::Tokenizer tok = hh::Tokenizer::load(f.get_string("tokenizer"));
+  auto backend = hh::backend_from_flags(f);
+  hh::GPT policy = load_checked(f.get_string("policy"), *backend, tok, false, "policy");
+  hh::GPT pm = load_checked(f.get_string("pm"), *backend, tok, true, "pm");
+  const int n = static_cast<int>(f.get_int("n"));
+  HH_CHECK(n >= 1, "--n must be >= 1");
+  hh::SamplingOptions s = sampling_from(f);
+  auto prompts = load_prompts(f.get_string("prompts"), tok, f.get_int("num-prompts"),
+                              policy.config().max_seq_len, s.max_new_tokens);
+  hh::Scorer scorer = hh::pm_scorer(pm, tok.special_id(hh::kEndOfContext),
+                                    static_cast<int>(f.get_int("micro-batch")));
+  hh::BestOfNResult r =
+      hh::best_of_n(policy, tok, scorer, prompts, n, s, static_cast<int>(f.get_int("micro-batch")));
+  for (int i = 0; i < std::min<int>(static_cast<int>(f.get_int("show")),
+                                    static_cast<int>(r.best_texts.size()));
+       ++i)
+    std::printf("[%d] best score %+.3f: %s\n", i, r.best_scores[i], r.best_texts[i].c_str());
+  std::printf(
+      "best-of-%d over %lld prompts: mean PM score %.4f (best-of-1: %.4f), KL %.4f, sqrt(KL) "
+      "%.4f\n",
+      n, static_cast<long long>(r.prompts), r.mean_best, r.mean_all, r.kl, std::sqrt(r.kl));
+  std::printf("%s\n", r.to_json().dump().c_str());
+  return 0;
+}
+
+int run_compare(const std::vector<std::string>& args) {
+  hh::Flags f("hh-eval compare",
+              "Two policies on held-out prompts, one sample each per prompt: mean PM reward, KL\n"
+              "of each to --reference (Monte Carlo over the samples), the win rate of A over B\n"
+              "judged by the PM (mean sigmoid(r_a - r_b)) and a side-by-side table of samples;\n"
+              "last line one JSON object.");
+  f.add_string("a", "", "policy A (e.g. the PPO model)");
+  f.add_string("b", "", "policy B (e.g. the SFT model)");
+  f.add_string("reference", "", "reference policy for the KL (optional; usually the SFT model)");
+  f.add_int("n", 64, "prompts from the start of --prompts");
+  f.add_int("show", 4, "rows of the side-by-side table");
+  f.add_int("width", 100, "characters per table cell");
+  add_common_flags(f);
+  f.parse(args);
+  HH_CHECK(!f.get_string("tokenizer").empty(), "--tokenizer is required (see --help)");
+  hh::Tokenizer tok = hh::Tokenizer::load(f.get_string("tokenizer"));
+  auto backend = hh::backend_from_flags(f);
+  hh::GPT a = load_checked(f.get_string("a"), *backend, tok, false, "a");
+  hh::GPT b = load_checked(f.get_string("b"), *backend, tok, false, "b");
+  std::unique_ptr<hh::GPT> ref;
+  if (!f.get_string("reference").empty())
+    ref = std::make_unique<hh::GPT>(
+        load_checked(f.get_string("reference"), *backend, tok, false, "reference"));
+  hh::GPT pm = load_checked(f.get_string("pm"), *backend, tok, true, "pm");
+  hh::SamplingOptions s = sampling_from(f);
+  int ctx = std::min(a.config().max_seq_len, b.config().max_seq_len);
+  if (ref) ctx = std::min(ctx, ref->config().max_seq_len);
+  auto prompts = load_prompts(f.get_string("prompts"), tok, f.get_int("n"), ctx, s.max_new_tokens);
+  const int micro = static_cast<int>(f.get_int("micro-batch"));
+  hh::Scorer scorer = hh::pm_scorer(pm, tok.special_id(hh::kEndOfContext), micro);
+  hh::CompareResult r = hh::compare_policies(a, b, ref.get(), tok, scorer, prompts, s, micro);
+  std::printf(
+      "%s",
+      r.table(static_cast<int>(f.get_int("show")), static_cast<int>(f.get_int("width"))).c_str());
+  std::printf("%lld prompts: reward A %.4f, B %.4f", static_cast<long long>(r.prompts), r.reward_a,
+              r.reward_b);
+  if (r.has_kl) std::printf(" | KL to reference A %.4f, B %.4f", r.kl_a, r.kl_b);
+  std::printf(" | win rate of A over B %.4f (hard %.4f)\n", r.win_rate, r.hard_win_rate);
+  std::printf("%s\n", r.to_json().dump().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return hh::run_main("hh-eval", [&] {
+    if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+      std::fputs(kUsage, argc < 2 ? stderr : stdout);
+      return argc < 2 ? 2 : 0;
+    }
+    const std::string cmd = argv[1];
+    std::vector<std::string> rest(argv + 2, argv + argc);
+    if (cmd == "bon") return run_bon(rest);
+    if (cmd == "compare") return run_compare(rest);
+    HH_FAIL("unknown subcommand '", cmd, "'\n", kUsage);
+  });
+}

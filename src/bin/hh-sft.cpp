@@ -1,0 +1,73 @@
+// hh-sft: train the dialogue language model — pretraining on whole dialogues or
+// supervised fine-tuning on assistant tokens — on token datasets from hh-prepare.
+#include <cstdio>
+
+#include "core/error.h"
+#include "core/flags.h"
+#include "train/lm.h"
+#include "train/run.h"
+
+int main(int argc, char** argv) {
+  return hh::run_main("hh-sft", [&] {
+    hh::Flags f("hh-sft",
+                "Train a GPT-2 language model on dialogues (pretraining, or SFT with the loss\n"
+                "on assistant tokens only). Writes checkpoints, metrics.jsonl and the final\n"
+                "model.safetensors to --run-dir; --resume continues exactly.");
+    f.add_string("train", "", "training dataset (hh-prepare sft)");
+    f.add_string("dev", "", "held-out dataset for val_loss (optional)");
+    f.add_string("init", "", "start from this checkpoint (hh or Hugging Face GPT-2 safetensors)");
+    f.add_string("mode", "sft", "sft: loss on assistant tokens; pretrain: loss on every token");
+    f.add_int("seq", 256, "maximum tokens per sequence (longer ones keep their end)");
+    f.add_int("micro-batch", 0, "sequences per forward/backward (0: = --batch; else accumulate)");
+    f.add_int("eval-batches", 0, "dev batches per evaluation (0: the whole dev set)");
+    hh::add_device_flag(f);
+    hh::add_model_flags(f, "tiny");
+    hh::add_optimizer_flags(f, 1e-3);
+    hh::add_run_flags(f, "runs/sft", 200, 16);
+    f.parse(argc, argv);
+
+    HH_CHECK(!f.get_string("train").empty(), "--train is required (see --help)");
+    std::string mode = f.get_string("mode");
+    HH_CHECK(mode == "sft" || mode == "pretrain", "--mode=", mode, ": expected sft or pretrain");
+
+    hh::LmTrainOptions o;
+    o.train_path = f.get_string("train");
+    o.dev_path = f.get_string("dev");
+    o.init = f.get_string("init");
+    o.masked = mode == "sft";
+    o.stage = mode;
+    o.steps = f.get_int("steps");
+    o.batch = f.get_int("batch");
+    o.micro_batch = f.get_int("micro-batch") > 0 ? f.get_int("micro-batch") : o.batch;
+    o.seq = f.get_int("seq");
+    o.adamw = hh::adamw_config_from_flags(f);
+    o.min_lr_frac = static_cast<float>(f.get_float("min-lr-frac"));
+    o.warmup = f.get_int("warmup");
+    o.log_every = f.get_int("log-every");
+    o.eval_every = f.get_int("eval-every");
+    o.eval_batches = f.get_int("eval-batches");
+    o.ckpt_every = f.get_int("ckpt-every");
+    o.keep_ckpts = static_cast<int>(f.get_int("keep-ckpts"));
+    o.seed = static_cast<uint64_t>(f.get_int("seed"));
+    o.resume = f.get_bool("resume");
+    o.nan_policy = hh::nan_policy_from_flags(f);
+    o.run_dir = f.get_string("run-dir");
+    o.config_json = f.to_json();
+
+    // The vocabulary comes from the dataset; the architecture from the flags (or --init).
+    hh::SftDataset probe = hh::SftDataset::load(o.train_path);
+    o.model = hh::model_config_from_flags(f, static_cast<int>(probe.raw().vocab_size));
+
+    auto backend = hh::backend_from_flags(f);
+    hh::install_stop_handler();
+    hh::LmTrainResult r = hh::train_lm(*backend, o);
+    if (r.interrupted) return 130;
+    hh::Json summary;
+    summary["steps"] = r.steps_done;
+    summary["final_loss"] = r.train_losses.empty() ? 0.0 : r.train_losses.back();
+    if (r.last_dev_loss >= 0) summary["val_loss"] = r.last_dev_loss;
+    summary["model"] = o.run_dir + "/model.safetensors";
+    std::printf("%s\n", summary.dump().c_str());
+    return 0;
+  });
+}

@@ -1,0 +1,107 @@
+// Model checkpoints (see checkpoint.h and docs/model.md).
+#include "model/checkpoint.h"
+
+#include <vector>
+
+#include "core/error.h"
+#include "core/json.h"
+#include "core/safetensors.h"
+
+namespace hh {
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); i++) s += (i ? "," : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+GPTConfig config_of(const SafeTensorsFile& file) {
+  auto it = file.metadata().find("config");
+  HH_CHECK(it != file.metadata().end(), file.source(),
+           ": not an hh model checkpoint (no \"config\" in __metadata__)");
+  return GPTConfig::from_json(Json::parse(it->second, file.source() + ": metadata config"),
+                              file.source());
+}
+
+bool scalar_head_of(const SafeTensorsFile& file) {
+  auto it = file.metadata().find("scalar_head");
+  if (it == file.metadata().end()) return file.has("score.weight");
+  HH_CHECK(it->second == "true" || it->second == "false", file.source(),
+           ": metadata scalar_head must be \"true\" or \"false\", got \"", it->second, "\"");
+  return it->second == "true";
+}
+
+bool is_score(const std::string& name) { return name.rfind("score.", 0) == 0; }
+
+// Checks every tensor of `file` against the model, then uploads them all at once.
+void load_from_file(GPT& model, const SafeTensorsFile& file, bool trunk_only) {
+  const std::string& what = file.source();
+  const GPTConfig file_config = config_of(file);
+  HH_CHECK(file_config == model.config(), what, ": model config mismatch: the file has ",
+           file_config.describe(), ", the model has ", model.config().describe());
+  Backend& be = model.backend();
+  std::vector<float> host(model.params().size());
+  be.copy_to_host(host.data(), model.params().data(), model.params().bytes());
+  for (const ParamTensor& t : model.param_tensors()) {
+    if (trunk_only && is_score(t.name)) continue;
+    HH_CHECK(file.has(t.name), what, ": missing tensor '", t.name, "'");
+    const TensorInfo& info = file.info(t.name);
+    HH_CHECK(info.dtype == DType::F32, what, ": tensor '", t.name, "' has dtype ",
+             dtype_name(info.dtype), ", expected F32");
+    HH_CHECK(info.shape == t.shape, what, ": tensor '", t.name, "' has shape ",
+             shape_str(info.shape), ", the model expects ", shape_str(t.shape));
+    std::vector<float> values = file.read_f32(t.name, t.shape);
+    std::copy(values.begin(), values.end(), host.begin() + t.offset);
+  }
+  for (const auto& entry : file.tensors()) {
+    const std::string& name = entry.first;
+    if (trunk_only && is_score(name)) continue;
+    HH_CHECK(model.has_param(name), what, ": unexpected tensor '", name, "'",
+             (is_score(name) ? " (the file has a scalar head, the model has none)" : ""));
+  }
+  be.copy_to_device(model.params().data(), host.data(), host.size() * sizeof(float));
+}
+
+}  // namespace
+
+void save_model(const std::string& path, const GPT& model,
+                const std::map<std::string, std::string>& metadata) {
+  SafeTensorsWriter w;
+  for (const auto& [key, value] : metadata) {
+    HH_CHECK(key != "config" && key != "scalar_head", "save_model(", path, "): metadata key '", key,
+             "' is reserved");
+    w.set_metadata(key, value);
+  }
+  w.set_metadata("config", model.config().to_json().dump());
+  w.set_metadata("scalar_head", model.has_scalar_head() ? "true" : "false");
+  for (const ParamTensor& t : model.param_tensors()) {
+    std::vector<float> values = model.get_param(t.name);
+    w.add_f32(t.name, t.shape, values.data());
+  }
+  w.save(path);
+}
+
+GPT load_model(const std::string& path, Backend& backend,
+               std::map<std::string, std::string>* metadata) {
+  SafeTensorsFile file = SafeTensorsFile::load(path);
+  GPT model(backend, config_of(file), scalar_head_of(file));
+  load_from_file(model, file, false);
+  if (metadata) *metadata = file.metadata();
+  return model;
+}
+
+void load_weights_into(GPT& model, const std::string& path, bool trunk_only) {
+  load_from_file(model, SafeTensorsFile::load(path), trunk_only);
+}
+
+std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
+  return SafeTensorsFile::load(path).metadata();
+}
+
+GPTConfig read_checkpoint_config(const std::string& path) {
+  return config_of(SafeTensorsFile::load(path));
+}
+
+}  // namespace hh

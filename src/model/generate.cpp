@@ -1,0 +1,566 @@
+// Generation with a KV cache: prefill, decode steps, sampling, stops. See generate.h.
+#include "model/generate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "tokenizer/tokenizer.h"
+
+namespace hh {
+
+namespace {
+
+// Grow-only device buffer: reallocates (contents lost) only when n exceeds its size.
+template <typename T>
+void grow(Buffer<T>& buf, Backend& be, size_t n) {
+  if (buf.size() < n) buf = Buffer<T>(be, n);
+}
+
+// Length of the longest suffix of `text` that is a proper prefix of some stop string:
+// text that may still become a stop string, so streaming holds it back.
+size_t pending_stop_prefix(const std::string& text, const std::vector<std::string>& stops) {
+  size_t held = 0;
+  for (const std::string& stop : stops) {
+    for (size_t k = std::min(stop.size() - 1, text.size()); k > held; k--) {
+      if (text.compare(text.size() - k, k, stop, 0, k) == 0) {
+        held = k;
+        break;
+      }
+    }
+  }
+  return held;
+}
+
+// Per-sequence state of one generate() call.
+struct SequenceState {
+  Rng rng;
+  std::string text;                // decoded response so far (every sampled token but eot)
+  std::vector<size_t> token_ends;  // text end offset after each generated token
+  size_t emitted = 0;              // bytes of text already streamed
+  bool finished = false;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Options and sampling
+
+void SamplingOptions::validate() const {
+  HH_CHECK(std::isfinite(temperature) && temperature >= 0.0f,
+           "sampling: temperature must be >= 0 (0 = greedy), got ", temperature);
+  HH_CHECK(top_k >= 0, "sampling: top_k must be >= 0 (0 = off), got ", top_k);
+  HH_CHECK(std::isfinite(top_p) && top_p > 0.0f && top_p <= 1.0f,
+           "sampling: top_p must be in (0, 1] (1 = off), got ", top_p);
+  HH_CHECK(max_new_tokens >= 1, "sampling: max_new_tokens must be >= 1, got ", max_new_tokens);
+}
+
+uint64_t sample_stream_seed(uint64_t seed, int b) {
+  return seed ^ (0x9e3779b97f4a7c15ull * (static_cast<uint64_t>(b) + 1));
+}
+
+// log p(token) = logits[token] - log Σ_v exp(logits[v]), over the real vocabulary.
+float token_logprob(const float* logits, int V, int32_t token) {
+  double maxval = logits[0];
+  for (int v = 1; v < V; v++) maxval = std::max(maxval, static_cast<double>(logits[v]));
+  double sum = 0;
+  for (int v = 0; v < V; v++) sum += std::exp(logits[v] - maxval);
+  return static_cast<float>(logits[token] - maxval - std::log(sum));
+}
+
+// Greedy: the first index of the largest logit. Otherwise with z = logits / temperature:
+// candidates = all tokens, or the top_k largest z; p ∝ exp(z - max z) over them; top_p
+// keeps the smallest prefix (by decreasing p; ties by id) whose mass reaches top_p; the
+// draw walks the kept candidates' cumulative mass to uniform · (their total).
+int32_t sample_token(const float* logits, int V, const SamplingOptions& options, double uniform,
+                     std::vector<std::pair<float, int32_t>>* scratch) {
+  if (options.temperature == 0.0f || options.top_k == 1) {
+    int32_t best = 0;
+    for (int v = 1; v < V; v++)
+      if (logits[v] > logits[best]) best = v;
+    return best;
+  }
+  const double inv_t = 1.0 / options.temperature;
+  const bool use_top_k = options.top_k > 0 && options.top_k < V;
+  const bool use_top_p = options.top_p < 1.0f;
+  if (!use_top_k && !use_top_p) {  // plain softmax sampling, in id order: no sort needed
+    float maxval = logits[0];
+    for (int v = 1; v < V; v++) maxval = std::max(maxval, logits[v]);
+    double sum = 0;
+    for (int v = 0; v < V; v++) sum += std::exp((logits[v] - maxval) * inv_t);
+    const double target = uniform * sum;
+    double cum = 0;
+    for (int v = 0; v < V; v++) {
+      cum += std::exp((logits[v] - maxval) * inv_t);
+      if (cum > target) return v;
+    }
+    return V - 1;  // rounding: the mass ran out just below target
+  }
+  std::vector<std::pair<float, int32_t>>& cand = *scratch;
+  cand.resize(V);
+  for (int v = 0; v < V; v++) cand[v] = {logits[v], v};
+  auto by_logit_desc = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  // The total mass Σ exp((z_i - max z)/T) of the candidates; top-p then sorts only the most
+  // likely few (256, 1024, ... until they reach top_p), not the whole vocabulary.
+  size_t n = cand.size();
+  if (use_top_k) {
+    n = static_cast<size_t>(options.top_k);
+    std::nth_element(cand.begin(), cand.begin() + (n - 1), cand.end(), by_logit_desc);
+    std::sort(cand.begin(), cand.begin() + n, by_logit_desc);
+  }
+  float maxval = cand[0].first;
+  for (size_t i = 1; i < n; i++) maxval = std::max(maxval, cand[i].first);
+  double sum = 0;
+  for (size_t i = 0; i < n; i++) sum += std::exp((cand[i].first - maxval) * inv_t);
+  size_t kept = n;
+  double kept_mass = sum;
+  if (use_top_p) {
+    for (size_t sorted = std::min<size_t>(n, 256);; sorted = std::min(n, sorted * 4)) {
+      if (sorted < n)
+        std::nth_element(cand.begin(), cand.begin() + (sorted - 1), cand.begin() + n,
+                         by_logit_desc);
+      std::sort(cand.begin(), cand.begin() + sorted, by_logit_desc);
+      double cum = 0;
+      kept = 0;
+      for (size_t i = 0; i < sorted && kept == 0; i++) {
+        cum += std::exp((cand[i].first - maxval) * inv_t);
+        if (cum >= options.top_p * sum) kept = i + 1;
+      }
+      if (kept > 0 || sorted == n) {
+        if (kept == 0) kept = n;  // rounding: the whole set
+        kept_mass = cum;
+        break;
+      }
+    }
+  }
+  // Draw among the first `kept` candidates (sorted by decreasing probability).
+  const double target = uniform * kept_mass;
+  double cum = 0;
+  for (size_t i = 0; i < kept; i++) {
+    cum += std::exp((cand[i].first - maxval) * inv_t);
+    if (cum > target) return cand[i].second;
+  }
+  return cand[kept - 1].second;
+}
+
+// ---------------------------------------------------------------------------------------
+// KVCache
+
+void KVCache::reserve(Backend& backend, int n_layer, int slots, int max_len, int C) {
+  const size_t floats = static_cast<size_t>(n_layer) * slots * max_len * C;
+  n_layer_ = n_layer;
+  slots_ = slots;
+  max_len_ = max_len;
+  C_ = C;
+  grow(k_, backend, floats);
+  grow(v_, backend, floats);
+}
+
+// ---------------------------------------------------------------------------------------
+// Generator: the model steps
+
+Generator::Generator(GPT& model, const Tokenizer& tokenizer)
+    : model_(model), tokenizer_(tokenizer) {
+  HH_CHECK(model.config().vocab_size == tokenizer.vocab_size(),
+           "generator: the model's vocab_size=", model.config().vocab_size,
+           " differs from the tokenizer's vocab_size=", tokenizer.vocab_size(),
+           " (a checkpoint trained with another tokenizer?)");
+}
+
+void Generator::plan_prefill(int B, int T) {
+  Backend& be = model_.backend();
+  const GPTConfig& cfg = model_.config();
+  const size_t N = static_cast<size_t>(B) * T, C = cfg.n_embd;
+  grow(tokens_dev_, be, N);
+  grow(positions_dev_, be, N);
+  grow(slots_dev_, be, N);
+  grow(lengths_dev_, be, B);
+  grow(rows_dev_, be, B);
+  grow(x_, be, N * C);
+  grow(x2_, be, N * C);
+  grow(ln_, be, N * C);
+  grow(mean_, be, N);
+  grow(rstd_, be, N);
+  grow(qkv_, be, N * 3 * C);
+  grow(atty_, be, N * C);
+  grow(proj_, be, N * C);
+  grow(fch_, be, N * 4 * C);
+  grow(fch_gelu_, be, N * 4 * C);
+  grow(att_saved_, be, be.attention_saved_floats(B, T, cfg.n_head));
+  grow(last_, be, B * C);
+}
+
+void Generator::plan_decode(int M) {
+  Backend& be = model_.backend();
+  const size_t C = model_.config().n_embd;
+  grow(step_ints_dev_, be, 3 * static_cast<size_t>(M));
+  grow(x_, be, M * C);
+  grow(x2_, be, M * C);
+  grow(ln_, be, M * C);
+  grow(mean_, be, M);
+  grow(rstd_, be, M);
+  grow(qkv_, be, M * 3 * C);
+  grow(atty_, be, M * C);
+  grow(proj_, be, M * C);
+  grow(fch_, be, M * 4 * C);
+  grow(fch_gelu_, be, M * 4 * C);
+}
+
+void Generator::release_memory() {
+  cache_.release();
+  for (Buffer<int32_t>* b : {&tokens_dev_, &positions_dev_, &slots_dev_, &lengths_dev_, &rows_dev_,
+                             &step_ints_dev_, &sampled_dev_})
+    b->reset();
+  for (Buffer<float>* b : {&x_, &x2_, &ln_, &mean_, &rstd_, &qkv_, &atty_, &proj_, &fch_,
+                           &fch_gelu_, &att_saved_, &last_, &logits_, &sampled_logprobs_dev_})
+    b->reset();
+  seeds_dev_.reset();
+  lengths_.clear();
+  max_len_ = 0;
+}
+
+// logits_ = ln_f(hidden) · wteᵀ for M rows, [M, Vp] on the device.
+void Generator::compute_logits(const float* hidden, int M) {
+  Backend& be = model_.backend();
+  const GPTConfig& cfg = model_.config();
+  const int C = cfg.n_embd, Vp = cfg.padded_vocab_size;
+  grow(logits_, be, static_cast<size_t>(M) * Vp);
+  be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), hidden,
+                       model_.param_data("transformer.ln_f.weight"),
+                       model_.param_data("transformer.ln_f.bias"), M, C);
+  be.matmul_forward(logits_.data(), ln_.data(), model_.param_data("transformer.wte.weight"),
+                    nullptr, M, C, Vp);
+}
+
+// The first vocab_size columns of the M rows of logits_, on the host.
+std::vector<float> Generator::host_logits(int M) {
+  const GPTConfig& cfg = model_.config();
+  const int V = cfg.vocab_size, Vp = cfg.padded_vocab_size;
+  host_logits_.resize(static_cast<size_t>(M) * Vp);
+  model_.backend().copy_to_host(host_logits_.data(), logits_.data(),
+                                host_logits_.size() * sizeof(float));
+  std::vector<float> out(static_cast<size_t>(M) * V);
+  for (int m = 0; m < M; m++)
+    std::copy(host_logits_.begin() + static_cast<size_t>(m) * Vp,
+              host_logits_.begin() + static_cast<size_t>(m) * Vp + V,
+              out.begin() + static_cast<size_t>(m) * V);
+  return out;
+}
+
+std::vector<float> Generator::prefill(const std::vector<std::vector<int32_t>>& prompts,
+                                      int max_len) {
+  prefill_device(prompts, max_len);
+  return host_logits(static_cast<int>(prompts.size()));
+}
+
+std::vector<float> Generator::decode(const std::vector<int32_t>& seqs,
+                                     const std::vector<int32_t>& tokens) {
+  decode_device(seqs, tokens);
+  return host_logits(static_cast<int>(seqs.size()));
+}
+
+namespace {
+
+// Pointers to one layer's parameters.
+struct LayerParams {
+  const float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b;
+  const float *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
+};
+
+LayerParams layer_params(GPT& model, int l) {
+  auto p = [&](const char* what) {
+    return static_cast<const float*>(model.param_data(str_cat("transformer.h.", l, ".", what)));
+  };
+  return {p("ln_1.weight"),      p("ln_1.bias"),          p("attn.c_attn.weight"),
+          p("attn.c_attn.bias"), p("attn.c_proj.weight"), p("attn.c_proj.bias"),
+          p("ln_2.weight"),      p("ln_2.bias"),          p("mlp.c_fc.weight"),
+          p("mlp.c_fc.bias"),    p("mlp.c_proj.weight"),  p("mlp.c_proj.bias")};
+}
+
+}  // namespace
+
+// The model's forward over right-padded prompts [B, T], one layer at a time; each layer's
+// k and v rows go to the cache (padded rows are skipped: position -1). The logits are
+// computed for the last real row of each prompt only.
+void Generator::prefill_device(const std::vector<std::vector<int32_t>>& prompts, int max_len) {
+  const GPTConfig& cfg = model_.config();
+  Backend& be = model_.backend();
+  const int B = static_cast<int>(prompts.size()), C = cfg.n_embd, NH = cfg.n_head;
+  HH_CHECK(B >= 1, "generator: prefill needs at least one prompt");
+  HH_CHECK(max_len >= 1 && max_len <= cfg.max_seq_len, "generator: max_len=", max_len,
+           " must be in [1, max_seq_len=", cfg.max_seq_len, "]");
+  int T = 0;
+  for (int b = 0; b < B; b++) {
+    const int len = static_cast<int>(prompts[b].size());
+    HH_CHECK(len >= 1, "generator: prompt ", b, " is empty");
+    HH_CHECK(len <= max_len, "generator: prompt ", b, " has ", len,
+             " tokens, more than the cache's max_len=", max_len);
+    T = std::max(T, len);
+  }
+  const int N = B * T;
+  std::vector<int32_t> tokens(N, 0), positions(N, -1), slots(N, 0), rows(B);
+  lengths_.assign(B, 0);
+  for (int b = 0; b < B; b++) {
+    const int len = static_cast<int>(prompts[b].size());
+    for (int t = 0; t < len; t++) {
+      const int32_t tok = prompts[b][t];
+      HH_CHECK(tok >= 0 && tok < cfg.vocab_size, "generator: prompt ", b, " has token id ", tok,
+               " at position ", t, ", outside the vocabulary [0, ", cfg.vocab_size, ")");
+      tokens[b * T + t] = tok;
+      positions[b * T + t] = t;
+    }
+    for (int t = 0; t < T; t++) slots[b * T + t] = b;
+    lengths_[b] = len;
+    rows[b] = b * T + len - 1;
+  }
+  max_len_ = max_len;
+  cache_.reserve(be, cfg.n_layer, B, max_len, C);
+  plan_prefill(B, T);
+  be.copy_to_device(tokens_dev_.data(), tokens.data(), N * sizeof(int32_t));
+  be.copy_to_device(positions_dev_.data(), positions.data(), N * sizeof(int32_t));
+  be.copy_to_device(slots_dev_.data(), slots.data(), N * sizeof(int32_t));
+  be.copy_to_device(lengths_dev_.data(), lengths_.data(), B * sizeof(int32_t));
+  be.copy_to_device(rows_dev_.data(), rows.data(), B * sizeof(int32_t));
+
+  const size_t NC = static_cast<size_t>(N) * C;
+  be.embedding_forward(x_.data(), tokens_dev_.data(), model_.param_data("transformer.wte.weight"),
+                       model_.param_data("transformer.wpe.weight"), B, T, C);
+  for (int l = 0; l < cfg.n_layer; l++) {
+    const LayerParams p = layer_params(model_, l);
+    be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x_.data(), p.ln1_w, p.ln1_b, N, C);
+    be.matmul_forward(qkv_.data(), ln_.data(), p.qkv_w, p.qkv_b, N, C, 3 * C);
+    be.kv_cache_write(cache_.keys(l), cache_.values(l), qkv_.data(), slots_dev_.data(),
+                      positions_dev_.data(), N, max_len, C);
+    be.attention_forward(atty_.data(), att_saved_.data(), qkv_.data(), lengths_dev_.data(), B, T, C,
+                         NH);
+    be.matmul_forward(proj_.data(), atty_.data(), p.proj_w, p.proj_b, N, C, C);
+    be.residual_forward(x2_.data(), x_.data(), proj_.data(), NC);
+    be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x2_.data(), p.ln2_w, p.ln2_b, N,
+                         C);
+    be.matmul_forward(fch_.data(), ln_.data(), p.fc_w, p.fc_b, N, C, 4 * C);
+    be.gelu_forward(fch_gelu_.data(), fch_.data(), NC * 4);
+    be.matmul_forward(proj_.data(), fch_gelu_.data(), p.fcproj_w, p.fcproj_b, N, 4 * C, C);
+    be.residual_forward(x_.data(), x2_.data(), proj_.data(), NC);
+  }
+  be.gather_rows(last_.data(), x_.data(), rows_dev_.data(), B, C);
+  compute_logits(last_.data(), B);
+}
+
+// One token for each listed sequence at its next position: the same layer sequence as
+// prefill on M rows, with kv_cache_write + attention_decode in place of attention_forward.
+void Generator::decode_device(const std::vector<int32_t>& seqs,
+                              const std::vector<int32_t>& tokens) {
+  const GPTConfig& cfg = model_.config();
+  Backend& be = model_.backend();
+  const int M = static_cast<int>(seqs.size()), C = cfg.n_embd, NH = cfg.n_head;
+  HH_CHECK(M >= 1 && tokens.size() == seqs.size(), "generator: decode got ", seqs.size(),
+           " sequences and ", tokens.size(), " tokens");
+  // One upload: tokens | positions | slots.
+  std::vector<int32_t>& ints = step_ints_;
+  ints.resize(3 * static_cast<size_t>(M));
+  for (int i = 0; i < M; i++) {
+    const int s = seqs[i];
+    HH_CHECK(s >= 0 && s < static_cast<int>(lengths_.size()), "generator: decode of sequence ", s,
+             ", the batch has ", lengths_.size());
+    HH_CHECK(lengths_[s] < max_len_, "generator: sequence ", s, " is full (", max_len_, " tokens)");
+    HH_CHECK(tokens[i] >= 0 && tokens[i] < cfg.vocab_size, "generator: token id ", tokens[i],
+             " is outside the vocabulary [0, ", cfg.vocab_size, ")");
+    ints[i] = tokens[i];
+    ints[M + i] = lengths_[s];
+    ints[2 * M + i] = s;
+  }
+  for (int i = 0; i < M; i++)
+    for (int j = 0; j < i; j++)
+      HH_CHECK(seqs[i] != seqs[j], "generator: sequence ", seqs[i], " listed twice in decode");
+  plan_decode(M);
+  be.copy_to_device(step_ints_dev_.data(), ints.data(), ints.size() * sizeof(int32_t));
+  const int32_t* tokens_dev = step_ints_dev_.data();
+  const int32_t* positions_dev = tokens_dev + M;
+  const int32_t* slots_dev = tokens_dev + 2 * M;
+
+  const size_t MC = static_cast<size_t>(M) * C;
+  be.embedding_forward_at(x_.data(), tokens_dev, positions_dev,
+                          model_.param_data("transformer.wte.weight"),
+                          model_.param_data("transformer.wpe.weight"), M, C);
+  for (int l = 0; l < cfg.n_layer; l++) {
+    const LayerParams p = layer_params(model_, l);
+    be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x_.data(), p.ln1_w, p.ln1_b, M, C);
+    be.matmul_forward(qkv_.data(), ln_.data(), p.qkv_w, p.qkv_b, M, C, 3 * C);
+    be.kv_cache_write(cache_.keys(l), cache_.values(l), qkv_.data(), slots_dev, positions_dev, M,
+                      max_len_, C);
+    be.attention_decode(atty_.data(), qkv_.data(), cache_.keys(l), cache_.values(l), slots_dev,
+                        positions_dev, M, max_len_, C, NH);
+    be.matmul_forward(proj_.data(), atty_.data(), p.proj_w, p.proj_b, M, C, C);
+    be.residual_forward(x2_.data(), x_.data(), proj_.data(), MC);
+    be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x2_.data(), p.ln2_w, p.ln2_b, M,
+                         C);
+    be.matmul_forward(fch_.data(), ln_.data(), p.fc_w, p.fc_b, M, C, 4 * C);
+    be.gelu_forward(fch_gelu_.data(), fch_.data(), MC * 4);
+    be.matmul_forward(proj_.data(), fch_gelu_.data(), p.fcproj_w, p.fcproj_b, M, 4 * C, C);
+    be.residual_forward(x_.data(), x2_.data(), proj_.data(), MC);
+  }
+  for (int i = 0; i < M; i++) lengths_[seqs[i]]++;
+  compute_logits(x_.data(), M);
+}
+
+// ---------------------------------------------------------------------------------------
+// Generator: the sampling loop
+
+std::vector<GeneratedSample> Generator::generate(const std::vector<std::vector<int32_t>>& prompts,
+                                                 const SamplingOptions& options,
+                                                 const StreamCallback& on_text) {
+  options.validate();
+  const auto start = std::chrono::steady_clock::now();
+  const GPTConfig& cfg = model_.config();
+  const int B = static_cast<int>(prompts.size()), V = cfg.vocab_size;
+  last_new_tokens_ = 0;
+  last_seconds_ = 0;
+  std::vector<GeneratedSample> out(B);
+  if (B == 0) return out;
+  for (int b = 0; b < B; b++) HH_CHECK(!prompts[b].empty(), "generate: prompt ", b, " is empty");
+  HH_CHECK(options.max_new_tokens < cfg.max_seq_len,
+           "generate: max_new_tokens=", options.max_new_tokens,
+           " leaves no room for a prompt in the context of ", cfg.max_seq_len, " tokens");
+  const size_t max_prompt = static_cast<size_t>(cfg.max_seq_len - options.max_new_tokens);
+  std::vector<std::vector<int32_t>> run(B);
+  int truncated = 0;
+  size_t longest = 0, longest_original = 0;
+  for (int b = 0; b < B; b++) {
+    const std::vector<int32_t>& p = prompts[b];
+    longest_original = std::max(longest_original, p.size());
+    if (p.size() > max_prompt) {
+      run[b].assign(p.end() - static_cast<std::ptrdiff_t>(max_prompt), p.end());
+      out[b].prompt_truncated = true;
+      truncated++;
+    } else {
+      run[b] = p;
+    }
+    longest = std::max(longest, run[b].size());
+  }
+  if (truncated > 0)
+    std::fprintf(stderr,
+                 "hh: warning: %d prompt(s) longer than %zu tokens (max_seq_len %d - "
+                 "max_new_tokens %d) were truncated from the left (longest: %zu tokens)\n",
+                 truncated, max_prompt, cfg.max_seq_len, options.max_new_tokens, longest_original);
+
+  std::vector<std::string> stops;
+  for (const std::string& s : options.stop_strings)
+    if (!s.empty()) stops.push_back(s);
+  const int32_t eot = tokenizer_.eot_id();
+
+  const int max_len = static_cast<int>(longest) + options.max_new_tokens;
+  prefill_device(run, max_len);
+  std::vector<SequenceState> state(B);
+  std::vector<int32_t> active(B);  // sequences whose logits are the rows of logits_
+  for (int b = 0; b < B; b++) {
+    state[b].rng.reseed(sample_stream_seed(options.seed, b));
+    out[b].prompt_ids = run[b];
+    active[b] = b;
+  }
+  // Plain temperature sampling (or greedy) runs on the device (sample_rows: Gumbel-max),
+  // so only the ids and log-probs come back; top-k/top-p sample on the host from the
+  // copied logits.
+  const bool greedy = options.temperature == 0.0f || options.top_k == 1;
+  const bool on_device =
+      greedy || (options.top_p >= 1.0f && (options.top_k == 0 || options.top_k >= V));
+  const float device_temperature = greedy ? 0.0f : options.temperature;
+  std::vector<std::pair<float, int32_t>> scratch;
+  std::vector<float> logits, sampled_logprobs;
+  std::vector<int32_t> sampled;
+  std::vector<uint64_t> seeds;
+  Backend& be = model_.backend();
+
+  while (!active.empty()) {
+    const int M = static_cast<int>(active.size());
+    if (on_device) {
+      seeds.resize(M);
+      for (int i = 0; i < M; i++) seeds[i] = state[active[i]].rng.next_u64();
+      grow(seeds_dev_, be, M);
+      grow(sampled_dev_, be, M);
+      grow(sampled_logprobs_dev_, be, M);
+      be.copy_to_device(seeds_dev_.data(), seeds.data(), M * sizeof(uint64_t));
+      be.sample_rows(sampled_dev_.data(), sampled_logprobs_dev_.data(), logits_.data(),
+                     seeds_dev_.data(), device_temperature, M, V, cfg.padded_vocab_size);
+      sampled.resize(M);
+      sampled_logprobs.resize(M);
+      be.copy_to_host(sampled.data(), sampled_dev_.data(), M * sizeof(int32_t));
+      be.copy_to_host(sampled_logprobs.data(), sampled_logprobs_dev_.data(), M * sizeof(float));
+    } else {
+      logits = host_logits(M);
+    }
+    std::vector<int32_t> next_seqs, next_tokens;
+    for (int i = 0; i < M; i++) {
+      const int b = active[i];
+      SequenceState& st = state[b];
+      GeneratedSample& s = out[b];
+      int32_t tok;
+      float logprob;
+      if (on_device) {
+        tok = sampled[i];
+        logprob = sampled_logprobs[i];
+      } else {
+        const float* row = logits.data() + static_cast<size_t>(i) * V;
+        tok = sample_token(row, V, options, st.rng.uniform_double(), &scratch);
+        logprob = token_logprob(row, V, tok);
+      }
+      s.generated_ids.push_back(tok);
+      s.generated_logprobs.push_back(logprob);
+      last_new_tokens_++;
+      if (options.stop_at_eot && tok == eot) {
+        s.finish_reason = "eot";
+        st.finished = true;
+      } else {
+        const size_t old_size = st.text.size();
+        st.text += tokenizer_.decode_token(tok);
+        st.token_ends.push_back(st.text.size());
+        // The earliest stop string in the response; only matches that end in the new piece
+        // are new, so the search starts where such a match could begin.
+        size_t stop_at = std::string::npos;
+        for (const std::string& stop : stops) {
+          const size_t from = old_size >= stop.size() - 1 ? old_size - (stop.size() - 1) : 0;
+          const size_t at = st.text.find(stop, from);
+          if (at != std::string::npos) stop_at = std::min(stop_at, at);
+        }
+        if (stop_at != std::string::npos) {
+          s.finish_reason = "stop";
+          st.finished = true;
+          st.text.resize(stop_at);
+        }
+      }
+      if (!st.finished && static_cast<int>(s.generated_ids.size()) >= options.max_new_tokens) {
+        s.finish_reason = "length";
+        st.finished = true;
+      }
+      if (st.finished) {
+        // The response: the tokens whose text lies entirely before the cut.
+        size_t keep = 0;
+        while (keep < st.token_ends.size() && st.token_ends[keep] <= st.text.size()) keep++;
+        s.response_ids.assign(s.generated_ids.begin(), s.generated_ids.begin() + keep);
+        s.logprobs.assign(s.generated_logprobs.begin(), s.generated_logprobs.begin() + keep);
+        s.response_text = st.text;
+      } else {
+        next_seqs.push_back(b);
+        next_tokens.push_back(tok);
+      }
+      if (on_text) {
+        const size_t held = st.finished ? 0 : pending_stop_prefix(st.text, stops);
+        const size_t safe_end = st.text.size() - held;
+        if (safe_end > st.emitted) {
+          on_text(b, st.text.substr(st.emitted, safe_end - st.emitted));
+          st.emitted = safe_end;
+        }
+      }
+    }
+    active = next_seqs;
+    if (!active.empty()) decode_device(next_seqs, next_tokens);
+  }
+  last_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+}  // namespace hh

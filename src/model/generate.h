@@ -1,0 +1,173 @@
+// Sampling from a GPT with a KV cache: a batch of prompts of different lengths, one new
+// token per sequence per step, on any hh::Backend.
+//
+//   Generator gen(model, tokenizer);
+//   SamplingOptions opt;            // temperature 1, no top-k/top-p, stop "\n\nHuman:"
+//   opt.seed = 7;
+//   std::vector<GeneratedSample> out = gen.generate(prompt_ids, opt);
+//   out[0].response_text, out[0].finish_reason, out[0].logprobs ...
+//
+// How: prefill runs the prompts (right-padded to the longest) through the transformer with
+// the model's usual batched ops, one layer at a time, writing each layer's keys and values
+// into the cache (KVCache: per layer K and V [slots][max_len][C]); each decode step then
+// embeds one token per active sequence at its own position and runs the layers on those
+// rows only, attending over the cache (ops attention_decode / kv_cache_write /
+// embedding_forward_at in ops.h). Finished sequences leave the batch.
+//
+// Sampling happens on the host from the first vocab_size logits of each row (padded
+// vocabulary entries are never candidates): temperature (0 = greedy argmax), then top-k,
+// then top-p (nucleus), then one draw. Each sequence b has its own random stream
+// Rng(mix(seed, b)), so a seed reproduces every sample exactly and a sequence's sample does
+// not depend on when the other sequences of its batch finish.
+//
+// Stops, per sequence: <|endoftext|> sampled ("eot"), a stop string appearing in the
+// decoded response ("stop"; the response is cut before it), max_new_tokens ("length").
+// Prompts longer than max_seq_len - max_new_tokens lose their oldest tokens (a warning on
+// stderr, once per call); an empty prompt is an error. docs/generation.md has more.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/gpt.h"
+#include "ops/ops.h"
+
+namespace hh {
+
+class Tokenizer;
+
+struct SamplingOptions {
+  float temperature = 1.0f;  // 0 = greedy (argmax); otherwise logits / temperature
+  int top_k = 0;             // keep the k most likely tokens; 0 = all
+  float top_p = 1.0f;        // keep the smallest set whose probability reaches top_p; 1 = all
+  int max_new_tokens = 128;  // per sequence, >= 1
+  std::vector<std::string> stop_strings = {"\n\nHuman:"};  // empty strings are ignored
+  bool stop_at_eot = true;  // stop when <|endoftext|> is sampled (it is not in the response)
+  uint64_t seed = 0;
+  // Validates the ranges (temperature >= 0, top_k >= 0, 0 < top_p <= 1, ...), naming the
+  // bad field.
+  void validate() const;
+};
+
+struct GeneratedSample {
+  std::vector<int32_t> prompt_ids;  // the prompt as run (after any left truncation)
+  bool prompt_truncated = false;
+  // The response: the sampled tokens before the stop (no <|endoftext|>, no token that
+  // reaches into a stop string), and its text, cut right before the stop string. When a
+  // stop string starts inside a token, response_text keeps that token's bytes before it
+  // while response_ids drops the token.
+  std::vector<int32_t> response_ids;
+  std::string response_text;
+  std::string finish_reason;  // "stop" (stop string), "eot" (<|endoftext|>), "length"
+  // log p(token) under the unmodified model (temperature 1, no top-k/top-p), one per
+  // response_ids entry.
+  std::vector<float> logprobs;
+  // Everything sampled, including the <|endoftext|> or the tokens of the stop string, and
+  // their log-probs (response_ids is a prefix of it).
+  std::vector<int32_t> generated_ids;
+  std::vector<float> generated_logprobs;
+};
+
+// Called as text becomes final: (sequence index, the next piece of its response text).
+// Text that could still turn out to be the start of a stop string is held back, so the
+// pieces of a sequence concatenate to exactly its response_text.
+using StreamCallback = std::function<void(int sequence, const std::string& piece)>;
+
+// Keys and values of every layer for a batch of sequences: K and V [slots][max_len][C]
+// per layer, on the model's backend.
+class KVCache {
+ public:
+  KVCache() = default;
+  // (Re)allocates when the shape grows; contents are undefined until written.
+  void reserve(Backend& backend, int n_layer, int slots, int max_len, int C);
+  float* keys(int layer) { return k_.data() + layer * layer_floats(); }
+  float* values(int layer) { return v_.data() + layer * layer_floats(); }
+  int slots() const { return slots_; }
+  int max_len() const { return max_len_; }
+  size_t bytes() const { return k_.bytes() + v_.bytes(); }
+  void release() {
+    k_.reset();
+    v_.reset();
+    slots_ = max_len_ = 0;
+  }
+
+ private:
+  size_t layer_floats() const { return static_cast<size_t>(slots_) * max_len_ * C_; }
+  Buffer<float> k_, v_;
+  int n_layer_ = 0, slots_ = 0, max_len_ = 0, C_ = 0;
+};
+
+class Generator {
+ public:
+  // Keeps references to both. The model's vocab_size must equal the tokenizer's (throws).
+  Generator(GPT& model, const Tokenizer& tokenizer);
+
+  // Samples a response for each prompt (token ids, e.g. tokenized with
+  // tokenize_dialogue and ending in "\n\nAssistant:"). One call = one batch.
+  std::vector<GeneratedSample> generate(const std::vector<std::vector<int32_t>>& prompts,
+                                        const SamplingOptions& options,
+                                        const StreamCallback& on_text = nullptr);
+
+  // ---- the two model steps, public for tests and for tools that score with the cache ----
+  // Runs the prompts (each non-empty, length <= max_len <= max_seq_len) into a fresh cache
+  // of max_len positions; returns the logits at each prompt's last token, [B * vocab_size].
+  std::vector<float> prefill(const std::vector<std::vector<int32_t>>& prompts, int max_len);
+  // Appends tokens[i] to sequence seqs[i] (its next position; the sequence must have room)
+  // and returns the logits there, [seqs.size() * vocab_size]. Sequences not listed are
+  // left alone.
+  std::vector<float> decode(const std::vector<int32_t>& seqs, const std::vector<int32_t>& tokens);
+  // Current length (prompt + appended tokens) of each sequence of the last prefill.
+  const std::vector<int32_t>& lengths() const { return lengths_; }
+
+  // Frees the cache and the scratch buffers (they grow to the largest batch seen; a trainer
+  // that alternates generation and training can give the memory back in between).
+  void release_memory();
+
+  // Generated tokens and the time of the last generate() (prefill included), for tokens/s.
+  int64_t last_new_tokens() const { return last_new_tokens_; }
+  double last_seconds() const { return last_seconds_; }
+
+ private:
+  // prefill/decode up to the device logits_ [rows, Vp]; host_logits copies them out.
+  void prefill_device(const std::vector<std::vector<int32_t>>& prompts, int max_len);
+  void decode_device(const std::vector<int32_t>& seqs, const std::vector<int32_t>& tokens);
+  void plan_prefill(int B, int T);
+  void plan_decode(int M);
+  void compute_logits(const float* hidden, int M);
+  std::vector<float> host_logits(int M);
+
+  GPT& model_;
+  const Tokenizer& tokenizer_;
+  KVCache cache_;
+  std::vector<int32_t> lengths_;  // per sequence of the current batch
+  int max_len_ = 0;
+
+  // Device scratch, grow-only. Prefill uses [B*T] rows, decode [M] rows.
+  Buffer<int32_t> tokens_dev_, positions_dev_, slots_dev_, lengths_dev_, rows_dev_;
+  Buffer<int32_t> step_ints_dev_, sampled_dev_;  // decode: tokens|positions|slots; samples
+  Buffer<uint64_t> seeds_dev_;
+  Buffer<float> sampled_logprobs_dev_;
+  std::vector<int32_t> step_ints_;
+  Buffer<float> x_, x2_, ln_, mean_, rstd_, qkv_, atty_, proj_, fch_, fch_gelu_, att_saved_;
+  Buffer<float> last_, logits_;
+  std::vector<float> host_logits_;
+
+  int64_t last_new_tokens_ = 0;
+  double last_seconds_ = 0;
+};
+
+// Reads per-sequence random streams for seed and sequence index b (exposed for tests).
+uint64_t sample_stream_seed(uint64_t seed, int b);
+
+// Draws one token from logits [V] (the real vocabulary only) with the options'
+// temperature/top-k/top-p; `uniform` in [0, 1) is the one random number used. Greedy
+// (temperature 0, or top_k 1) ignores it.
+int32_t sample_token(const float* logits, int V, const SamplingOptions& options, double uniform,
+                     std::vector<std::pair<float, int32_t>>* scratch);
+
+// log softmax(logits[:V])[token], in double.
+float token_logprob(const float* logits, int V, int32_t token);
+
+}  // namespace hh

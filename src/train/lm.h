@@ -1,0 +1,61 @@
+// The language-model stage: pretraining on whole dialogues, or supervised fine-tuning
+// with the loss on assistant tokens only (the mask hh-prepare stores).
+//
+// One optimizer step = `batch` sequences, processed `micro_batch` at a time (gradient
+// accumulation). The loss is the mean next-token cross-entropy over all target tokens of
+// the step: micro-batch i with nᵢ targets contributes nᵢ/Σn of its mean, so accumulation
+// gives the same gradient as one big batch.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "model/gpt.h"
+#include "train/optimizer.h"
+#include "train/run.h"
+
+namespace hh {
+
+struct LmTrainOptions {
+  std::string train_path, dev_path;  // sft datasets from hh-prepare (dev may be "")
+  std::string init;                  // hh checkpoint or HF GPT-2 safetensors; "" = random
+  bool masked = true;                // true: SFT (assistant tokens); false: every token
+  GPTConfig model;                   // used for random init (vocab taken from the data)
+  int64_t steps = 100, batch = 8, micro_batch = 8, seq = 256;
+  AdamWConfig adamw;
+  float min_lr_frac = 0.1f;
+  int64_t warmup = 20;
+  int64_t log_every = 10, eval_every = 100, ckpt_every = 200, eval_batches = 0;
+  int keep_ckpts = 2;
+  uint64_t seed = 1234;
+  bool resume = false;
+  NanPolicy nan_policy = NanPolicy::Skip;
+  std::string run_dir = "runs/sft";
+  std::string stage = "sft";  // recorded in checkpoint metadata
+  bool quiet = false;         // no progress lines (tests)
+  std::string config_json;    // the flags, recorded as <run>/config.json
+};
+
+struct LmTrainResult {
+  int64_t steps_done = 0;
+  bool interrupted = false;
+  std::vector<float> train_losses;  // one per step taken in this invocation
+  double last_dev_loss = -1;        // -1 when there is no dev set
+};
+
+LmTrainResult train_lm(Backend& backend, const LmTrainOptions& options);
+
+// A batch of dataset sequences: each left-truncated to `seq` tokens (the end survives),
+// right-padded to the longest; target of position t is token t+1 when it is trained on
+// (mask[t+1] when masked, always otherwise), else -1.
+Batch make_lm_batch(const SftDataset& data, const std::vector<size_t>& indices, int64_t seq,
+                    bool masked);
+
+// Mean target-token loss over the first max_batches·batch sequences of `data` in order
+// (all when max_batches is 0).
+double evaluate_lm(GPT& model, const SftDataset& data, int64_t seq, bool masked,
+                   int64_t batch, int64_t max_batches);
+
+}  // namespace hh

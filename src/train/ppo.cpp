@@ -1,0 +1,716 @@
+#include "train/ppo.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+
+#include "core/error.h"
+#include "core/fileio.h"
+#include "core/rng.h"
+#include "data/dataset.h"
+#include "model/checkpoint.h"
+#include "tokenizer/tokenizer.h"
+
+namespace hh {
+
+// ---------------------------------------------------------------------------------------
+// Advantages
+
+// δ_t = r_t + γ·V_{t+1} − V_t, A_t = δ_t + γλ·A_{t+1}, swept backwards from A_L = V_L = 0.
+std::vector<float> gae_advantages(const std::vector<float>& rewards,
+                                  const std::vector<float>& values, float gamma, float lambda,
+                                  std::vector<float>* returns) {
+  HH_CHECK(rewards.size() == values.size(), "gae_advantages: ", rewards.size(), " rewards but ",
+           values.size(), " values");
+  const size_t L = rewards.size();
+  std::vector<float> adv(L);
+  double next_value = 0, next_adv = 0;
+  for (size_t k = L; k-- > 0;) {
+    double delta = rewards[k] + gamma * next_value - values[k];
+    next_adv = delta + static_cast<double>(gamma) * lambda * next_adv;
+    next_value = values[k];
+    adv[k] = static_cast<float>(next_adv);
+  }
+  if (returns) {
+    returns->resize(L);
+    for (size_t k = 0; k < L; ++k) (*returns)[k] = adv[k] + values[k];
+  }
+  return adv;
+}
+
+// (x − mean)/sqrt(var + 1e-8) over masked entries, population variance, in double.
+void whiten(std::vector<float>* x, const std::vector<float>& mask) {
+  HH_CHECK(x->size() == mask.size(), "whiten: ", x->size(), " values but ", mask.size(),
+           " mask entries");
+  double n = 0, sum = 0, sq = 0;
+  for (size_t i = 0; i < x->size(); ++i)
+    if (mask[i] != 0) n += 1, sum += (*x)[i];
+  HH_CHECK(n > 0, "whiten: no entries to whiten");
+  const double mean = sum / n;
+  for (size_t i = 0; i < x->size(); ++i)
+    if (mask[i] != 0) sq += ((*x)[i] - mean) * ((*x)[i] - mean);
+  const double rstd = 1.0 / std::sqrt(sq / n + 1e-8);
+  for (size_t i = 0; i < x->size(); ++i)
+    (*x)[i] = mask[i] != 0 ? static_cast<float>(((*x)[i] - mean) * rstd) : 0.0f;
+}
+
+// ---------------------------------------------------------------------------------------
+// Losses
+
+namespace {
+
+double masked_count(const std::vector<float>& mask) {
+  double n = 0;
+  for (float m : mask) n += m != 0;
+  return n;
+}
+
+template <typename... V>
+void check_sizes(const char* what, size_t n, const V&... vs) {
+  for (size_t s : {vs.size()...})
+    HH_CHECK(s == n, what, ": inputs have different sizes (", n, " vs ", s, ")");
+}
+
+}  // namespace
+
+// loss = −(1/N) Σ min(ρA, clip(ρ)A); the unclipped term is the min (or they are equal)
+// ⇔ its gradient ρA flows: d/dlogp = −ρA/N, otherwise the clipped constant: 0.
+PolicyLoss ppo_policy_loss(const std::vector<float>& logp, const std::vector<float>& logp_old,
+                           const std::vector<float>& advantages, const std::vector<float>& mask,
+                           float clip) {
+  check_sizes("ppo_policy_loss", logp.size(), logp_old, advantages, mask);
+  const double n = masked_count(mask);
+  HH_CHECK(n > 0, "ppo_policy_loss: no tokens (the mask is all zero)");
+  PolicyLoss out;
+  out.dlogp.assign(logp.size(), 0.0f);
+  double loss = 0, clipped = 0, approx_kl = 0;
+  for (size_t i = 0; i < logp.size(); ++i) {
+    if (mask[i] == 0) continue;
+    const double log_ratio = static_cast<double>(logp[i]) - logp_old[i];
+    const double ratio = std::exp(log_ratio);
+    const double a = advantages[i];
+    const double ratio_clipped = std::min(std::max(ratio, 1.0 - clip), 1.0 + clip);
+    const double unclipped_term = ratio * a, clipped_term = ratio_clipped * a;
+    loss -= std::min(unclipped_term, clipped_term);
+    if (unclipped_term <= clipped_term) out.dlogp[i] = static_cast<float>(-ratio * a / n);
+    clipped += std::fabs(ratio - 1.0) > clip;
+    approx_kl += 0.5 * log_ratio * log_ratio;
+  }
+  out.loss = loss / n;
+  out.clip_fraction = clipped / n;
+  out.approx_kl = approx_kl / n;
+  return out;
+}
+
+// loss = ½(1/N) Σ max((v−R)², (v_c−R)²), v_c = clip(v, v_old−ε, v_old+ε). The gradient
+// follows the larger term: (v−R)/N, or (v_c−R)/N where v_c still moves with v (inside
+// the band), 0 where v_c is clamped.
+ValueLoss ppo_value_loss(const std::vector<float>& values, const std::vector<float>& values_old,
+                         const std::vector<float>& returns, const std::vector<float>& mask,
+                         float clip) {
+  check_sizes("ppo_value_loss", values.size(), values_old, returns, mask);
+  const double n = masked_count(mask);
+  HH_CHECK(n > 0, "ppo_value_loss: no tokens (the mask is all zero)");
+  ValueLoss out;
+  out.dvalues.assign(values.size(), 0.0f);
+  double loss = 0, clipped = 0;
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (mask[i] == 0) continue;
+    const double v = values[i], v_old = values_old[i], r = returns[i];
+    const double lo = v_old - clip, hi = v_old + clip;
+    const double v_clipped = std::min(std::max(v, lo), hi);
+    const double e1 = (v - r) * (v - r), e2 = (v_clipped - r) * (v_clipped - r);
+    if (e1 >= e2) {
+      loss += 0.5 * e1;
+      out.dvalues[i] = static_cast<float>((v - r) / n);
+    } else {
+      loss += 0.5 * e2;
+      clipped += 1;
+      const bool inside = v >= lo && v <= hi;
+      out.dvalues[i] = inside ? static_cast<float>((v_clipped - r) / n) : 0.0f;
+    }
+  }
+  out.loss = loss / n;
+  out.clip_fraction = clipped / n;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// KL controller and reward statistics
+
+// Ziegler et al. 2019, eq. 2: proportional control of log β toward the target KL.
+void KlController::update(double kl, int64_t n_steps) {
+  if (target <= 0) return;
+  const double error = std::min(std::max(kl / target - 1.0, -0.2), 0.2);
+  beta *= 1.0 + error * static_cast<double>(n_steps) / horizon;
+}
+
+// Merges the batch's (n, mean, M2) into the running ones (Chan et al. 1979).
+void RunningMoments::update(const std::vector<float>& xs) {
+  if (xs.empty()) return;
+  double n = 0, mean = 0, m2 = 0;
+  for (float x : xs) {
+    n += 1;
+    double d = x - mean;
+    mean += d / n;
+    m2 += d * (x - mean);
+  }
+  const double total = count + n, delta = mean - this->mean;
+  this->mean += delta * n / total;
+  this->m2 += m2 + delta * delta * count * n / total;
+  count = total;
+}
+
+double RunningMoments::std() const { return count < 2 ? 1.0 : std::sqrt(m2 / count); }
+
+// ---------------------------------------------------------------------------------------
+// Batches of prompt + actions
+
+namespace {
+
+// Sequences prompt[i] + actions[i] for i in `indices`, right-padded; targets at row
+// P+t−1 = action t. rows[k] lists the flattened rows of sequence k's actions in order.
+struct ActionBatch {
+  Batch batch;
+  std::vector<std::vector<int32_t>> rows;
+  std::vector<int32_t> flat_rows;
+};
+
+ActionBatch make_action_batch(const std::vector<std::vector<int32_t>>& prompts,
+                              const std::vector<std::vector<int32_t>>& actions,
+                              const std::vector<size_t>& indices, int max_seq_len,
+                              const char* model_name) {
+  ActionBatch ab;
+  Batch& b = ab.batch;
+  b.B = static_cast<int>(indices.size());
+  b.T = 1;
+  for (size_t i : indices) {
+    const size_t len = prompts[i].size() + actions[i].size();
+    HH_CHECK(!prompts[i].empty(), "sequence ", i, ": empty prompt");
+    HH_CHECK(len <= static_cast<size_t>(max_seq_len), "sequence ", i, ": prompt (",
+             prompts[i].size(), " tokens) + response (", actions[i].size(), " tokens) exceeds the ",
+             model_name, "'s context of ", max_seq_len, " tokens");
+    b.T = std::max(b.T, static_cast<int>(len));
+  }
+  b.tokens.assign(static_cast<size_t>(b.B) * b.T, 0);
+  b.targets.assign(static_cast<size_t>(b.B) * b.T, -1);
+  b.lengths.resize(b.B);
+  ab.rows.resize(b.B);
+  for (int r = 0; r < b.B; ++r) {
+    const auto& p = prompts[indices[r]];
+    const auto& a = actions[indices[r]];
+    const int P = static_cast<int>(p.size());
+    b.lengths[r] = static_cast<int32_t>(p.size() + a.size());
+    std::copy(p.begin(), p.end(), b.tokens.begin() + static_cast<size_t>(r) * b.T);
+    std::copy(a.begin(), a.end(), b.tokens.begin() + static_cast<size_t>(r) * b.T + P);
+    for (size_t t = 0; t < a.size(); ++t) {
+      const int32_t row = r * b.T + P + static_cast<int>(t) - 1;
+      b.targets[row] = a[t];
+      ab.rows[r].push_back(row);
+      ab.flat_rows.push_back(row);
+    }
+  }
+  return ab;
+}
+
+// Splits [0, n) into runs of at most `size`.
+std::vector<std::vector<size_t>> chunks(size_t n, int64_t size) {
+  std::vector<std::vector<size_t>> out;
+  for (size_t i = 0; i < n; i += static_cast<size_t>(size)) {
+    out.emplace_back();
+    for (size_t j = i; j < std::min(n, i + static_cast<size_t>(size)); ++j) out.back().push_back(j);
+  }
+  return out;
+}
+
+// log π(action) of each action of the batch's sequences: −token_loss at its row.
+std::vector<std::vector<float>> batch_logprobs(GPT& model, const ActionBatch& ab) {
+  model.forward(ab.batch);
+  std::vector<float> losses = model.token_losses();
+  std::vector<std::vector<float>> out(ab.rows.size());
+  for (size_t k = 0; k < ab.rows.size(); ++k)
+    for (int32_t row : ab.rows[k]) out[k].push_back(-losses[row]);
+  return out;
+}
+
+// Mean entropy −Σ p log p of the softmax over the vocabulary at each row (host, double).
+double sum_entropy(const std::vector<float>& logits, int V, size_t rows) {
+  double total = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    const float* x = logits.data() + r * V;
+    double mx = *std::max_element(x, x + V), z = 0, s = 0;
+    for (int v = 0; v < V; ++v) {
+      double e = std::exp(x[v] - mx);
+      z += e;
+      s += e * (x[v] - mx);
+    }
+    total += std::log(z) - s / z;
+  }
+  return total;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+std::vector<std::vector<float>> response_logprobs(
+    GPT& model, const std::vector<std::vector<int32_t>>& prompts,
+    const std::vector<std::vector<int32_t>>& responses, int micro_batch) {
+  HH_CHECK(prompts.size() == responses.size(), "response_logprobs: ", prompts.size(),
+           " prompts but ", responses.size(), " responses");
+  std::vector<std::vector<float>> out(prompts.size());
+  for (const auto& idx : chunks(prompts.size(), std::max(1, micro_batch))) {
+    ActionBatch ab =
+        make_action_batch(prompts, responses, idx, model.config().max_seq_len, "model");
+    auto lp = batch_logprobs(model, ab);
+    for (size_t k = 0; k < idx.size(); ++k) out[idx[k]] = std::move(lp[k]);
+  }
+  return out;
+}
+
+Scorer pm_scorer(GPT& pm, int32_t end_of_context_id, int micro_batch) {
+  HH_CHECK(pm.has_scalar_head(), "the preference model has no scalar head");
+  HH_CHECK(end_of_context_id >= 0 && end_of_context_id < pm.config().vocab_size,
+           "pm_scorer: <|endofcontext|> id ", end_of_context_id, " is outside the PM's vocabulary");
+  GPT* model = &pm;
+  return [model, end_of_context_id, micro_batch](
+             const std::vector<std::vector<int32_t>>& prompts,
+             const std::vector<std::vector<int32_t>>& responses) {
+    HH_CHECK(prompts.size() == responses.size(), "pm_scorer: ", prompts.size(), " prompts but ",
+             responses.size(), " responses");
+    const size_t ctx = static_cast<size_t>(model->config().max_seq_len);
+    std::vector<float> scores(prompts.size());
+    for (const auto& idx : chunks(prompts.size(), std::max(1, micro_batch))) {
+      std::vector<std::vector<int32_t>> seqs;
+      for (size_t i : idx) {
+        std::vector<int32_t> s = prompts[i];
+        s.insert(s.end(), responses[i].begin(), responses[i].end());
+        truncate_left(&s, ctx - 1);  // as hh-prepare pm: keep the end, then the end token
+        s.push_back(end_of_context_id);
+        seqs.push_back(std::move(s));
+      }
+      Batch b;
+      b.B = static_cast<int>(seqs.size());
+      for (const auto& s : seqs) b.T = std::max(b.T, static_cast<int>(s.size()));
+      b.tokens.assign(static_cast<size_t>(b.B) * b.T, 0);
+      std::vector<int32_t> rows;
+      for (int r = 0; r < b.B; ++r) {
+        std::copy(seqs[r].begin(), seqs[r].end(), b.tokens.begin() + static_cast<size_t>(r) * b.T);
+        b.lengths.push_back(static_cast<int32_t>(seqs[r].size()));
+        rows.push_back(r * b.T + static_cast<int32_t>(seqs[r].size()) - 1);
+      }
+      std::vector<float> s = model->forward_scores(b, rows);
+      for (size_t k = 0; k < idx.size(); ++k) scores[idx[k]] = s[k];
+    }
+    return scores;
+  };
+}
+
+Json PpoIterationStats::to_json() const {
+  Json j;
+  j["step"] = iteration;
+  j["reward"] = reward;
+  j["kl"] = kl;
+  j["sqrt_kl"] = sqrt_kl;
+  j["beta"] = beta;
+  j["entropy"] = entropy;
+  j["clip_fraction"] = clip_fraction;
+  j["approx_kl"] = approx_kl;
+  j["policy_loss"] = policy_loss;
+  j["value_loss"] = value_loss;
+  j["value_clip_fraction"] = value_clip_fraction;
+  j["explained_variance"] = explained_variance;
+  j["response_length"] = response_length;
+  j["rollout_s"] = rollout_s;
+  j["scoring_s"] = scoring_s;
+  j["update_s"] = update_s;
+  j["skipped"] = skipped;
+  return j;
+}
+
+// ---------------------------------------------------------------------------------------
+// The trainer
+
+namespace {
+
+std::string fingerprint_of(const std::map<std::string, std::string>& meta) {
+  auto it = meta.find("tokenizer");
+  return it == meta.end() ? "" : it->second;
+}
+
+void check_tokenizer(const std::map<std::string, std::string>& meta, const std::string& fp,
+                     const std::string& path, const std::string& what) {
+  std::string f = fingerprint_of(meta);
+  HH_CHECK(f.empty() || f == fp, what, " ", path, " was trained with another tokenizer (", f,
+           ") than --tokenizer (", fp, ")");
+}
+
+}  // namespace
+
+PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
+  HH_CHECK(o.iterations > 0, "--steps (PPO iterations) must be > 0");
+  HH_CHECK(o.prompts_per_iter > 0 && o.minibatch > 0 && o.epochs > 0,
+           "--batch, --minibatch and --epochs must be > 0");
+  HH_CHECK(o.gamma >= 0 && o.gamma <= 1 && o.lambda >= 0 && o.lambda <= 1,
+           "--gamma and --lambda must be in [0, 1]");
+  HH_CHECK(o.clip > 0 && o.value_clip > 0, "--clip and --value-clip must be > 0");
+  HH_CHECK(!o.policy_init.empty(), "--policy is required (an hh-sft checkpoint)");
+  HH_CHECK(!o.pm_path.empty() || o.scorer, "--pm is required (an hh-pm checkpoint)");
+  o.sampling.validate();
+
+  Tokenizer tok = Tokenizer::load(o.tokenizer_path);
+  const std::string fp = std::to_string(tok.fingerprint());
+  PromptDataset prompts = PromptDataset::load(o.prompts_path, &tok);
+  HH_CHECK(prompts.size() > 0, o.prompts_path, ": no prompts");
+
+  RunDir run(o.run_dir, o.resume);
+  const std::string resume_dir = o.resume ? run.latest_checkpoint() : "";
+
+  // Policy (from the latest checkpoint on resume), the frozen reference π₀, the PM, the
+  // value model.
+  auto policy_meta = read_checkpoint_metadata(o.policy_init);
+  check_tokenizer(policy_meta, fp, o.policy_init, "the policy");
+  GPT reference = load_model(o.policy_init, backend);
+  HH_CHECK(reference.config().vocab_size == tok.vocab_size(), "the policy ", o.policy_init,
+           " has a vocabulary of ", reference.config().vocab_size, ", the tokenizer ",
+           tok.vocab_size());
+  GPT policy(backend, reference.config(), /*scalar_head=*/false);
+  load_weights_into(policy, resume_dir.empty() ? o.policy_init : resume_dir + "/model.safetensors",
+                    /*trunk_only=*/true);
+  const GPTConfig& cfg = policy.config();
+
+  std::unique_ptr<GPT> pm;
+  Scorer scorer = o.scorer;
+  if (!scorer) {
+    auto pm_meta = read_checkpoint_metadata(o.pm_path);
+    check_tokenizer(pm_meta, fp, o.pm_path, "the preference model");
+    pm = std::make_unique<GPT>(load_model(o.pm_path, backend));
+    HH_CHECK(pm->has_scalar_head(), o.pm_path, " has no scalar head: not a preference model");
+    HH_CHECK(pm->config().vocab_size == cfg.vocab_size, "the preference model ", o.pm_path,
+             " has a vocabulary of ", pm->config().vocab_size, ", the policy ", cfg.vocab_size);
+    HH_CHECK(tok.has_special(kEndOfContext), "the tokenizer has no ", kEndOfContext,
+             " token, where the preference model reads its score");
+    scorer = pm_scorer(*pm, tok.special_id(kEndOfContext), static_cast<int>(o.minibatch));
+  }
+
+  const std::string value_path = !resume_dir.empty()
+                                     ? resume_dir + "/value.safetensors"
+                                     : (!o.value_init.empty() ? o.value_init : o.pm_path);
+  std::unique_ptr<GPT> value;
+  if (value_path.empty()) {
+    value = std::make_unique<GPT>(backend, cfg, /*scalar_head=*/true);
+    value->init_random(o.seed ^ 0x5eedull);
+    load_weights_into(*value, o.policy_init, /*trunk_only=*/true);
+  } else {
+    check_tokenizer(read_checkpoint_metadata(value_path), fp, value_path, "the value model");
+    value = std::make_unique<GPT>(load_model(value_path, backend));
+    HH_CHECK(value->has_scalar_head(), "the value model ", value_path,
+             " has no scalar head (expected a PM checkpoint)");
+    HH_CHECK(value->config().vocab_size == cfg.vocab_size, "the value model ", value_path,
+             " has a vocabulary of ", value->config().vocab_size, ", the policy ", cfg.vocab_size);
+    HH_CHECK(value->config().max_seq_len >= cfg.max_seq_len, "the value model ", value_path,
+             " has a context of ", value->config().max_seq_len,
+             " tokens, shorter than the policy's ", cfg.max_seq_len);
+  }
+
+  const int max_new = o.sampling.max_new_tokens;
+  HH_CHECK(max_new < cfg.max_seq_len, "--max-new-tokens=", max_new,
+           " leaves no room for a prompt in the policy's context of ", cfg.max_seq_len);
+  const size_t max_prompt = static_cast<size_t>(cfg.max_seq_len - max_new);
+
+  AdamW popt(policy, o.policy_adamw), vopt(*value, o.value_adamw);
+  BatchSampler sampler(prompts.size(), static_cast<size_t>(o.prompts_per_iter), o.seed);
+  Rng rng(o.seed);
+  TrainState state;
+  KlController kl_ctl = o.kl;
+  RunningMoments moments;
+  int64_t start_iter = 0;
+  if (!resume_dir.empty()) {
+    load_optimizer(resume_dir + "/optim.safetensors", popt, &state);
+    load_optimizer(resume_dir + "/value_optim.safetensors", vopt, nullptr);
+    HH_CHECK(state.data_cursor.size() == 2 && state.extra.count("iteration"), resume_dir,
+             ": optimizer state lacks the PPO fields (data cursor, iteration)");
+    sampler.set_cursor({state.data_cursor[0], state.data_cursor[1]});
+    rng.set_state(state.rng_state);
+    kl_ctl.beta = state.extra["kl_coef"];
+    moments.count = state.extra["reward_count"];
+    moments.mean = state.extra["reward_mean"];
+    moments.m2 = state.extra["reward_m2"];
+    start_iter = static_cast<int64_t>(state.extra["iteration"]);
+  }
+  run.write_config(o.config_json);
+  MetricsLogger samples_log(run.file("samples.jsonl"));
+  Generator gen(policy, tok);
+  if (!o.quiet)
+    std::fprintf(stderr, "hh-ppo: policy %s | %zu prompts | %s from iteration %lld\n",
+                 cfg.describe().c_str(), prompts.size(),
+                 resume_dir.empty() ? "starting" : "resuming", static_cast<long long>(start_iter));
+
+  auto metadata = [&](int64_t it) {
+    return std::map<std::string, std::string>{
+        {"stage", "ppo"}, {"step", std::to_string(it)}, {"tokenizer", fp}};
+  };
+  auto checkpoint = [&](int64_t it) {
+    state.data_cursor = {sampler.cursor().epoch, sampler.cursor().position};
+    state.rng_state = rng.state();
+    state.extra["iteration"] = static_cast<double>(it);
+    state.extra["kl_coef"] = kl_ctl.beta;
+    state.extra["reward_count"] = moments.count;
+    state.extra["reward_mean"] = moments.mean;
+    state.extra["reward_m2"] = moments.m2;
+    char name[32];
+    std::snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(it));
+    // The value model goes into the directory first; `latest` names it only after
+    // save_checkpoint has written the policy, so the directory is complete when named.
+    const std::string dir = run.path() + "/checkpoints/" + name;
+    make_dirs(dir);
+    save_model(dir + "/value.safetensors", *value, metadata(it));
+    save_optimizer(dir + "/value_optim.safetensors", vopt, TrainState{});
+    run.save_checkpoint(it, policy, popt, state, metadata(it), o.keep_ckpts);
+  };
+
+  PpoTrainResult result;
+  const int V = cfg.vocab_size;
+  for (int64_t it = start_iter; it < o.iterations; ++it) {
+    if (stop_requested()) {
+      if (!o.quiet)
+        std::fprintf(stderr, "interrupted: saving a checkpoint at iteration %lld\n",
+                     static_cast<long long>(it));
+      checkpoint(it);
+      result.interrupted = true;
+      return result;
+    }
+    PpoIterationStats st;
+    st.iteration = it + 1;
+    st.beta = kl_ctl.beta;
+    Rollout ro;
+
+    // ---- 1. rollout ----
+    auto t0 = std::chrono::steady_clock::now();
+    for (size_t i : sampler.next_batch()) {
+      std::vector<int32_t> p = prompts.prompt(i).to_vector();
+      if (o.max_prompt_tokens > 0) truncate_left(&p, static_cast<size_t>(o.max_prompt_tokens));
+      if (p.size() > max_prompt) {
+        HH_CHECK(o.truncate_prompts, o.prompts_path, ": prompt ", i, " has ", p.size(),
+                 " tokens; with --max-new-tokens=", max_new, " the policy's context of ",
+                 cfg.max_seq_len, " allows ", max_prompt,
+                 " (use --truncate-prompts to keep the end)");
+        truncate_left(&p, max_prompt);
+      }
+      ro.prompts.push_back(std::move(p));
+    }
+    const size_t N = ro.prompts.size();
+    SamplingOptions so = o.sampling;
+    so.seed = rng.next_u64();
+    std::vector<GeneratedSample> gs = gen.generate(ro.prompts, so);
+    for (auto& g : gs) {
+      ro.actions.push_back(g.generated_ids);
+      ro.responses.push_back(g.response_ids);
+      ro.response_texts.push_back(g.response_text);
+    }
+    st.rollout_s = seconds_since(t0);
+
+    // ---- 2. scoring ----
+    t0 = std::chrono::steady_clock::now();
+    ro.scores = scorer(ro.prompts, ro.responses);
+    HH_CHECK(ro.scores.size() == N, "the scorer returned ", ro.scores.size(), " scores for ", N,
+             " dialogues");
+    size_t bad = N;
+    for (size_t i = 0; i < N && bad == N; ++i)
+      if (!std::isfinite(ro.scores[i])) bad = i;
+    if (bad != N) {
+      std::fprintf(stderr, "iteration %lld: reward of dialogue %zu is %g%s\n",
+                   static_cast<long long>(it + 1), bad, ro.scores[bad],
+                   o.nan_policy == NanPolicy::Stop ? ": stopping" : ": iteration skipped");
+      HH_CHECK(o.nan_policy != NanPolicy::Stop, "non-finite reward (", ro.scores[bad],
+               ") for dialogue ", bad, " at iteration ", it + 1, "; the last checkpoint is intact");
+      st.skipped = true;
+    }
+    ro.rewards_final = ro.scores;
+    if (!st.skipped && o.normalize_reward) {
+      moments.update(ro.scores);
+      for (float& r : ro.rewards_final)
+        r = static_cast<float>((r - moments.mean) / std::max(moments.std(), 1e-6));
+    }
+    ro.logp_old.resize(N);
+    ro.logp_ref.resize(N);
+    ro.values.resize(N);
+    double entropy_sum = 0, n_tokens = 0;
+    for (const auto& idx : chunks(N, o.minibatch)) {
+      ActionBatch ab = make_action_batch(ro.prompts, ro.actions, idx, cfg.max_seq_len, "policy");
+      if (ab.flat_rows.empty()) continue;
+      auto lp = batch_logprobs(policy, ab);
+      std::vector<float> logits = policy.logits_rows(ab.flat_rows);
+      entropy_sum += sum_entropy(logits, V, ab.flat_rows.size());
+      auto lr = batch_logprobs(reference, ab);
+      std::vector<float> v = value->forward_scores(ab.batch, ab.flat_rows);
+      size_t pos = 0;
+      for (size_t k = 0; k < idx.size(); ++k) {
+        ro.logp_old[idx[k]] = std::move(lp[k]);
+        ro.logp_ref[idx[k]] = std::move(lr[k]);
+        const size_t L = ab.rows[k].size();
+        ro.values[idx[k]].assign(v.begin() + pos, v.begin() + pos + L);
+        pos += L;
+        n_tokens += L;
+      }
+    }
+    ro.entropy = n_tokens > 0 ? entropy_sum / n_tokens : 0;
+    st.scoring_s = seconds_since(t0);
+
+    // ---- 3. rewards and advantages ----
+    ro.kl.assign(N, 0);
+    ro.advantages.resize(N);
+    ro.returns.resize(N);
+    std::vector<float> all_adv, all_mask;
+    double ret_sum = 0, ret_sq = 0, res_sum = 0, res_sq = 0;
+    for (size_t i = 0; i < N; ++i) {
+      const size_t L = ro.actions[i].size();
+      std::vector<float> rewards(L);
+      for (size_t t = 0; t < L; ++t) {
+        const double log_ratio = ro.logp_old[i][t] - ro.logp_ref[i][t];
+        ro.kl[i] += log_ratio;
+        rewards[t] = static_cast<float>(-kl_ctl.beta * log_ratio);
+      }
+      if (L > 0) rewards[L - 1] += ro.rewards_final[i];
+      ro.advantages[i] = gae_advantages(rewards, ro.values[i], o.gamma, o.lambda, &ro.returns[i]);
+      for (size_t t = 0; t < L; ++t) {
+        all_adv.push_back(ro.advantages[i][t]);
+        all_mask.push_back(1.0f);
+        const double r = ro.returns[i][t], e = r - ro.values[i][t];
+        ret_sum += r, ret_sq += r * r, res_sum += e, res_sq += e * e;
+      }
+      st.reward += ro.scores[i] / static_cast<double>(N);
+      st.kl += ro.kl[i] / static_cast<double>(N);
+      st.response_length += static_cast<double>(ro.responses[i].size()) / static_cast<double>(N);
+    }
+    st.sqrt_kl = std::sqrt(std::max(st.kl, 0.0));
+    st.entropy = ro.entropy;
+    const double nt = static_cast<double>(all_adv.size());
+    if (nt > 1) {
+      const double var_ret = ret_sq / nt - (ret_sum / nt) * (ret_sum / nt);
+      const double var_res = res_sq / nt - (res_sum / nt) * (res_sum / nt);
+      st.explained_variance = var_ret > 0 ? 1.0 - var_res / var_ret : 0.0;
+    }
+    if (all_adv.empty()) st.skipped = true;  // every response empty: nothing to train
+    if (!st.skipped) {
+      whiten(&all_adv, all_mask);
+      size_t pos = 0;
+      for (size_t i = 0; i < N; ++i)
+        for (auto& a : ro.advantages[i]) a = all_adv[pos++];
+    }
+
+    // ---- 4. update ----
+    t0 = std::chrono::steady_clock::now();
+    const float lr_policy = lr_at(it, o.policy_adamw.lr, o.warmup, o.iterations, o.min_lr_frac);
+    const float lr_value = lr_at(it, o.value_adamw.lr, o.warmup, o.iterations, o.min_lr_frac);
+    int64_t n_updates = 0;
+    for (int64_t epoch = 0; epoch < o.epochs && !st.skipped; ++epoch) {
+      std::vector<size_t> order(N);
+      for (size_t i = 0; i < N; ++i) order[i] = i;
+      for (size_t i = N; i > 1; --i) std::swap(order[i - 1], order[rng.below(i)]);
+      for (size_t start = 0; start < N && !st.skipped; start += static_cast<size_t>(o.minibatch)) {
+        std::vector<size_t> idx(
+            order.begin() + start,
+            order.begin() + std::min(N, start + static_cast<size_t>(o.minibatch)));
+        ActionBatch ab = make_action_batch(ro.prompts, ro.actions, idx, cfg.max_seq_len, "policy");
+        if (ab.flat_rows.empty()) continue;
+        std::vector<float> logp_old, adv, v_old, ret, mask(ab.flat_rows.size(), 1.0f);
+        for (size_t i : idx) {
+          logp_old.insert(logp_old.end(), ro.logp_old[i].begin(), ro.logp_old[i].end());
+          adv.insert(adv.end(), ro.advantages[i].begin(), ro.advantages[i].end());
+          v_old.insert(v_old.end(), ro.values[i].begin(), ro.values[i].end());
+          ret.insert(ret.end(), ro.returns[i].begin(), ro.returns[i].end());
+        }
+        // Policy: d loss/d token_loss = −d loss/d logp.
+        policy.zero_grad();
+        policy.forward(ab.batch);
+        std::vector<float> losses = policy.token_losses();
+        std::vector<float> logp(ab.flat_rows.size());
+        for (size_t k = 0; k < logp.size(); ++k) logp[k] = -losses[ab.flat_rows[k]];
+        PolicyLoss pl = ppo_policy_loss(logp, logp_old, adv, mask, o.clip);
+        std::vector<float> dlosses(losses.size(), 0.0f);
+        for (size_t k = 0; k < logp.size(); ++k) dlosses[ab.flat_rows[k]] = -pl.dlogp[k];
+        float pnorm = 0, vnorm = 0;
+        if (std::isfinite(pl.loss)) {
+          policy.backward_token_losses(dlosses);
+          pnorm = popt.clip_and_step(lr_policy);
+        }
+        // Value model.
+        value->zero_grad();
+        std::vector<float> v = value->forward_scores(ab.batch, ab.flat_rows);
+        ValueLoss vl = ppo_value_loss(v, v_old, ret, mask, o.value_clip);
+        if (std::isfinite(vl.loss)) {
+          value->backward_scores(vl.dvalues);
+          vnorm = vopt.clip_and_step(lr_value);
+        }
+        if (!std::isfinite(pl.loss) || !std::isfinite(vl.loss) || !std::isfinite(pnorm) ||
+            !std::isfinite(vnorm)) {
+          std::fprintf(
+              stderr,
+              "iteration %lld: non-finite loss or gradient (policy %g / %g, value %g / %g)%s\n",
+              static_cast<long long>(it + 1), pl.loss, pnorm, vl.loss, vnorm,
+              o.nan_policy == NanPolicy::Stop ? ": stopping" : ": rest of the update skipped");
+          HH_CHECK(o.nan_policy != NanPolicy::Stop, "non-finite loss or gradient at iteration ",
+                   it + 1, "; the last checkpoint is intact");
+          st.skipped = true;
+          break;
+        }
+        st.policy_loss += pl.loss;
+        st.clip_fraction += pl.clip_fraction;
+        st.approx_kl += pl.approx_kl;
+        st.value_loss += vl.loss;
+        st.value_clip_fraction += vl.clip_fraction;
+        ++n_updates;
+      }
+    }
+    policy.zero_grad();
+    value->zero_grad();
+    if (n_updates > 0) {
+      const double n = static_cast<double>(n_updates);
+      st.policy_loss /= n, st.clip_fraction /= n, st.approx_kl /= n;
+      st.value_loss /= n, st.value_clip_fraction /= n;
+    }
+    if (!st.skipped) kl_ctl.update(st.kl, static_cast<int64_t>(N));
+    st.update_s = seconds_since(t0);
+    result.history.push_back(st);
+
+    const int64_t done = it + 1;
+    if (o.log_every > 0 &&
+        (done % o.log_every == 0 || done == o.iterations || done == start_iter + 1)) {
+      run.metrics().log(st.to_json());
+      if (!o.quiet)
+        std::fprintf(stderr,
+                     "iter %lld/%lld | reward %.4f | kl %.4f | beta %.4g | ent %.3f | clip %.3f | "
+                     "vloss %.4f | ev %.3f | len %.1f | rollout %.2fs score %.2fs update %.2fs%s\n",
+                     static_cast<long long>(done), static_cast<long long>(o.iterations), st.reward,
+                     st.kl, st.beta, st.entropy, st.clip_fraction, st.value_loss,
+                     st.explained_variance, st.response_length, st.rollout_s, st.scoring_s,
+                     st.update_s, st.skipped ? " (skipped)" : "");
+    }
+    if (o.sample_every > 0 && (done % o.sample_every == 0 || done == o.iterations)) {
+      for (size_t i = 0; i < std::min<size_t>(N, 4); ++i) {
+        Json s;
+        s["step"] = done;
+        std::vector<int32_t> tail(ro.prompts[i].end() - std::min<size_t>(ro.prompts[i].size(), 64),
+                                  ro.prompts[i].end());
+        s["prompt_tail"] = tok.decode(tail);
+        s["response"] = ro.response_texts[i];
+        s["reward"] = ro.scores[i];
+        s["kl"] = ro.kl[i];
+        samples_log.log(s);
+      }
+    }
+    if (o.ckpt_every > 0 && done % o.ckpt_every == 0 && done != o.iterations) checkpoint(done);
+  }
+  result.iterations_done = o.iterations - start_iter;
+  checkpoint(o.iterations);
+  run.save_final(policy, metadata(o.iterations));
+  save_model(run.file("value.safetensors"), *value, metadata(o.iterations));
+  return result;
+}
+
+}  // namespace hh

@@ -1,0 +1,193 @@
+#include "train/run.h"
+
+#include <algorithm>
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "core/fileio.h"
+#include "model/checkpoint.h"
+
+namespace hh {
+
+namespace fs = std::filesystem;
+
+void add_device_flag(Flags& flags) {
+  flags.add_string("device", "auto", "cpu, cuda, or auto (cuda when a GPU is present)");
+}
+
+std::unique_ptr<Backend> backend_from_flags(const Flags& flags) {
+  return make_backend(flags.get_string("device"));
+}
+
+void add_model_flags(Flags& flags, const std::string& default_preset) {
+  flags.add_string("model", default_preset, "model size preset: tiny, small, gpt2-124m");
+  flags.add_int("layers", 0, "transformer layers (0: from --model)");
+  flags.add_int("heads", 0, "attention heads (0: from --model)");
+  flags.add_int("width", 0, "model width n_embd (0: from --model)");
+  flags.add_int("ctx", 0, "context length (0: from --model)");
+}
+
+GPTConfig model_config_from_flags(const Flags& flags, int vocab_size) {
+  GPTConfig c = GPTConfig::preset(flags.get_string("model"), vocab_size);
+  auto override_dim = [&](const char* name, int* field) {
+    int64_t v = flags.get_int(name);
+    HH_CHECK(v >= 0 && v <= (1 << 20), "--", name, "=", v, " is out of range");
+    if (v > 0) *field = static_cast<int>(v);
+  };
+  override_dim("layers", &c.n_layer);
+  override_dim("heads", &c.n_head);
+  override_dim("width", &c.n_embd);
+  override_dim("ctx", &c.max_seq_len);
+  c.validate();
+  return c;
+}
+
+void add_optimizer_flags(Flags& flags, double default_lr) {
+  flags.add_float("lr", default_lr, "peak learning rate");
+  flags.add_float("min-lr-frac", 0.1, "final learning rate as a fraction of --lr (cosine)");
+  flags.add_int("warmup", 20, "linear warmup steps");
+  flags.add_float("weight-decay", 0.1, "AdamW weight decay (2-D tensors only)");
+  flags.add_float("grad-clip", 1.0, "clip the global gradient norm to this (0: off)");
+  flags.add_float("beta1", 0.9, "AdamW beta1");
+  flags.add_float("beta2", 0.95, "AdamW beta2");
+}
+
+AdamWConfig adamw_config_from_flags(const Flags& flags) {
+  AdamWConfig c;
+  c.lr = static_cast<float>(flags.get_float("lr"));
+  c.weight_decay = static_cast<float>(flags.get_float("weight-decay"));
+  c.grad_clip = static_cast<float>(flags.get_float("grad-clip"));
+  c.beta1 = static_cast<float>(flags.get_float("beta1"));
+  c.beta2 = static_cast<float>(flags.get_float("beta2"));
+  HH_CHECK(c.lr > 0 && c.lr < 1, "--lr=", c.lr, " must be in (0, 1)");
+  HH_CHECK(c.weight_decay >= 0, "--weight-decay must be >= 0");
+  HH_CHECK(c.grad_clip >= 0, "--grad-clip must be >= 0");
+  HH_CHECK(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1,
+           "--beta1 and --beta2 must be in [0, 1)");
+  double frac = flags.get_float("min-lr-frac");
+  HH_CHECK(frac >= 0 && frac <= 1, "--min-lr-frac must be in [0, 1]");
+  HH_CHECK(flags.get_int("warmup") >= 0, "--warmup must be >= 0");
+  return c;
+}
+
+void add_run_flags(Flags& flags, const std::string& default_run_dir, int64_t default_steps,
+                   int64_t default_batch) {
+  flags.add_string("run-dir", default_run_dir, "run directory: checkpoints, metrics, final model");
+  flags.add_int("steps", default_steps, "optimizer steps");
+  flags.add_int("batch", default_batch, "sequences per optimizer step");
+  flags.add_int("log-every", 10, "log a metrics line every N steps");
+  flags.add_int("eval-every", 100, "evaluate on the dev set every N steps (0: only at the end)");
+  flags.add_int("ckpt-every", 200, "checkpoint every N steps (0: only at the end)");
+  flags.add_int("keep-ckpts", 2, "checkpoints to keep");
+  flags.add_int("seed", 1234, "seed for initialisation, data order and sampling");
+  flags.add_bool("resume", false, "continue from the run directory's latest checkpoint");
+  flags.add_string("on-nan", "skip", "NaN/Inf loss or gradient: skip the step, or stop");
+}
+
+NanPolicy nan_policy_from_flags(const Flags& flags) {
+  std::string v = flags.get_string("on-nan");
+  if (v == "skip") return NanPolicy::Skip;
+  if (v == "stop") return NanPolicy::Stop;
+  HH_FAIL("--on-nan=", v, ": expected skip or stop");
+}
+
+RunDir::RunDir(const std::string& path, bool resume, bool is_writer)
+    : path_(path), writer_(is_writer) {
+  HH_CHECK(!path.empty(), "--run-dir is empty");
+  if (writer_) make_dirs(path_ + "/checkpoints");
+  if (!resume && !latest_checkpoint().empty()) {
+    HH_FAIL(path_, " already holds a checkpoint (", latest_checkpoint(),
+            "): pass --resume to continue it, or choose another --run-dir");
+  }
+  if (resume) {
+    HH_CHECK(!latest_checkpoint().empty(), "--resume: ", path_, " has no checkpoint to resume");
+  }
+  metrics_ = writer_ ? std::make_unique<MetricsLogger>(path_ + "/metrics.jsonl", /*truncate=*/!resume)
+                     : std::make_unique<MetricsLogger>();
+}
+
+void RunDir::write_config(const std::string& json) const {
+  if (!writer_ || json.empty()) return;
+  std::string p = file("config.json");
+  if (!file_exists(p)) write_file_atomic(p, json + "\n");
+}
+
+std::string RunDir::latest_checkpoint() const {
+  std::string p = file("latest");
+  if (!file_exists(p)) return "";
+  std::string name = read_file_text(p);
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  HH_CHECK(name.rfind("step-", 0) == 0 && name.find('/') == std::string::npos, p,
+           ": not a checkpoint name: '", name, "'");
+  std::string dir = path_ + "/checkpoints/" + name;
+  HH_CHECK(file_exists(dir + "/model.safetensors") && file_exists(dir + "/optim.safetensors"),
+           p, " names ", dir, ", which is incomplete");
+  return dir;
+}
+
+void RunDir::save_checkpoint(int64_t step, const GPT& model, const AdamW& opt,
+                             const TrainState& state,
+                             const std::map<std::string, std::string>& metadata,
+                             int keep) const {
+  if (!writer_) return;
+  char name[32];
+  std::snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(step));
+  std::string dir = path_ + "/checkpoints/" + name;
+  make_dirs(dir);
+  save_model(dir + "/model.safetensors", model, metadata);
+  save_optimizer(dir + "/optim.safetensors", opt, state);
+  write_file_atomic(file("latest"), std::string(name) + "\n");
+  // Prune: keep the newest `keep` step directories (names sort by step).
+  std::vector<std::string> dirs;
+  for (const auto& e : fs::directory_iterator(path_ + "/checkpoints")) {
+    std::string n = e.path().filename().string();
+    if (e.is_directory() && n.rfind("step-", 0) == 0) dirs.push_back(n);
+  }
+  std::sort(dirs.begin(), dirs.end());
+  for (size_t i = 0; i + static_cast<size_t>(std::max(keep, 1)) < dirs.size(); ++i) {
+    if (dirs[i] == name) continue;
+    std::error_code ec;
+    fs::remove_all(path_ + "/checkpoints/" + dirs[i], ec);
+  }
+}
+
+void RunDir::save_final(const GPT& model,
+                        const std::map<std::string, std::string>& metadata) const {
+  if (!writer_) return;
+  save_model(file("model.safetensors"), model, metadata);
+}
+
+namespace {
+std::atomic<int> g_stop_signals{0};
+extern "C" void on_stop_signal(int) {
+  if (g_stop_signals.fetch_add(1) >= 1) {
+    const char msg[] = "\nsecond interrupt: exiting now\n";
+    ssize_t ignored = write(2, msg, sizeof msg - 1);
+    (void)ignored;
+    _exit(130);
+  }
+}
+}  // namespace
+
+void install_stop_handler() {
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+}
+
+bool stop_requested() { return g_stop_signals.load() > 0; }
+
+std::string human_count(double v) {
+  char buf[32];
+  if (v >= 1e9) std::snprintf(buf, sizeof buf, "%.2fG", v / 1e9);
+  else if (v >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
+  else if (v >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.1f", v);
+  return buf;
+}
+
+}  // namespace hh

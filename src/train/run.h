@@ -1,0 +1,83 @@
+// What every trainer (hh-sft, hh-pm, hh-ppo) shares: the flags for device, model size,
+// optimizer and run bookkeeping; the run directory with its checkpoints and metrics; and
+// the stop flag that Ctrl-C sets.
+//
+// Run directory layout:
+//   <run>/config.json                 the flags of the first invocation
+//   <run>/metrics.jsonl               one JSON object per logged step (appended on resume)
+//   <run>/checkpoints/step-00000100/  model.safetensors + optim.safetensors
+//   <run>/latest                      name of the newest complete checkpoint directory
+//   <run>/model.safetensors           the final model (what the next stage reads)
+// A checkpoint directory is complete before `latest` (written atomically) names it, so a
+// crash or Ctrl-C at any moment leaves the previous checkpoint loadable.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "core/flags.h"
+#include "core/metrics.h"
+#include "model/gpt.h"
+#include "ops/ops.h"
+#include "train/optimizer.h"
+
+namespace hh {
+
+// --device=auto|cpu|cuda
+void add_device_flag(Flags& flags);
+std::unique_ptr<Backend> backend_from_flags(const Flags& flags);
+
+// --model=tiny|small|gpt2-124m and --layers/--heads/--width/--ctx overrides.
+void add_model_flags(Flags& flags, const std::string& default_preset);
+GPTConfig model_config_from_flags(const Flags& flags, int vocab_size);
+
+// --lr --min-lr-frac --warmup --weight-decay --grad-clip --beta1 --beta2
+void add_optimizer_flags(Flags& flags, double default_lr);
+AdamWConfig adamw_config_from_flags(const Flags& flags);
+
+// --run-dir --steps --batch --log-every --eval-every --ckpt-every --keep-ckpts --seed
+// --resume --on-nan=skip|stop
+void add_run_flags(Flags& flags, const std::string& default_run_dir, int64_t default_steps,
+                   int64_t default_batch);
+
+class RunDir {
+ public:
+  // Creates the directory. A fresh run (resume=false) refuses a directory that already
+  // holds a checkpoint, so earlier work is never overwritten by accident.
+  RunDir(const std::string& path, bool resume, bool is_writer = true);
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  MetricsLogger& metrics() { return *metrics_; }
+  // Writes config.json (the flags as JSON) unless the run already has one.
+  void write_config(const std::string& json) const;
+
+  // The newest complete checkpoint directory, or "" when there is none.
+  std::string latest_checkpoint() const;
+  // Saves model + optimizer state as checkpoints/step-N, points `latest` at it, and
+  // removes older checkpoint directories beyond `keep`.
+  void save_checkpoint(int64_t step, const GPT& model, const AdamW& opt, const TrainState& state,
+                       const std::map<std::string, std::string>& metadata, int keep) const;
+  // Writes <run>/model.safetensors (atomic).
+  void save_final(const GPT& model, const std::map<std::string, std::string>& metadata) const;
+
+ private:
+  std::string path_;
+  bool writer_;
+  std::unique_ptr<MetricsLogger> metrics_;
+};
+
+// SIGINT/SIGTERM set a flag instead of killing the process; trainers check it between
+// steps, save a checkpoint and exit. A second Ctrl-C exits at once (nothing half-written
+// can result: every file write is atomic).
+void install_stop_handler();
+bool stop_requested();
+
+// What to do when the loss or the gradient norm is NaN/Inf.
+enum class NanPolicy { Skip, Stop };
+NanPolicy nan_policy_from_flags(const Flags& flags);
+
+// "1.23k", "45.6M": compact numbers for progress lines.
+std::string human_count(double v);
+
+}  // namespace hh

@@ -1,0 +1,452 @@
+// PPO (src/train/ppo.h) and hh-eval helpers (src/train/evaluate.h): the losses and their
+// gradients against PyTorch, GAE against a hand-worked example, the KL controller and
+// reward statistics, the whole loop on a synthetic task, exact resume, and bad input.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/fileio.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "data/dataset.h"
+#include "model/checkpoint.h"
+#include "tokenizer/tokenizer.h"
+#include "train/evaluate.h"
+#include "train/ppo.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool fast_mode() { return std::getenv("HH_TEST_FAST") != nullptr; }
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    static int counter = 0;
+    path = (fs::temp_directory_path() /
+            ("hh_test_ppo_" + std::to_string(::getpid()) + "_" + std::to_string(counter++)))
+               .string();
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+std::string fixture(const std::string& name) {
+  return std::string(HH_SOURCE_DIR) + "/tests/fixtures/" + name;
+}
+
+// Bytes 0..255, then <|endoftext|> = 256 and <|endofcontext|> = 257.
+hh::Tokenizer byte_tokenizer() {
+  std::vector<uint8_t> identity(256);
+  for (int i = 0; i < 256; i++) identity[i] = static_cast<uint8_t>(i);
+  return hh::Tokenizer::from_parts(identity, {}, {hh::kEndOfText, hh::kEndOfContext});
+}
+
+// The synthetic task: a response earns the fraction of its tokens that are lowercase
+// letters ('a'..'z', 26 of 258 tokens: ≈ 0.1 for a uniform policy).
+std::vector<float> letter_fraction(const std::vector<std::vector<int32_t>>& prompts,
+                                   const std::vector<std::vector<int32_t>>& responses) {
+  std::vector<float> out;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    double n = 0;
+    for (int32_t t : responses[i]) n += t >= 'a' && t <= 'z';
+    out.push_back(responses[i].empty() ? 0.0f : static_cast<float>(n / responses[i].size()));
+  }
+  return out;
+}
+
+// A task directory: tokenizer, a random tiny policy "SFT" checkpoint, prompts of random
+// uppercase letters and digits.
+struct Task {
+  TempDir tmp;
+  hh::Tokenizer tok = byte_tokenizer();
+  std::string tok_path, policy_path, prompts_path;
+  std::unique_ptr<hh::Backend> be = hh::make_cpu_backend();
+
+  explicit Task(int n_prompts = 64, int prompt_len = 8, int ctx = 64) {
+    tok_path = tmp.path + "/tok.bin";
+    tok.save(tok_path);
+    hh::GPTConfig c = hh::GPTConfig::preset("tiny", tok.vocab_size());
+    c.max_seq_len = ctx;
+    hh::GPT policy(*be, c, false);
+    policy.init_random(3);
+    policy_path = tmp.path + "/sft.safetensors";
+    hh::save_model(policy_path, policy,
+                   {{"stage", "sft"}, {"tokenizer", std::to_string(tok.fingerprint())}});
+    hh::TokenDataset ds;
+    ds.kind = hh::DatasetKind::Prompts;
+    ds.vocab_size = static_cast<uint32_t>(tok.vocab_size());
+    ds.tokenizer_fingerprint = tok.fingerprint();
+    hh::Rng rng(5);
+    for (int i = 0; i < n_prompts; ++i) {
+      std::vector<int32_t> p(prompt_len), ref = {'o', 'k'};
+      for (auto& t : p) t = static_cast<int32_t>('A' + rng.below(26));
+      ds.add(p);
+      ds.add(ref);
+    }
+    prompts_path = tmp.path + "/prompts.bin";
+    hh::save_dataset(prompts_path, ds);
+  }
+
+  hh::PpoTrainOptions options(const std::string& run) const {
+    hh::PpoTrainOptions o;
+    o.policy_init = policy_path;
+    o.tokenizer_path = tok_path;
+    o.prompts_path = prompts_path;
+    o.scorer = letter_fraction;
+    o.iterations = 4;
+    o.prompts_per_iter = 16;
+    o.epochs = 2;
+    o.minibatch = 8;
+    o.sampling.max_new_tokens = 12;
+    o.policy_adamw.lr = 3e-3f;
+    o.value_adamw.lr = 3e-3f;
+    o.kl.beta = 0.02;
+    o.run_dir = tmp.path + "/" + run;
+    o.quiet = true;
+    o.sample_every = 0;
+    return o;
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Losses against PyTorch
+
+TEST(PpoLosses, PolicyLossAndGradientMatchPyTorch) {
+  hh::SafeTensorsFile f = hh::SafeTensorsFile::load(fixture("ppo_losses.safetensors"));
+  const float clip = f.read_f32("clip")[0];
+  hh::PolicyLoss pl = hh::ppo_policy_loss(f.read_f32("logp"), f.read_f32("logp_old"),
+                                          f.read_f32("advantages"), f.read_f32("mask"), clip);
+  EXPECT_NEAR(pl.loss, f.read_f32("policy_loss")[0], 1e-5);
+  EXPECT_NEAR(pl.clip_fraction, f.read_f32("clip_fraction")[0], 1e-6);
+  EXPECT_NEAR(pl.approx_kl, f.read_f32("approx_kl")[0], 1e-6);
+  // The fixture has clipped tokens on both sides, so some gradients are exactly zero.
+  EXPECT_GT(pl.clip_fraction, 0.1);
+  std::vector<float> want = f.read_f32("dlogp");
+  ASSERT_EQ(pl.dlogp.size(), want.size());
+  int zeros = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(pl.dlogp[i], want[i], 1e-6 + 1e-5 * std::fabs(want[i])) << i;
+    zeros += want[i] == 0.0f;
+  }
+  EXPECT_GT(zeros, 5);
+}
+
+TEST(PpoLosses, ValueLossAndGradientMatchPyTorch) {
+  hh::SafeTensorsFile f = hh::SafeTensorsFile::load(fixture("ppo_losses.safetensors"));
+  const float clip = f.read_f32("clip")[1];
+  hh::ValueLoss vl = hh::ppo_value_loss(f.read_f32("values"), f.read_f32("values_old"),
+                                        f.read_f32("returns"), f.read_f32("mask"), clip);
+  EXPECT_NEAR(vl.loss, f.read_f32("value_loss")[0], 1e-5);
+  std::vector<float> want = f.read_f32("dvalues");
+  ASSERT_EQ(vl.dvalues.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i)
+    EXPECT_NEAR(vl.dvalues[i], want[i], 1e-6 + 1e-5 * std::fabs(want[i])) << i;
+  EXPECT_GT(vl.clip_fraction, 0.0);
+}
+
+TEST(PpoLosses, RatioOneGivesMinusMeanAdvantage) {
+  // logp == logp_old: ρ = 1, loss = −mean(A) over the mask, d/dlogp = −A/N.
+  std::vector<float> logp = {-1, -2, -3}, adv = {1, -2, 4}, mask = {1, 1, 0};
+  hh::PolicyLoss pl = hh::ppo_policy_loss(logp, logp, adv, mask, 0.2f);
+  EXPECT_NEAR(pl.loss, 0.5, 1e-9);
+  EXPECT_NEAR(pl.dlogp[0], -0.5, 1e-7);
+  EXPECT_NEAR(pl.dlogp[1], 1.0, 1e-7);
+  EXPECT_EQ(pl.dlogp[2], 0.0f);
+  EXPECT_EQ(pl.clip_fraction, 0.0);
+  EXPECT_THROW(hh::ppo_policy_loss(logp, logp, adv, {0, 0, 0}, 0.2f), hh::Error);
+  EXPECT_THROW(hh::ppo_policy_loss(logp, {1}, adv, mask, 0.2f), hh::Error);
+}
+
+// ---------------------------------------------------------------------------------------
+// GAE, whitening, KL controller, reward statistics
+
+TEST(Gae, MatchesAHandWorkedExample) {
+  // rewards (0, 0, 1), values (0.5, 0.4, 0.3), γ = 1, λ = 0.5, V_3 = 0:
+  //   δ2 = 1 + 0 − 0.3 = 0.7              A2 = 0.7
+  //   δ1 = 0 + 0.3 − 0.4 = −0.1           A1 = −0.1 + 0.5·0.7 = 0.25
+  //   δ0 = 0 + 0.4 − 0.5 = −0.1           A0 = −0.1 + 0.5·0.25 = 0.025
+  //   returns = A + V = (0.525, 0.65, 1.0)
+  std::vector<float> ret;
+  std::vector<float> a = hh::gae_advantages({0, 0, 1}, {0.5f, 0.4f, 0.3f}, 1.0f, 0.5f, &ret);
+  ASSERT_EQ(a.size(), 3u);
+  EXPECT_NEAR(a[0], 0.025, 1e-6);
+  EXPECT_NEAR(a[1], 0.25, 1e-6);
+  EXPECT_NEAR(a[2], 0.7, 1e-6);
+  EXPECT_NEAR(ret[0], 0.525, 1e-6);
+  EXPECT_NEAR(ret[1], 0.65, 1e-6);
+  EXPECT_NEAR(ret[2], 1.0, 1e-6);
+  // γ = 0.9, λ = 1: the returns are the discounted Monte Carlo returns (0.81, 0.9, 1):
+  //   A2 = 0.7, A1 = (0.27 − 0.4) + 0.9·0.7 = 0.5, A0 = (0.36 − 0.5) + 0.9·0.5 = 0.31
+  a = hh::gae_advantages({0, 0, 1}, {0.5f, 0.4f, 0.3f}, 0.9f, 1.0f, &ret);
+  EXPECT_NEAR(a[0], 0.31, 1e-6);
+  EXPECT_NEAR(a[1], 0.5, 1e-6);
+  EXPECT_NEAR(ret[0], 0.81, 1e-6);
+  EXPECT_NEAR(ret[1], 0.9, 1e-6);
+  EXPECT_TRUE(hh::gae_advantages({}, {}, 1.0f, 0.95f).empty());
+  EXPECT_THROW(hh::gae_advantages({1, 2}, {1}, 1.0f, 0.95f), hh::Error);
+}
+
+TEST(Whiten, ZeroMeanUnitVarianceOverTheMask) {
+  std::vector<float> x = {1, 2, 3, 100};
+  hh::whiten(&x, {1, 1, 1, 0});
+  EXPECT_NEAR(x[0], -std::sqrt(1.5), 1e-5);
+  EXPECT_NEAR(x[1], 0.0, 1e-6);
+  EXPECT_NEAR(x[2], std::sqrt(1.5), 1e-5);
+  EXPECT_EQ(x[3], 0.0f);
+}
+
+TEST(KlController, FixedOrAdaptiveAsZiegler) {
+  hh::KlController fixed;
+  fixed.beta = 0.1;
+  fixed.update(100.0, 1000);
+  EXPECT_EQ(fixed.beta, 0.1);
+  hh::KlController ad;
+  ad.beta = 0.1;
+  ad.target = 6;
+  ad.horizon = 1000;
+  ad.update(12.0, 100);  // error clipped to +0.2: β·(1 + 0.2·100/1000)
+  EXPECT_NEAR(ad.beta, 0.1 * 1.02, 1e-12);
+  ad.update(6.6, 100);  // error 0.1
+  EXPECT_NEAR(ad.beta, 0.1 * 1.02 * 1.01, 1e-12);
+  ad.update(0.0, 1000);  // error −1 → −0.2
+  EXPECT_NEAR(ad.beta, 0.1 * 1.02 * 1.01 * 0.8, 1e-12);
+}
+
+TEST(RunningMoments, MergedBatchesEqualOnePass) {
+  hh::RunningMoments m;
+  m.update({1, 2, 3});
+  m.update({4, 5});
+  EXPECT_NEAR(m.mean, 3.0, 1e-12);
+  EXPECT_NEAR(m.std(), std::sqrt(2.0), 1e-12);
+  EXPECT_EQ(m.count, 5);
+}
+
+// ---------------------------------------------------------------------------------------
+// The loop
+
+TEST(TrainPpo, RaisesASyntheticRewardWithBoundedKl) {
+  Task task;
+  hh::PpoTrainOptions o = task.options("run");
+  o.iterations = fast_mode() ? 12 : 20;
+  o.prompts_per_iter = 32;
+  o.minibatch = 16;
+  o.epochs = 2;
+  o.kl.beta = 0.02;
+  hh::PpoTrainResult r = hh::train_ppo(*task.be, o);
+  ASSERT_EQ(r.history.size(), static_cast<size_t>(o.iterations));
+  double first = 0, last = 0;
+  for (int i = 0; i < 3; ++i) {
+    first += r.history[i].reward / 3;
+    last += r.history[r.history.size() - 1 - i].reward / 3;
+  }
+  for (const auto& s : r.history) {
+    std::printf("iter %lld reward %.3f kl %.3f entropy %.3f clip %.3f len %.1f t %.2f %.2f %.2f\n",
+                static_cast<long long>(s.iteration), s.reward, s.kl, s.entropy, s.clip_fraction,
+                s.response_length, s.rollout_s, s.scoring_s, s.update_s);
+    EXPECT_FALSE(s.skipped);
+    EXPECT_TRUE(std::isfinite(s.kl));
+    EXPECT_LT(s.kl, 15.0);  // nats per 12-token response: β keeps the policy near π₀
+    EXPECT_GT(s.entropy, 0.0);
+    EXPECT_GT(s.response_length, 0.0);
+  }
+  EXPECT_NEAR(first, 26.0 / 258, 0.06);  // a random policy: ≈ uniform over the bytes
+  EXPECT_GT(last, first + (fast_mode() ? 0.1 : 0.2)) << "first " << first << " last " << last;
+  EXPECT_GT(r.history.back().kl, 0.01);  // the policy moved away from π₀
+  EXPECT_TRUE(fs::exists(o.run_dir + "/model.safetensors"));
+  EXPECT_TRUE(fs::exists(o.run_dir + "/value.safetensors"));
+  auto meta = hh::read_checkpoint_metadata(o.run_dir + "/model.safetensors");
+  EXPECT_EQ(meta["stage"], "ppo");
+  EXPECT_EQ(meta["tokenizer"], std::to_string(task.tok.fingerprint()));
+}
+
+TEST(TrainPpo, ResumeIsBitExact) {
+  Task task;
+  hh::PpoTrainOptions full = task.options("full");
+  full.normalize_reward = true;
+  full.kl.target = 1.0;  // adaptive β: its state must survive too
+  full.kl.horizon = 100;
+  full.ckpt_every = 2;
+  hh::PpoTrainResult rf = hh::train_ppo(*task.be, full);
+  ASSERT_EQ(rf.history.size(), 4u);
+
+  hh::PpoTrainOptions split = full;
+  split.run_dir = task.tmp.path + "/split";
+  hh::train_ppo(*task.be, split);
+  fs::remove_all(split.run_dir + "/checkpoints/step-00000004");
+  hh::write_file_atomic(split.run_dir + "/latest", "step-00000002\n");
+  split.resume = true;
+  hh::PpoTrainResult r2 = hh::train_ppo(*task.be, split);
+  ASSERT_EQ(r2.history.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(r2.history[i].reward, rf.history[2 + i].reward) << i;
+    EXPECT_EQ(r2.history[i].kl, rf.history[2 + i].kl) << i;
+    EXPECT_EQ(r2.history[i].beta, rf.history[2 + i].beta) << i;
+    EXPECT_EQ(r2.history[i].value_loss, rf.history[2 + i].value_loss) << i;
+  }
+  EXPECT_NE(rf.history[3].beta, rf.history[0].beta);
+  hh::GPT a = hh::load_model(full.run_dir + "/model.safetensors", *task.be);
+  hh::GPT b = hh::load_model(split.run_dir + "/model.safetensors", *task.be);
+  EXPECT_EQ(a.get_param("transformer.h.0.attn.c_attn.weight"),
+            b.get_param("transformer.h.0.attn.c_attn.weight"));
+  hh::GPT va = hh::load_model(full.run_dir + "/value.safetensors", *task.be);
+  hh::GPT vb = hh::load_model(split.run_dir + "/value.safetensors", *task.be);
+  EXPECT_EQ(va.get_param("score.weight"), vb.get_param("score.weight"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad input
+
+TEST(TrainPpo, NonFiniteRewardStopsOrSkips) {
+  Task task;
+  hh::PpoTrainOptions o = task.options("nan");
+  o.iterations = 2;
+  o.scorer = [](const std::vector<std::vector<int32_t>>& p,
+                const std::vector<std::vector<int32_t>>&) {
+    std::vector<float> s(p.size(), 0.5f);
+    s[3] = std::nanf("");
+    return s;
+  };
+  try {
+    hh::train_ppo(*task.be, o);
+    FAIL() << "a NaN reward must stop the run";
+  } catch (const hh::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite reward"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("dialogue 3"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(o.run_dir + "/model.safetensors"));
+
+  o.nan_policy = hh::NanPolicy::Skip;
+  o.run_dir = task.tmp.path + "/nan_skip";
+  hh::PpoTrainResult r = hh::train_ppo(*task.be, o);
+  ASSERT_EQ(r.history.size(), 2u);
+  EXPECT_TRUE(r.history[0].skipped && r.history[1].skipped);
+  hh::GPT before = hh::load_model(task.policy_path, *task.be);
+  hh::GPT after = hh::load_model(o.run_dir + "/model.safetensors", *task.be);
+  EXPECT_EQ(before.get_param("transformer.wte.weight"), after.get_param("transformer.wte.weight"));
+}
+
+TEST(TrainPpo, MismatchedModelsAndLongPromptsAreClearErrors) {
+  Task task;
+  // A PM trained with another tokenizer.
+  hh::GPTConfig c = hh::read_checkpoint_config(task.policy_path);
+  hh::GPT pm(*task.be, c, true);
+  pm.init_random(9);
+  const std::string pm_path = task.tmp.path + "/pm.safetensors";
+  hh::save_model(pm_path, pm, {{"stage", "pm"}, {"tokenizer", "12345"}});
+  hh::PpoTrainOptions o = task.options("bad_pm");
+  o.scorer = nullptr;
+  o.pm_path = pm_path;
+  try {
+    hh::train_ppo(*task.be, o);
+    FAIL() << "expected a tokenizer mismatch";
+  } catch (const hh::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("another tokenizer"), std::string::npos) << e.what();
+  }
+  // A value model without a scalar head.
+  o = task.options("bad_value");
+  o.value_init = task.policy_path;
+  try {
+    hh::train_ppo(*task.be, o);
+    FAIL() << "expected a value-model error";
+  } catch (const hh::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no scalar head"), std::string::npos) << e.what();
+  }
+  // Prompts that leave no room for the response.
+  Task long_prompts(16, 60);
+  o = long_prompts.options("long");
+  try {
+    hh::train_ppo(*long_prompts.be, o);
+    FAIL() << "expected a prompt-length error";
+  } catch (const hh::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--truncate-prompts"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(o.run_dir + "/model.safetensors"));
+  o.truncate_prompts = true;
+  o.iterations = 1;
+  EXPECT_EQ(hh::train_ppo(*long_prompts.be, o).history.size(), 1u);
+}
+
+// ---------------------------------------------------------------------------------------
+// hh-eval: best-of-N and policy comparison
+
+TEST(BestOfN, KlFormulaAndPicksTheBest) {
+  EXPECT_EQ(hh::best_of_n_kl(1), 0.0);
+  EXPECT_NEAR(hh::best_of_n_kl(4), std::log(4.0) - 0.75, 1e-12);
+  EXPECT_NEAR(hh::best_of_n_kl(64), std::log(64.0) - 63.0 / 64, 1e-12);
+  EXPECT_THROW(hh::best_of_n_kl(0), hh::Error);
+
+  Task task(8);
+  hh::GPT policy = hh::load_model(task.policy_path, *task.be);
+  hh::PromptDataset ds = hh::PromptDataset::load(task.prompts_path, &task.tok);
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t i = 0; i < 8; ++i) prompts.push_back(ds.prompt(i).to_vector());
+  hh::SamplingOptions s;
+  s.max_new_tokens = 12;
+  s.seed = 11;
+  hh::BestOfNResult one = hh::best_of_n(policy, task.tok, letter_fraction, prompts, 1, s, 4);
+  EXPECT_EQ(one.mean_best, one.mean_all);
+  EXPECT_EQ(one.kl, 0.0);
+  hh::BestOfNResult four = hh::best_of_n(policy, task.tok, letter_fraction, prompts, 4, s, 4);
+  ASSERT_EQ(four.best_scores.size(), 8u);
+  EXPECT_GT(four.mean_best, four.mean_all);  // 8 prompts × 4 samples: some differ
+  for (float b : four.best_scores) EXPECT_GE(b, 0.0f);
+}
+
+TEST(ComparePolicies, APolicyAgainstItselfTiesWithZeroKl) {
+  Task task(8);
+  hh::GPT a = hh::load_model(task.policy_path, *task.be);
+  hh::GPT b = hh::load_model(task.policy_path, *task.be);
+  hh::GPT ref = hh::load_model(task.policy_path, *task.be);
+  hh::PromptDataset ds = hh::PromptDataset::load(task.prompts_path, &task.tok);
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t i = 0; i < 6; ++i) prompts.push_back(ds.prompt(i).to_vector());
+  hh::SamplingOptions s;
+  s.max_new_tokens = 10;
+  s.seed = 5;
+  // Scores that differ per response, so a tie is not trivial.
+  hh::Scorer scorer = [](const std::vector<std::vector<int32_t>>& p,
+                         const std::vector<std::vector<int32_t>>& r) {
+    std::vector<float> out;
+    for (size_t i = 0; i < p.size(); ++i) {
+      double sum = 0;
+      for (int32_t t : r[i]) sum += t;
+      out.push_back(static_cast<float>(sum / 1000.0));
+    }
+    return out;
+  };
+  hh::CompareResult r = hh::compare_policies(a, b, &ref, task.tok, scorer, prompts, s, 4);
+  EXPECT_EQ(r.prompts, 6);
+  EXPECT_TRUE(r.has_kl);
+  EXPECT_EQ(r.kl_a, 0.0);
+  EXPECT_EQ(r.reward_a, r.reward_b);
+  EXPECT_NEAR(r.win_rate, 0.5, 1e-12);
+  EXPECT_NEAR(r.hard_win_rate, 0.5, 1e-12);
+  EXPECT_EQ(r.texts_a, r.texts_b);
+  std::string table = r.table(2, 40);
+  EXPECT_NE(table.find("[1] r_a"), std::string::npos) << table;
+  EXPECT_EQ(table.find("[2] r_a"), std::string::npos) << table;
+  hh::Json j = hh::Json::parse(r.to_json().dump());
+  EXPECT_NEAR(j["win_rate_a"].as_number(), 0.5, 1e-12);
+
+  // A policy that only ever emits 'z' (greedy on a bumped bias) beats one that never does.
+  hh::GPT zed = hh::load_model(task.policy_path, *task.be);
+  std::vector<float> wte = zed.get_param("transformer.wte.weight");
+  const int C = zed.config().n_embd;
+  for (int c = 0; c < C; ++c) wte[static_cast<size_t>('z') * C + c] *= 200.0f;
+  zed.set_param("transformer.wte.weight", wte);
+  hh::CompareResult r2 =
+      hh::compare_policies(zed, b, &ref, task.tok, letter_fraction, prompts, s, 4);
+  EXPECT_GE(r2.reward_a, r2.reward_b);
+  EXPECT_GT(r2.kl_a, 0.0);
+}
