@@ -60,14 +60,15 @@ hh::GPT load_checked(const std::string& path, hh::Backend& backend, const hh::To
   HH_CHECK(!path.empty(), "--", what, " is required (see --help)");
   std::map<std::string, std::string> meta = hh::read_checkpoint_metadata(path);
   auto it = meta.find("tokenizer");
-  HH_CHECK(it == meta.end() || it->second == std::to_string(tok.fingerprint()), what, " ", path,
-           " was trained with another tokenizer than --tokenizer");
+  HH_CHECK(it == meta.end() || it->second == std::to_string(tok.fingerprint()), "--", what, " ",
+           path, " was trained with another tokenizer than --tokenizer");
   hh::GPT model = hh::load_model(path, backend);
-  HH_CHECK(model.has_scalar_head() == want_scalar_head, what, " ", path,
+  HH_CHECK(model.has_scalar_head() == want_scalar_head, "--", what, " ", path,
            want_scalar_head ? " has no scalar head: not a preference model"
                             : " has a scalar head: not a policy");
-  HH_CHECK(model.config().vocab_size == tok.vocab_size(), what, " ", path, " has a vocabulary of ",
-           model.config().vocab_size, ", the tokenizer ", tok.vocab_size());
+  HH_CHECK(model.config().vocab_size == tok.vocab_size(), "--", what, " ", path,
+           " has a vocabulary of ", model.config().vocab_size, ", the tokenizer ",
+           tok.vocab_size());
   return model;
 }
 

@@ -19,7 +19,9 @@ int main(int argc, char** argv) {
                 "counts PPO iterations, --batch prompts per iteration. Writes checkpoints,\n"
                 "metrics.jsonl (one line per iteration), samples.jsonl, model.safetensors (the\n"
                 "policy) and value.safetensors to --run-dir; --resume continues exactly.\n"
-                "--on-nan defaults to stop here: a non-finite reward is an error.");
+                "Defaults that differ from the help below (shared with hh-sft/hh-pm): --warmup=0\n"
+                "--min-lr-frac=1 (constant LR), --on-nan=stop (a non-finite reward is an error),\n"
+                "--log-every=1, --ckpt-every=10.");
     f.add_string("policy", "", "initial policy and frozen reference (hh-sft checkpoint)");
     f.add_string("pm", "", "preference model (hh-pm checkpoint)");
     f.add_string("value-init", "", "value model init (default: --pm)");

@@ -328,6 +328,7 @@ Json PpoIterationStats::to_json() const {
   j["rollout_s"] = rollout_s;
   j["scoring_s"] = scoring_s;
   j["update_s"] = update_s;
+  j["sampler_logp_diff"] = sampler_logp_diff;
   j["skipped"] = skipped;
   return j;
 }
@@ -367,20 +368,18 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
   PromptDataset prompts = PromptDataset::load(o.prompts_path, &tok);
   HH_CHECK(prompts.size() > 0, o.prompts_path, ": no prompts");
 
-  RunDir run(o.run_dir, o.resume);
-  const std::string resume_dir = o.resume ? run.latest_checkpoint() : "";
-
-  // Policy (from the latest checkpoint on resume), the frozen reference π₀, the PM, the
-  // value model.
+  // Everything is checked before the run directory is touched: the frozen reference π₀
+  // and the policy (both from --policy), the PM, the value model, the prompt lengths.
   auto policy_meta = read_checkpoint_metadata(o.policy_init);
   check_tokenizer(policy_meta, fp, o.policy_init, "the policy");
   GPT reference = load_model(o.policy_init, backend);
+  HH_CHECK(!reference.has_scalar_head(), "the policy ", o.policy_init,
+           " has a scalar head: it is a preference model, not a language model");
   HH_CHECK(reference.config().vocab_size == tok.vocab_size(), "the policy ", o.policy_init,
            " has a vocabulary of ", reference.config().vocab_size, ", the tokenizer ",
            tok.vocab_size());
   GPT policy(backend, reference.config(), /*scalar_head=*/false);
-  load_weights_into(policy, resume_dir.empty() ? o.policy_init : resume_dir + "/model.safetensors",
-                    /*trunk_only=*/true);
+  load_weights_into(policy, o.policy_init);
   const GPTConfig& cfg = policy.config();
 
   std::unique_ptr<GPT> pm;
@@ -397,9 +396,7 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
     scorer = pm_scorer(*pm, tok.special_id(kEndOfContext), static_cast<int>(o.minibatch));
   }
 
-  const std::string value_path = !resume_dir.empty()
-                                     ? resume_dir + "/value.safetensors"
-                                     : (!o.value_init.empty() ? o.value_init : o.pm_path);
+  const std::string value_path = !o.value_init.empty() ? o.value_init : o.pm_path;
   std::unique_ptr<GPT> value;
   if (value_path.empty()) {
     value = std::make_unique<GPT>(backend, cfg, /*scalar_head=*/true);
@@ -421,6 +418,23 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
   HH_CHECK(max_new < cfg.max_seq_len, "--max-new-tokens=", max_new,
            " leaves no room for a prompt in the policy's context of ", cfg.max_seq_len);
   const size_t max_prompt = static_cast<size_t>(cfg.max_seq_len - max_new);
+  // The length of prompt i as the rollout uses it (after --max-prompt-tokens).
+  auto prompt_length = [&](size_t i) {
+    size_t n = prompts.prompt(i).size();
+    return o.max_prompt_tokens > 0 ? std::min(n, static_cast<size_t>(o.max_prompt_tokens)) : n;
+  };
+  for (size_t i = 0; i < prompts.size() && !o.truncate_prompts; ++i)
+    HH_CHECK(prompt_length(i) <= max_prompt, o.prompts_path, ": prompt ", i, " has ",
+             prompt_length(i), " tokens; with --max-new-tokens=", max_new,
+             " the policy's context of ", cfg.max_seq_len, " allows ", max_prompt,
+             " (use --truncate-prompts to keep the end)");
+
+  RunDir run(o.run_dir, o.resume);
+  const std::string resume_dir = o.resume ? run.latest_checkpoint() : "";
+  if (!resume_dir.empty()) {
+    load_weights_into(policy, resume_dir + "/model.safetensors");
+    load_weights_into(*value, resume_dir + "/value.safetensors");
+  }
 
   AdamW popt(policy, o.policy_adamw), vopt(*value, o.value_adamw);
   BatchSampler sampler(prompts.size(), static_cast<size_t>(o.prompts_per_iter), o.seed);
@@ -509,6 +523,7 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
     std::vector<GeneratedSample> gs = gen.generate(ro.prompts, so);
     for (auto& g : gs) {
       ro.actions.push_back(g.generated_ids);
+      ro.sampler_logp.push_back(g.generated_logprobs);
       ro.responses.push_back(g.response_ids);
       ro.response_texts.push_back(g.response_text);
     }
@@ -550,6 +565,9 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
       std::vector<float> v = value->forward_scores(ab.batch, ab.flat_rows);
       size_t pos = 0;
       for (size_t k = 0; k < idx.size(); ++k) {
+        for (size_t t = 0; t < lp[k].size(); ++t)
+          st.sampler_logp_diff = std::max<double>(st.sampler_logp_diff,
+                                                  std::fabs(lp[k][t] - ro.sampler_logp[idx[k]][t]));
         ro.logp_old[idx[k]] = std::move(lp[k]);
         ro.logp_ref[idx[k]] = std::move(lr[k]);
         const size_t L = ab.rows[k].size();

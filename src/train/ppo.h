@@ -116,8 +116,9 @@ std::vector<std::vector<float>> response_logprobs(
 
 struct Rollout {
   std::vector<std::vector<int32_t>> prompts;
-  std::vector<std::vector<int32_t>> actions;    // every sampled token (what PPO trains)
-  std::vector<std::vector<int32_t>> responses;  // the response the PM scores
+  std::vector<std::vector<int32_t>> actions;     // every sampled token (what PPO trains)
+  std::vector<std::vector<int32_t>> responses;   // the response the PM scores
+  std::vector<std::vector<float>> sampler_logp;  // the sampler's log π of each action
   std::vector<std::string> response_texts;
   std::vector<float> scores;         // raw PM scores
   std::vector<float> rewards_final;  // scores after optional normalisation
@@ -167,6 +168,9 @@ struct PpoIterationStats {
   double entropy = 0, clip_fraction = 0, approx_kl = 0, policy_loss = 0, value_loss = 0;
   double value_clip_fraction = 0, explained_variance = 0, response_length = 0;
   double rollout_s = 0, scoring_s = 0, update_s = 0;
+  // max |log π_old − the sampler's log-prob| over the rollout's tokens: the policy's
+  // forward and the KV-cache sampler must agree (float error only).
+  double sampler_logp_diff = 0;
   bool skipped = false;  // non-finite reward or loss: no update
   Json to_json() const;
 };
