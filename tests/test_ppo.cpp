@@ -251,9 +251,11 @@ TEST(TrainPpo, RaisesASyntheticRewardWithBoundedKl) {
     last += r.history[r.history.size() - 1 - i].reward / 3;
   }
   for (const auto& s : r.history) {
-    std::printf("iter %lld reward %.3f kl %.3f beta %.4f entropy %.3f clip %.3f len %.1f\n",
-                static_cast<long long>(s.iteration), s.reward, s.kl, s.beta, s.entropy,
-                s.clip_fraction, s.response_length);
+    std::printf(
+        "iter %lld reward %.3f kl %.3f beta %.4f entropy %.3f clip %.3f len %.1f t %.2f %.2f "
+        "%.2f\n",
+        static_cast<long long>(s.iteration), s.reward, s.kl, s.beta, s.entropy, s.clip_fraction,
+        s.response_length, s.rollout_s, s.scoring_s, s.update_s);
     EXPECT_FALSE(s.skipped);
     EXPECT_TRUE(std::isfinite(s.kl));
     EXPECT_LT(s.kl, 12.0);  // nats per 12-token response
@@ -278,6 +280,7 @@ TEST(TrainPpo, ResumeIsBitExact) {
   full.kl.target = 1.0;  // adaptive β: its state must survive too
   full.kl.horizon = 100;
   full.ckpt_every = 2;
+  if (fast_mode()) full.prompts_per_iter = 8, full.sampling.max_new_tokens = 6;
   hh::PpoTrainResult rf = hh::train_ppo(*task.be, full);
   ASSERT_EQ(rf.history.size(), 4u);
 
