@@ -87,7 +87,7 @@ TEST(TrainLm, LearnsAPattern) {
   auto be = hh::make_cpu_backend();
   std::string data = make_dataset(tmp.path, 64, 1);
   auto o = tiny_options(data, tmp.path + "/run");
-  o.steps = std::getenv("HH_TEST_FAST") ? 30 : 60;
+  o.steps = 60;
   o.masked = false;
   hh::LmTrainResult r = hh::train_lm(*be, o);
   ASSERT_EQ(r.train_losses.size(), static_cast<size_t>(o.steps));

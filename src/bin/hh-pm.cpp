@@ -85,24 +85,9 @@ int run_train(int argc, char** argv) {
   o.train_path = f.get_string("train");
   o.dev_path = f.get_string("dev");
   o.init = f.get_string("init");
-  o.steps = f.get_int("steps");
-  o.batch = f.get_int("batch");
-  o.micro_batch = f.get_int("micro-batch") > 0 ? f.get_int("micro-batch") : o.batch;
-  o.seq = f.get_int("seq");
-  o.adamw = hh::adamw_config_from_flags(f);
-  o.min_lr_frac = static_cast<float>(f.get_float("min-lr-frac"));
-  o.warmup = f.get_int("warmup");
-  o.log_every = f.get_int("log-every");
-  o.eval_every = f.get_int("eval-every");
+  hh::loop_options_from_flags(f, &o);
   o.eval_pairs = f.get_int("eval-pairs");
   HH_CHECK(o.eval_pairs >= 0, "--eval-pairs must be >= 0");
-  o.ckpt_every = f.get_int("ckpt-every");
-  o.keep_ckpts = static_cast<int>(f.get_int("keep-ckpts"));
-  o.seed = static_cast<uint64_t>(f.get_int("seed"));
-  o.resume = f.get_bool("resume");
-  o.nan_policy = hh::nan_policy_from_flags(f);
-  o.run_dir = f.get_string("run-dir");
-  o.config_json = f.to_json();
 
   // The vocabulary comes from the dataset; the architecture from the flags (or --init).
   hh::PmDataset probe = hh::PmDataset::load(o.train_path);

@@ -18,10 +18,7 @@ int main(int argc, char** argv) {
                 "policy and value losses, several epochs of minibatches per rollout. --steps\n"
                 "counts PPO iterations, --batch prompts per iteration. Writes checkpoints,\n"
                 "metrics.jsonl (one line per iteration), samples.jsonl, model.safetensors (the\n"
-                "policy) and value.safetensors to --run-dir; --resume continues exactly.\n"
-                "Defaults that differ from the help below (shared with hh-sft/hh-pm): --warmup=0\n"
-                "--min-lr-frac=1 (constant LR), --on-nan=stop (a non-finite reward is an error),\n"
-                "--log-every=1, --ckpt-every=10.");
+                "policy) and value.safetensors to --run-dir; --resume continues exactly.");
     f.add_string("policy", "", "initial policy and frozen reference (hh-sft checkpoint)");
     f.add_string("pm", "", "preference model (hh-pm checkpoint)");
     f.add_string("value-init", "", "value model init (default: --pm)");
@@ -50,11 +47,11 @@ int main(int argc, char** argv) {
     hh::add_device_flag(f);
     hh::add_optimizer_flags(f, 5e-5);
     hh::add_run_flags(f, "runs/ppo", 30, 16);
-    f.set("warmup", "0");
-    f.set("min-lr-frac", "1");
-    f.set("on-nan", "stop");
-    f.set("log-every", "1");
-    f.set("ckpt-every", "10");
+    f.set_default("warmup", "0");
+    f.set_default("min-lr-frac", "1");
+    f.set_default("on-nan", "stop");
+    f.set_default("log-every", "1");
+    f.set_default("ckpt-every", "10");
     f.parse(argc, argv);
 
     hh::PpoTrainOptions o;

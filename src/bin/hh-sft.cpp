@@ -36,23 +36,9 @@ int main(int argc, char** argv) {
     o.init = f.get_string("init");
     o.masked = mode == "sft";
     o.stage = mode;
-    o.steps = f.get_int("steps");
-    o.batch = f.get_int("batch");
-    o.micro_batch = f.get_int("micro-batch") > 0 ? f.get_int("micro-batch") : o.batch;
-    o.seq = f.get_int("seq");
-    o.adamw = hh::adamw_config_from_flags(f);
-    o.min_lr_frac = static_cast<float>(f.get_float("min-lr-frac"));
-    o.warmup = f.get_int("warmup");
-    o.log_every = f.get_int("log-every");
-    o.eval_every = f.get_int("eval-every");
+    hh::loop_options_from_flags(f, &o);
     o.eval_batches = f.get_int("eval-batches");
-    o.ckpt_every = f.get_int("ckpt-every");
-    o.keep_ckpts = static_cast<int>(f.get_int("keep-ckpts"));
-    o.seed = static_cast<uint64_t>(f.get_int("seed"));
-    o.resume = f.get_bool("resume");
-    o.nan_policy = hh::nan_policy_from_flags(f);
-    o.run_dir = f.get_string("run-dir");
-    o.config_json = f.to_json();
+    HH_CHECK(o.eval_batches >= 0, "--eval-batches must be >= 0");
 
     // The vocabulary comes from the dataset; the architecture from the flags (or --init).
     hh::SftDataset probe = hh::SftDataset::load(o.train_path);

@@ -256,6 +256,14 @@ bool Flags::is_set(const std::string& name) const {
 // Overrides a value (validated like a command-line value); is_set() is not changed.
 void Flags::set(const std::string& name, const std::string& value) { assign(name, value); }
 
+bool Flags::has(const std::string& name) const { return flags_.count(name) != 0; }
+
+void Flags::set_default(const std::string& name, const std::string& value) {
+  assign(name, value);
+  Flag& flag = flags_.at(name);
+  flag.def = flag.value;
+}
+
 // "<program>: <description>", then "  --name=<type>  help (default: X)" per flag in the
 // order they were added, then the usage lines.
 std::string Flags::help() const {

@@ -39,8 +39,12 @@ class Flags {
   double get_float(const std::string& name) const;
   bool get_bool(const std::string& name) const;
   bool is_set(const std::string& name) const;  // given on the command line
+  bool has(const std::string& name) const;     // declared (by any add_*)
   // Programmatic override, validated like a command-line value; does not change is_set().
   void set(const std::string& name, const std::string& value);
+  // Changes a flag's default (what --help shows and what an unset flag reads), e.g. a
+  // binary that shares add_*_flags but wants other defaults. Validated like set().
+  void set_default(const std::string& name, const std::string& value);
   std::string help() const;
   // All flag values as a JSON object text (recorded in run directories and checkpoints).
   std::string to_json() const;

@@ -18,24 +18,14 @@
 
 namespace hh {
 
-struct LmTrainOptions {
+struct LmTrainOptions : TrainLoopOptions {
+  LmTrainOptions() { run_dir = "runs/sft"; }
   std::string train_path, dev_path;  // sft datasets from hh-prepare (dev may be "")
   std::string init;                  // hh checkpoint or HF GPT-2 safetensors; "" = random
   bool masked = true;                // true: SFT (assistant tokens); false: every token
   GPTConfig model;                   // used for random init (vocab taken from the data)
-  int64_t steps = 100, batch = 8, micro_batch = 8, seq = 256;
-  AdamWConfig adamw;
-  float min_lr_frac = 0.1f;
-  int64_t warmup = 20;
-  int64_t log_every = 10, eval_every = 100, ckpt_every = 200, eval_batches = 0;
-  int keep_ckpts = 2;
-  uint64_t seed = 1234;
-  bool resume = false;
-  NanPolicy nan_policy = NanPolicy::Skip;
-  std::string run_dir = "runs/sft";
-  std::string stage = "sft";  // recorded in checkpoint metadata
-  bool quiet = false;         // no progress lines (tests)
-  std::string config_json;    // the flags, recorded as <run>/config.json
+  int64_t eval_batches = 0;          // dev batches per evaluation (0: all)
+  std::string stage = "sft";         // recorded in checkpoint metadata
 };
 
 struct LmTrainResult {

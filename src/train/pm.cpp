@@ -279,37 +279,13 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
 
   RunDir run(o.run_dir, o.resume);
 
-  // The model: from the latest checkpoint (resume), an init file, or random.
-  GPTConfig cfg = o.model;
-  std::string resume_dir = o.resume ? run.latest_checkpoint() : "";
-  std::string weights = !resume_dir.empty() ? resume_dir + "/model.safetensors" : o.init;
-  bool hf_init = false, init_has_head = false;
-  if (!weights.empty()) {
-    auto meta = read_checkpoint_metadata(weights);
-    if (meta.count("config")) {
-      cfg = read_checkpoint_config(weights);
-      auto tok = meta.find("tokenizer");
-      HH_CHECK(tok == meta.end() || tok->second == fingerprint, weights,
-               " was trained with another tokenizer than the dataset ", o.train_path);
-      auto head = meta.find("scalar_head");
-      init_has_head = head != meta.end() && head->second == "true";
-    } else {
-      hf_init = true;  // a Hugging Face GPT-2 file: the flags give the architecture
-    }
-  }
-  HH_CHECK(cfg.vocab_size == static_cast<int>(raw.vocab_size), "the model's vocabulary (",
-           cfg.vocab_size, ") differs from the dataset's (", raw.vocab_size, ")");
-  HH_CHECK(o.seq <= cfg.max_seq_len, "--seq=", o.seq, " exceeds the model's context ",
-           cfg.max_seq_len);
-  GPT model(backend, cfg, /*scalar_head=*/true);
-  // Random first, so a trunk-only load leaves the scalar head at its random init.
-  model.init_random(o.seed);
-  if (hf_init) {
-    model.import_hf_gpt2(SafeTensorsFile::load(weights));
-  } else if (!weights.empty()) {
-    // An LM checkpoint gives the trunk; a PM checkpoint (or our own resume) all of it.
-    load_weights_into(model, weights, /*trunk_only=*/!init_has_head);
-  }
+  const StartingPoint start =
+      find_starting_point(run, o.resume, o.init, o.model, raw.tokenizer_fingerprint,
+                          raw.vocab_size, o.train_path, o.seq);
+  const std::string& resume_dir = start.resume_dir;
+  const GPTConfig& cfg = start.config;
+  // An LM checkpoint gives the trunk (the head stays random); a PM or our resume, all of it.
+  GPT model = build_model(backend, start, /*scalar_head=*/true, o.seed);
 
   AdamW opt(model, o.adamw);
   BatchSampler sampler(train.size(), static_cast<size_t>(o.batch), o.seed);

@@ -113,24 +113,16 @@ double shorter_response_accuracy(const PmDataset& data, int64_t max_pairs);
 
 // ---- training ----
 
-struct PmTrainOptions {
+struct PmTrainOptions : TrainLoopOptions {  // batch and micro_batch count pairs
+  PmTrainOptions() {
+    batch = micro_batch = 16;
+    run_dir = "runs/pm";
+  }
   std::string train_path, dev_path;  // pm datasets from hh-prepare (dev may be "")
   std::string init;  // hh checkpoint (an hh-sft LM: the trunk; a PM: all of it), HF GPT-2
                      // safetensors, or "" = random
   GPTConfig model;   // used for random / HF init (vocab taken from the data)
-  int64_t steps = 100, batch = 16, micro_batch = 16, seq = 256;  // batch/micro in pairs
-  AdamWConfig adamw;
-  float min_lr_frac = 0.1f;
-  int64_t warmup = 20;
-  int64_t log_every = 10, eval_every = 100, ckpt_every = 200;
   int64_t eval_pairs = 0;  // dev pairs per evaluation (0: all)
-  int keep_ckpts = 2;
-  uint64_t seed = 1234;
-  bool resume = false;
-  NanPolicy nan_policy = NanPolicy::Skip;
-  std::string run_dir = "runs/pm";
-  bool quiet = false;       // no progress lines (tests)
-  std::string config_json;  // the flags, recorded as <run>/config.json
 };
 
 struct PmTrainResult {

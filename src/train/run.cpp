@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/fileio.h"
+#include "core/safetensors.h"
 #include "model/checkpoint.h"
 
 namespace hh {
@@ -96,6 +97,36 @@ NanPolicy nan_policy_from_flags(const Flags& flags) {
   HH_FAIL("--on-nan=", v, ": expected skip or stop");
 }
 
+void loop_options_from_flags(const Flags& f, TrainLoopOptions* o) {
+  o->steps = f.get_int("steps");
+  o->batch = f.get_int("batch");
+  HH_CHECK(o->steps > 0, "--steps must be > 0");
+  HH_CHECK(o->batch > 0, "--batch must be > 0");
+  if (f.has("micro-batch")) {
+    int64_t micro = f.get_int("micro-batch");
+    HH_CHECK(micro >= 0, "--micro-batch must be >= 0");
+    o->micro_batch = micro > 0 ? micro : o->batch;
+  } else {
+    o->micro_batch = o->batch;
+  }
+  if (f.has("seq")) o->seq = f.get_int("seq");
+  o->adamw = adamw_config_from_flags(f);
+  o->min_lr_frac = static_cast<float>(f.get_float("min-lr-frac"));
+  o->warmup = f.get_int("warmup");
+  o->log_every = f.get_int("log-every");
+  o->eval_every = f.get_int("eval-every");
+  o->ckpt_every = f.get_int("ckpt-every");
+  HH_CHECK(o->log_every >= 0 && o->eval_every >= 0 && o->ckpt_every >= 0,
+           "--log-every, --eval-every and --ckpt-every must be >= 0");
+  o->keep_ckpts = static_cast<int>(f.get_int("keep-ckpts"));
+  HH_CHECK(o->keep_ckpts >= 1, "--keep-ckpts must be >= 1");
+  o->seed = static_cast<uint64_t>(f.get_int("seed"));
+  o->resume = f.get_bool("resume");
+  o->nan_policy = nan_policy_from_flags(f);
+  o->run_dir = f.get_string("run-dir");
+  o->config_json = f.to_json();
+}
+
 RunDir::RunDir(const std::string& path, bool resume, bool is_writer)
     : path_(path), writer_(is_writer) {
   HH_CHECK(!path.empty(), "--run-dir is empty");
@@ -160,6 +191,44 @@ void RunDir::save_final(const GPT& model,
                         const std::map<std::string, std::string>& metadata) const {
   if (!writer_) return;
   save_model(file("model.safetensors"), model, metadata);
+}
+
+StartingPoint find_starting_point(const RunDir& run, bool resume, const std::string& init,
+                                  const GPTConfig& flags_config, uint64_t data_fingerprint,
+                                  uint32_t data_vocab, const std::string& data_path, int64_t seq) {
+  StartingPoint sp;
+  sp.config = flags_config;
+  sp.resume_dir = resume ? run.latest_checkpoint() : "";
+  sp.weights = !sp.resume_dir.empty() ? sp.resume_dir + "/model.safetensors" : init;
+  if (!sp.weights.empty()) {
+    auto meta = read_checkpoint_metadata(sp.weights);
+    if (meta.count("config")) {
+      sp.config = read_checkpoint_config(sp.weights);
+      auto tok = meta.find("tokenizer");
+      HH_CHECK(tok == meta.end() || tok->second == std::to_string(data_fingerprint), sp.weights,
+               " was trained with another tokenizer than the dataset ", data_path);
+      auto head = meta.find("scalar_head");
+      sp.has_head = head != meta.end() && head->second == "true";
+    } else {
+      sp.hf = true;  // a Hugging Face GPT-2 file: the flags give the architecture
+    }
+  }
+  HH_CHECK(sp.config.vocab_size == static_cast<int>(data_vocab), "the model's vocabulary (",
+           sp.config.vocab_size, ") differs from the dataset's (", data_vocab, ")");
+  HH_CHECK(seq <= sp.config.max_seq_len, "--seq=", seq, " exceeds the model's context ",
+           sp.config.max_seq_len);
+  return sp;
+}
+
+GPT build_model(Backend& backend, const StartingPoint& start, bool scalar_head, uint64_t seed) {
+  GPT model(backend, start.config, scalar_head);
+  model.init_random(seed);
+  if (start.hf) {
+    model.import_hf_gpt2(SafeTensorsFile::load(start.weights));
+  } else if (!start.weights.empty()) {
+    load_weights_into(model, start.weights, /*trunk_only=*/!(scalar_head && start.has_head));
+  }
+  return model;
 }
 
 namespace {

@@ -41,6 +41,29 @@ AdamWConfig adamw_config_from_flags(const Flags& flags);
 void add_run_flags(Flags& flags, const std::string& default_run_dir, int64_t default_steps,
                    int64_t default_batch);
 
+// What to do when the loss or the gradient norm is NaN/Inf.
+enum class NanPolicy { Skip, Stop };
+NanPolicy nan_policy_from_flags(const Flags& flags);
+
+// What every trainer's options share: the run, the schedule, the optimizer, bookkeeping.
+struct TrainLoopOptions {
+  int64_t steps = 100, batch = 8, micro_batch = 8, seq = 256;
+  AdamWConfig adamw;
+  float min_lr_frac = 0.1f;
+  int64_t warmup = 20;
+  int64_t log_every = 10, eval_every = 100, ckpt_every = 200;
+  int keep_ckpts = 2;
+  uint64_t seed = 1234;
+  bool resume = false;
+  NanPolicy nan_policy = NanPolicy::Skip;
+  std::string run_dir;
+  bool quiet = false;       // no progress lines (tests)
+  std::string config_json;  // the flags, recorded as <run>/config.json
+};
+// Fills the shared options from the flags of add_run_flags and add_optimizer_flags (and
+// --seq / --micro-batch when the binary defines them; --micro-batch 0 means --batch).
+void loop_options_from_flags(const Flags& flags, TrainLoopOptions* options);
+
 class RunDir {
  public:
   // Creates the directory. A fresh run (resume=false) refuses a directory that already
@@ -67,15 +90,31 @@ class RunDir {
   std::unique_ptr<MetricsLogger> metrics_;
 };
 
+// Where a trainer's model comes from: the run's latest checkpoint when resuming, else
+// `init` (an hh checkpoint gives its own config; a Hugging Face GPT-2 file takes the
+// flags' config), else a random init of the flags' config.
+struct StartingPoint {
+  GPTConfig config;
+  std::string weights;     // file to load, "" for a random init
+  std::string resume_dir;  // the checkpoint directory when resuming, else ""
+  bool hf = false;         // weights is a Hugging Face GPT-2 file
+  bool has_head = false;   // weights has a scalar head (a PM checkpoint)
+};
+// Checks that the starting checkpoint was made with the dataset's tokenizer (fingerprint,
+// vocabulary) and that `seq` fits the model's context; errors name the files.
+StartingPoint find_starting_point(const RunDir& run, bool resume, const std::string& init,
+                                  const GPTConfig& flags_config, uint64_t data_fingerprint,
+                                  uint32_t data_vocab, const std::string& data_path, int64_t seq);
+// The model of a starting point: random init from `seed`, then its weights (the whole
+// model when both have a scalar head, else the trunk, leaving a new head random).
+GPT build_model(Backend& backend, const StartingPoint& start, bool scalar_head, uint64_t seed);
+
 // SIGINT/SIGTERM set a flag instead of killing the process; trainers check it between
 // steps, save a checkpoint and exit. A second Ctrl-C exits at once (nothing half-written
 // can result: every file write is atomic).
 void install_stop_handler();
 bool stop_requested();
 
-// What to do when the loss or the gradient norm is NaN/Inf.
-enum class NanPolicy { Skip, Stop };
-NanPolicy nan_policy_from_flags(const Flags& flags);
 
 // "1.23k", "45.6M": compact numbers for progress lines.
 std::string human_count(double v);
