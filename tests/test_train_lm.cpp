@@ -2,7 +2,6 @@
 // matches one big batch, a resumed run reproduces the uninterrupted one bit for bit, and
 // a run directory with a checkpoint is never overwritten by accident.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <cstdlib>
@@ -47,8 +46,8 @@ std::string make_dataset(const std::string& dir, int n, uint64_t seed) {
 struct TempDir {
   std::string path;
   TempDir() {
-    path = (fs::temp_directory_path() / ("hh_test_lm_" + std::to_string(::getpid()) + "_" +
-                                         std::to_string(counter()++)))
+    path = (fs::temp_directory_path() /
+            ("hh_test_lm_" + std::to_string(::getpid()) + "_" + std::to_string(counter()++)))
                .string();
     fs::create_directories(path);
   }

@@ -43,7 +43,7 @@ std::string str_cat(const Args&... args) {
 #define HH_FAIL(...) ::hh::throw_error(__FILE__, __LINE__, ::hh::str_cat(__VA_ARGS__))
 
 // HH_CHECK(cond, "message ", x): throws when cond is false; the message says what is wrong.
-#define HH_CHECK(cond, ...)                                                       \
-  do {                                                                            \
+#define HH_CHECK(cond, ...)                                                         \
+  do {                                                                              \
     if (!(cond)) ::hh::throw_error(__FILE__, __LINE__, ::hh::str_cat(__VA_ARGS__)); \
   } while (0)

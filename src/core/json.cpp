@@ -12,12 +12,18 @@ namespace {
 
 const char* type_name(Json::Type t) {
   switch (t) {
-    case Json::Type::Null: return "null";
-    case Json::Type::Bool: return "bool";
-    case Json::Type::Number: return "number";
-    case Json::Type::String: return "string";
-    case Json::Type::Array: return "array";
-    case Json::Type::Object: return "object";
+    case Json::Type::Null:
+      return "null";
+    case Json::Type::Bool:
+      return "bool";
+    case Json::Type::Number:
+      return "number";
+    case Json::Type::String:
+      return "string";
+    case Json::Type::Array:
+      return "array";
+    case Json::Type::Object:
+      return "object";
   }
   return "?";
 }
@@ -63,12 +69,21 @@ class Parser {
     skip_ws();
     char c = peek();
     switch (c) {
-      case '{': return parse_object(depth);
-      case '[': return parse_array(depth);
-      case '"': return Json(parse_string());
-      case 't': expect_word("true"); return Json(true);
-      case 'f': expect_word("false"); return Json(false);
-      case 'n': expect_word("null"); return Json();
+      case '{':
+        return parse_object(depth);
+      case '[':
+        return parse_array(depth);
+      case '"':
+        return Json(parse_string());
+      case 't':
+        expect_word("true");
+        return Json(true);
+      case 'f':
+        expect_word("false");
+        return Json(false);
+      case 'n':
+        expect_word("null");
+        return Json();
       default:
         if (c == '-' || (c >= '0' && c <= '9')) return Json(parse_number());
         fail(str_cat("unexpected character '", c, "'"));
@@ -150,10 +165,14 @@ class Parser {
     for (int i = 0; i < 4; ++i) {
       char c = s_[pos_++];
       v <<= 4;
-      if (c >= '0' && c <= '9') v |= c - '0';
-      else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-      else fail("bad hex digit in \\u escape");
+      if (c >= '0' && c <= '9')
+        v |= c - '0';
+      else if (c >= 'a' && c <= 'f')
+        v |= c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F')
+        v |= c - 'A' + 10;
+      else
+        fail("bad hex digit in \\u escape");
     }
     return v;
   }
@@ -191,14 +210,30 @@ class Parser {
       if (pos_ >= s_.size()) fail("unterminated escape");
       char e = s_[pos_++];
       switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
         case 'u': {
           unsigned cp = parse_hex4();
           if (cp >= 0xD800 && cp < 0xDC00) {
@@ -222,7 +257,8 @@ class Parser {
           put_utf8(out, cp);
           break;
         }
-        default: fail(str_cat("bad escape '\\", e, "'"));
+        default:
+          fail(str_cat("bad escape '\\", e, "'"));
       }
     }
   }
@@ -311,11 +347,21 @@ void json_escape(std::string& out, std::string_view s) {
   out += '"';
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           char buf[8];
@@ -331,8 +377,12 @@ void json_escape(std::string& out, std::string_view s) {
 
 void Json::dump_to(std::string& out) const {
   switch (type_) {
-    case Type::Null: out += "null"; break;
-    case Type::Bool: out += bool_ ? "true" : "false"; break;
+    case Type::Null:
+      out += "null";
+      break;
+    case Type::Bool:
+      out += bool_ ? "true" : "false";
+      break;
     case Type::Number: {
       if (!std::isfinite(num_)) {
         out += "null";  // JSON has no NaN/Inf
@@ -347,7 +397,9 @@ void Json::dump_to(std::string& out) const {
       }
       break;
     }
-    case Type::String: json_escape(out, str_); break;
+    case Type::String:
+      json_escape(out, str_);
+      break;
     case Type::Array: {
       out += '[';
       for (size_t i = 0; i < arr_.size(); ++i) {

@@ -57,7 +57,7 @@ class Json {
   const Json& at(const std::string& key) const;
   const Json* find(const std::string& key) const;
   Json& operator[](const std::string& key);  // makes a Null into an object
-  void push_back(Json v);                   // makes a Null into an array
+  void push_back(Json v);                    // makes a Null into an array
   size_t size() const;
 
   // Compact serialisation (no spaces). Numbers that are integers print without a

@@ -38,7 +38,9 @@ class Rng {
   // Uniform in [0, 1) with 24 random bits (exact in float).
   float uniform() { return static_cast<float>(next_u64() >> 40) * (1.0f / 16777216.0f); }
   // Uniform in [0, 1) with 53 random bits.
-  double uniform_double() { return static_cast<double>(next_u64() >> 11) * (1.0 / 9007199254740992.0); }
+  double uniform_double() {
+    return static_cast<double>(next_u64() >> 11) * (1.0 / 9007199254740992.0);
+  }
   // Uniform integer in [0, n), n > 0 (Lemire's multiply-shift; bias < n/2^64).
   uint64_t below(uint64_t n) {
     return static_cast<uint64_t>((static_cast<unsigned __int128>(next_u64()) * n) >> 64);

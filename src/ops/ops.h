@@ -74,8 +74,8 @@ class Backend {
 
   // ---- matmul with bias: out[N,OC] = inp[N,IC]·weight[OC,IC]ᵀ + bias[OC] ----
   // bias may be null.
-  virtual void matmul_forward(float* out, const float* inp, const float* weight,
-                              const float* bias, int N, int IC, int OC) = 0;
+  virtual void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
+                              int N, int IC, int OC) = 0;
   // dinp = dout·weight (overwrite; skipped when dinp is null), dweight += doutᵀ·inp,
   // dbias += Σ_rows dout (skipped when null).
   virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
@@ -86,12 +86,12 @@ class Backend {
   // out[B,T,C]; rows t >= lengths[b] are written as 0. `saved` holds what the backward
   // pass needs, attention_saved_floats(B,T,NH) floats (the CPU keeps the probabilities).
   virtual size_t attention_saved_floats(int B, int T, int NH) const = 0;
-  virtual void attention_forward(float* out, float* saved, const float* qkv,
-                                 const int32_t* lengths, int B, int T, int C, int NH) = 0;
+  virtual void attention_forward(float* out, float* saved, const float* qkv, const int32_t* lengths,
+                                 int B, int T, int C, int NH) = 0;
   // dqkv = ... (overwrite, zero on padded rows).
   virtual void attention_backward(float* dqkv, const float* dout, const float* qkv,
-                                  const float* saved, const int32_t* lengths, int B, int T,
-                                  int C, int NH) = 0;
+                                  const float* saved, const int32_t* lengths, int B, int T, int C,
+                                  int NH) = 0;
 
   // ---- tanh-GELU: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) ----
   virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
@@ -125,16 +125,14 @@ class Backend {
                                     const float* wte, const float* wpe, int M, int C) = 0;
   // kcache[slots[m], positions[m], :] = k of qkv[m,:]; vcache likewise with v (qkv as in
   // attention_forward: q | k | v, each C wide). Rows with positions[m] < 0 are skipped.
-  virtual void kv_cache_write(float* kcache, float* vcache, const float* qkv,
-                              const int32_t* slots, const int32_t* positions, int M, int max_len,
-                              int C) = 0;
+  virtual void kv_cache_write(float* kcache, float* vcache, const float* qkv, const int32_t* slots,
+                              const int32_t* positions, int M, int max_len, int C) = 0;
   // Attention of row m's query (the q part of qkv[m,:]) over its slot's cached keys and
   // values 0..positions[m] (inclusive: write the row's own k,v first). Per head h, with
   // hs = C/NH and scale 1/√hs: out[m,h] = Σ_t softmax_t(scale·q_h·k_h[t])·v_h[t].
   virtual void attention_decode(float* out, const float* qkv, const float* kcache,
-                                const float* vcache, const int32_t* slots,
-                                const int32_t* positions, int M, int max_len, int C,
-                                int NH) = 0;
+                                const float* vcache, const int32_t* slots, const int32_t* positions,
+                                int M, int max_len, int C, int NH) = 0;
 
   // Draws one token from each row of logits [M, Vp] (the first V columns only), so that
   // only M ids and log-probs leave the device:
@@ -177,12 +175,18 @@ class Buffer {
     if (n) p_ = static_cast<T*>(be.alloc_bytes(n * sizeof(T)));
   }
   ~Buffer() { reset(); }
-  Buffer(Buffer&& o) noexcept : be_(o.be_), p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+  Buffer(Buffer&& o) noexcept : be_(o.be_), p_(o.p_), n_(o.n_) {
+    o.p_ = nullptr;
+    o.n_ = 0;
+  }
   Buffer& operator=(Buffer&& o) noexcept {
     if (this != &o) {
       reset();
-      be_ = o.be_; p_ = o.p_; n_ = o.n_;
-      o.p_ = nullptr; o.n_ = 0;
+      be_ = o.be_;
+      p_ = o.p_;
+      n_ = o.n_;
+      o.p_ = nullptr;
+      o.n_ = 0;
     }
     return *this;
   }

@@ -17,7 +17,8 @@ Batch make_lm_batch(const SftDataset& data, const std::vector<size_t>& indices, 
   Batch b;
   b.B = static_cast<int>(indices.size());
   int T = 1;
-  for (size_t i : indices) T = std::max<int>(T, static_cast<int>(std::min<int64_t>(data.sequence(i).size(), seq)));
+  for (size_t i : indices)
+    T = std::max<int>(T, static_cast<int>(std::min<int64_t>(data.sequence(i).size(), seq)));
   b.T = T;
   b.tokens.assign(static_cast<size_t>(b.B) * T, 0);
   b.targets.assign(static_cast<size_t>(b.B) * T, -1);
@@ -31,7 +32,8 @@ Batch make_lm_batch(const SftDataset& data, const std::vector<size_t>& indices, 
     b.lengths[r] = static_cast<int32_t>(len);
     for (size_t t = 0; t < len; ++t) {
       b.tokens[r * T + t] = ids[start + t];
-      if (t + 1 < len && (!masked || mask[start + t + 1])) b.targets[r * T + t] = ids[start + t + 1];
+      if (t + 1 < len && (!masked || mask[start + t + 1]))
+        b.targets[r * T + t] = ids[start + t + 1];
     }
   }
   return b;
@@ -91,8 +93,8 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
   RunDir run(o.run_dir, o.resume);
 
   const StartingPoint start =
-      find_starting_point(run, o.resume, o.init, o.model, raw.tokenizer_fingerprint,
-                          raw.vocab_size, o.train_path, o.seq);
+      find_starting_point(run, o.resume, o.init, o.model, raw.tokenizer_fingerprint, raw.vocab_size,
+                          o.train_path, o.seq);
   const std::string& resume_dir = start.resume_dir;
   const GPTConfig& cfg = start.config;
   GPT model = build_model(backend, start, /*scalar_head=*/false, o.seed);
@@ -137,12 +139,16 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
     rec["step"] = step;
     rec["val_loss"] = result.last_dev_loss;
     run.metrics().log(rec);
-    if (!o.quiet) std::fprintf(stderr, "step %lld | val_loss %.4f\n", static_cast<long long>(step), result.last_dev_loss);
+    if (!o.quiet)
+      std::fprintf(stderr, "step %lld | val_loss %.4f\n", static_cast<long long>(step),
+                   result.last_dev_loss);
   };
 
   for (int64_t step = start_step; step < o.steps; ++step) {
     if (stop_requested()) {
-      if (!o.quiet) std::fprintf(stderr, "interrupted: saving a checkpoint at step %lld\n", static_cast<long long>(step));
+      if (!o.quiet)
+        std::fprintf(stderr, "interrupted: saving a checkpoint at step %lld\n",
+                     static_cast<long long>(step));
       checkpoint(step);
       result.interrupted = true;
       return result;

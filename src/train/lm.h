@@ -45,7 +45,7 @@ Batch make_lm_batch(const SftDataset& data, const std::vector<size_t>& indices, 
 
 // Mean target-token loss over the first max_batches·batch sequences of `data` in order
 // (all when max_batches is 0).
-double evaluate_lm(GPT& model, const SftDataset& data, int64_t seq, bool masked,
-                   int64_t batch, int64_t max_batches);
+double evaluate_lm(GPT& model, const SftDataset& data, int64_t seq, bool masked, int64_t batch,
+                   int64_t max_batches);
 
 }  // namespace hh

@@ -280,8 +280,8 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
   RunDir run(o.run_dir, o.resume);
 
   const StartingPoint start =
-      find_starting_point(run, o.resume, o.init, o.model, raw.tokenizer_fingerprint,
-                          raw.vocab_size, o.train_path, o.seq);
+      find_starting_point(run, o.resume, o.init, o.model, raw.tokenizer_fingerprint, raw.vocab_size,
+                          o.train_path, o.seq);
   const std::string& resume_dir = start.resume_dir;
   const GPTConfig& cfg = start.config;
   // An LM checkpoint gives the trunk (the head stays random); a PM or our resume, all of it.

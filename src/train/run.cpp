@@ -1,12 +1,13 @@
 #include "train/run.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <unistd.h>
 
 #include "core/error.h"
 #include "core/fileio.h"
@@ -138,8 +139,9 @@ RunDir::RunDir(const std::string& path, bool resume, bool is_writer)
   if (resume) {
     HH_CHECK(!latest_checkpoint().empty(), "--resume: ", path_, " has no checkpoint to resume");
   }
-  metrics_ = writer_ ? std::make_unique<MetricsLogger>(path_ + "/metrics.jsonl", /*truncate=*/!resume)
-                     : std::make_unique<MetricsLogger>();
+  metrics_ = writer_
+                 ? std::make_unique<MetricsLogger>(path_ + "/metrics.jsonl", /*truncate=*/!resume)
+                 : std::make_unique<MetricsLogger>();
 }
 
 void RunDir::write_config(const std::string& json) const {
@@ -156,15 +158,14 @@ std::string RunDir::latest_checkpoint() const {
   HH_CHECK(name.rfind("step-", 0) == 0 && name.find('/') == std::string::npos, p,
            ": not a checkpoint name: '", name, "'");
   std::string dir = path_ + "/checkpoints/" + name;
-  HH_CHECK(file_exists(dir + "/model.safetensors") && file_exists(dir + "/optim.safetensors"),
-           p, " names ", dir, ", which is incomplete");
+  HH_CHECK(file_exists(dir + "/model.safetensors") && file_exists(dir + "/optim.safetensors"), p,
+           " names ", dir, ", which is incomplete");
   return dir;
 }
 
 void RunDir::save_checkpoint(int64_t step, const GPT& model, const AdamW& opt,
                              const TrainState& state,
-                             const std::map<std::string, std::string>& metadata,
-                             int keep) const {
+                             const std::map<std::string, std::string>& metadata, int keep) const {
   if (!writer_) return;
   char name[32];
   std::snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(step));
@@ -252,10 +253,14 @@ bool stop_requested() { return g_stop_signals.load() > 0; }
 
 std::string human_count(double v) {
   char buf[32];
-  if (v >= 1e9) std::snprintf(buf, sizeof buf, "%.2fG", v / 1e9);
-  else if (v >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
-  else if (v >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
-  else std::snprintf(buf, sizeof buf, "%.1f", v);
+  if (v >= 1e9)
+    std::snprintf(buf, sizeof buf, "%.2fG", v / 1e9);
+  else if (v >= 1e6)
+    std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
+  else if (v >= 1e3)
+    std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%.1f", v);
   return buf;
 }
 

@@ -115,7 +115,6 @@ GPT build_model(Backend& backend, const StartingPoint& start, bool scalar_head, 
 void install_stop_handler();
 bool stop_requested();
 
-
 // "1.23k", "45.6M": compact numbers for progress lines.
 std::string human_count(double v);
 

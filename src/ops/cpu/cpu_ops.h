@@ -12,21 +12,21 @@
 namespace hh::cpu {
 
 // embedding.cpp
-void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
-                       int B, int T, int C);
-void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
-                        int B, int T, int C);
+void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B,
+                       int T, int C);
+void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
+                        int T, int C);
 // layernorm.cpp
-void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C);
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                       const float* bias, int N, int C);
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                        const float* inp, const float* weight, const float* mean,
-                        const float* rstd, int N, int C);
+                        const float* inp, const float* weight, const float* mean, const float* rstd,
+                        int N, int C);
 // matmul.cpp (cache-blocked, vectorised; no BLAS)
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
                     int IC, int OC);
-void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                     const float* inp, const float* weight, int N, int IC, int OC);
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int N, int IC, int OC);
 const char* matmul_kernel_name();  // micro-kernel in use, e.g. "avx512-14x32"
 // attention.cpp
 size_t attention_saved_floats(int B, int T, int NH);
@@ -40,8 +40,8 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
 // residual.cpp
 void residual_forward(float* out, const float* a, const float* b, size_t n);
 // crossentropy.cpp
-void crossentropy_forward(float* losses, const float* logits, const int32_t* targets, int N,
-                          int V, int Vp);
+void crossentropy_forward(float* losses, const float* logits, const int32_t* targets, int N, int V,
+                          int Vp);
 void crossentropy_backward(float* dlogits, const float* logits, const int32_t* targets,
                            const float* dlosses, int N, int V, int Vp);
 // rows.cpp
