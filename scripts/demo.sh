@@ -122,7 +122,7 @@ stage "6/7 PPO: policy from SFT, reward = PM score - beta * KL(policy || SFT)"
 run "$BUILD/hh-ppo" --device $DEVICE --policy "$OUT/sft/model.safetensors" \
   --pm "$OUT/pm/model.safetensors" --tokenizer "$OUT/tok.bin" --prompts "$OUT/train.prompts.bin" \
   --steps $PPO_ITERS --batch $PPO_PROMPTS --max-new-tokens $PPO_NEW --epochs $PPO_EPOCHS \
-  --minibatch $PPO_MB --truncate-prompts --max-prompt-tokens $((MAXLEN / 4)) --lr 2e-4 \
+  --minibatch $PPO_MB --truncate-prompts --max-prompt-tokens $((MAXLEN / 4)) --lr 1e-4 \
   --kl-coef 0.1 --kl-target 3 --kl-horizon 40 --log-every 1 --ckpt-every 0 --sample-every 10 \
   --run-dir "$OUT/ppo" > "$OUT/ppo.json"
 
