@@ -84,9 +84,7 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
   std::unique_ptr<SftDataset> dev;
   if (!o.dev_path.empty()) {
     dev = std::make_unique<SftDataset>(SftDataset::load(o.dev_path));
-    HH_CHECK(dev->raw().tokenizer_fingerprint == raw.tokenizer_fingerprint &&
-                 dev->raw().vocab_size == raw.vocab_size,
-             o.dev_path, " was made with another tokenizer than ", o.train_path);
+    check_same_tokenizer(dev->raw(), o.dev_path, raw, o.train_path);
   }
   const std::string fingerprint = std::to_string(raw.tokenizer_fingerprint);
 
@@ -105,8 +103,7 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
   double tokens_seen = 0;
   if (!resume_dir.empty()) {
     load_optimizer(resume_dir + "/optim.safetensors", opt, &state);
-    HH_CHECK(state.data_cursor.size() == 2, resume_dir, ": optimizer state has no data cursor");
-    sampler.set_cursor({state.data_cursor[0], state.data_cursor[1]});
+    restore_cursor(sampler, state, resume_dir);
     tokens_seen = state.extra.count("tokens_seen") ? state.extra["tokens_seen"] : 0;
   }
   run.write_config(o.config_json);
@@ -123,7 +120,7 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
         {"stage", o.stage}, {"step", std::to_string(step)}, {"tokenizer", fingerprint}};
   };
   auto checkpoint = [&](int64_t step) {
-    state.data_cursor = {sampler.cursor().epoch, sampler.cursor().position};
+    state.data_cursor = saved_cursor(sampler);
     state.extra["tokens_seen"] = tokens_seen;
     run.save_checkpoint(step, model, opt, state, metadata(step), o.keep_ckpts);
   };

@@ -271,9 +271,7 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
   if (!o.dev_path.empty()) {
     dev = std::make_unique<PmDataset>(PmDataset::load(o.dev_path));
     HH_CHECK(dev->size() > 0, o.dev_path, ": the dev dataset has no pairs");
-    HH_CHECK(dev->raw().tokenizer_fingerprint == raw.tokenizer_fingerprint &&
-                 dev->raw().vocab_size == raw.vocab_size,
-             o.dev_path, " was made with another tokenizer than ", o.train_path);
+    check_same_tokenizer(dev->raw(), o.dev_path, raw, o.train_path);
   }
   const std::string fingerprint = std::to_string(raw.tokenizer_fingerprint);
 
@@ -293,8 +291,7 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
   double pairs_seen = 0;
   if (!resume_dir.empty()) {
     load_optimizer(resume_dir + "/optim.safetensors", opt, &state);
-    HH_CHECK(state.data_cursor.size() == 2, resume_dir, ": optimizer state has no data cursor");
-    sampler.set_cursor({state.data_cursor[0], state.data_cursor[1]});
+    restore_cursor(sampler, state, resume_dir);
     pairs_seen = state.extra.count("pairs_seen") ? state.extra["pairs_seen"] : 0;
   }
   run.write_config(o.config_json);
@@ -311,7 +308,7 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
         {"stage", "pm"}, {"step", std::to_string(step)}, {"tokenizer", fingerprint}};
   };
   auto checkpoint = [&](int64_t step) {
-    state.data_cursor = {sampler.cursor().epoch, sampler.cursor().position};
+    state.data_cursor = saved_cursor(sampler);
     state.extra["pairs_seen"] = pairs_seen;
     run.save_checkpoint(step, model, opt, state, metadata(step), o.keep_ckpts);
   };

@@ -469,7 +469,7 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
         {"stage", "ppo"}, {"step", std::to_string(it)}, {"tokenizer", fp}};
   };
   auto checkpoint = [&](int64_t it) {
-    state.data_cursor = {sampler.cursor().epoch, sampler.cursor().position};
+    state.data_cursor = saved_cursor(sampler);
     state.rng_state = rng.state();
     state.extra["iteration"] = static_cast<double>(it);
     state.extra["kl_coef"] = kl_ctl.beta;

@@ -232,6 +232,22 @@ GPT build_model(Backend& backend, const StartingPoint& start, bool scalar_head, 
   return model;
 }
 
+std::vector<uint64_t> saved_cursor(const BatchSampler& sampler) {
+  return {sampler.cursor().epoch, sampler.cursor().position};
+}
+
+void restore_cursor(BatchSampler& sampler, const TrainState& state, const std::string& what) {
+  HH_CHECK(state.data_cursor.size() == 2, what, ": optimizer state has no data cursor");
+  sampler.set_cursor({state.data_cursor[0], state.data_cursor[1]});
+}
+
+void check_same_tokenizer(const TokenDataset& dev, const std::string& dev_path,
+                          const TokenDataset& train, const std::string& train_path) {
+  HH_CHECK(dev.tokenizer_fingerprint == train.tokenizer_fingerprint &&
+               dev.vocab_size == train.vocab_size,
+           dev_path, " was made with another tokenizer than ", train_path);
+}
+
 namespace {
 std::atomic<int> g_stop_signals{0};
 extern "C" void on_stop_signal(int) {

@@ -18,6 +18,7 @@
 
 #include "core/flags.h"
 #include "core/metrics.h"
+#include "data/dataset.h"
 #include "model/gpt.h"
 #include "ops/ops.h"
 #include "train/optimizer.h"
@@ -108,6 +109,15 @@ StartingPoint find_starting_point(const RunDir& run, bool resume, const std::str
 // The model of a starting point: random init from `seed`, then its weights (the whole
 // model when both have a scalar head, else the trunk, leaving a new head random).
 GPT build_model(Backend& backend, const StartingPoint& start, bool scalar_head, uint64_t seed);
+
+// The sampler's cursor as TrainState::data_cursor stores it, and back; restore names
+// `what` (the checkpoint) when the state has no cursor.
+std::vector<uint64_t> saved_cursor(const BatchSampler& sampler);
+void restore_cursor(BatchSampler& sampler, const TrainState& state, const std::string& what);
+
+// A dev dataset must come from the training set's tokenizer (fingerprint and vocabulary).
+void check_same_tokenizer(const TokenDataset& dev, const std::string& dev_path,
+                          const TokenDataset& train, const std::string& train_path);
 
 // SIGINT/SIGTERM set a flag instead of killing the process; trainers check it between
 // steps, save a checkpoint and exit. A second Ctrl-C exits at once (nothing half-written
