@@ -143,6 +143,7 @@ class CudaBackend : public Backend {
     CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, ctx_.stream));
   }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(ctx_.stream)); }
+  void* native_stream() override { return ctx_.stream; }
   size_t peak_bytes() const override { return peak_bytes_; }
 
   // ---- ops: forward to cuda/<op>.cu ----

@@ -25,6 +25,7 @@ step() { echo; echo "=== [$(($(date +%s) - START))s] $* ==="; }
 BUILD_STATUS="not run"; TEST_STATUS="not run"; SANITIZER_STATUS="not run"
 HH_TOKS="n/a"; HH_PEAK="n/a"; TORCH_TOKS="n/a"; TORCH_PEAK="n/a"; RATIO="n/a"
 FLASH_TOKS="n/a"; FLASH_PEAK="n/a"; FLASH_RATIO="n/a"
+SINGLE_MS="n/a"; NCCL1_MS="n/a"; NCCL1_PCT="n/a"
 
 step "0. machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -137,6 +138,18 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ]; then
   : "${FLASH_TOKS:=n/a}" "${FLASH_PEAK:=n/a}" "${FLASH_RATIO:=n/a}"
 fi
 
+step "5b. data parallelism: the gradient all-reduce through NCCL at world size 1 (124M)"
+if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ]; then
+  set +e
+  HH_BENCH_BIN="$BUILD/hh-bench" HH_BENCH_STEPS=10 timeout 120 bash "$ROOT/scripts/bench_dist.sh" cuda \
+    >"$LOGDIR/bench_dist.log" 2>&1
+  set -e
+  tail -12 "$LOGDIR/bench_dist.log"
+  dval() { grep -E "^$1=" "$LOGDIR/bench_dist.log" | tail -1 | cut -d= -f2-; }
+  SINGLE_MS=$(dval single_ms); NCCL1_MS=$(dval nccl1_ms); NCCL1_PCT=$(dval nccl1_overhead_pct)
+  : "${SINGLE_MS:=n/a}" "${NCCL1_MS:=n/a}" "${NCCL1_PCT:=n/a}"
+fi
+
 step "6. summary"
 {
   echo "| check                         | result"
@@ -148,6 +161,7 @@ step "6. summary"
   echo "| torch tokens/s (fp32/TF32)    | $TORCH_TOKS   peak $TORCH_PEAK GiB"
   echo "| hh HH_CUDA_FLASH=1 tokens/s    | $FLASH_TOKS   peak $FLASH_PEAK GiB"
   echo "| hh / torch (default, flash)   | $RATIO, $FLASH_RATIO"
+  echo "| 124M step: single / NCCL w=1  | $SINGLE_MS ms / $NCCL1_MS ms (all-reduce +$NCCL1_PCT%)"
   echo "| total time                    | $(($(date +%s) - START)) s"
 } | tee "$LOGDIR/gpu_check_summary.txt"
 

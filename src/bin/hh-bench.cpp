@@ -27,6 +27,7 @@
 #include "core/flags.h"
 #include "core/json.h"
 #include "core/rng.h"
+#include "dist/grad_sync.h"
 #include "model/gpt.h"
 #include "ops/cpu/cpu_ops.h"
 #include "train/optimizer.h"
@@ -114,13 +115,20 @@ int bench_train(const hh::Flags& f) {
   config.set_vocab_size(static_cast<int>(vocab));
   config.validate();
 
-  auto backend = hh::backend_from_flags(f);
+  hh::ProcessGroup group = hh::process_group_from_flags(f);
+  std::unique_ptr<hh::Backend>& backend = group.backend;
   const bool on_cpu = backend->kind() == hh::DeviceKind::CPU;
   hh::GPT model(*backend, config, /*scalar_head=*/false);
   model.init_random(static_cast<uint64_t>(f.get_int("seed")));
   hh::AdamWConfig adamw;  // β 0.9/0.95, weight decay 0.1 on matrices, clipping at 1.0
   const float lr = static_cast<float>(f.get_float("lr"));
   hh::AdamW optimizer(model, adamw);
+  // --allreduce: each step also sums the gradients over the ranks, as the trainers do
+  // (bucketed by layer and overlapped with the backward pass on NCCL).
+  const bool allreduce = f.get_bool("allreduce");
+  hh::GradientSync grad_sync(*group.comm, model);
+  HH_CHECK(!allreduce || grad_sync.active(),
+           "--allreduce needs a communicator: --dist nccl (GPU) or mpi (CPU, under mpirun)");
 
   // Random tokens and next-token targets; every position is a full-length target.
   hh::Rng rng(static_cast<uint64_t>(f.get_int("seed")) + 1);
@@ -143,6 +151,11 @@ int bench_train(const hh::Flags& f) {
   std::printf("model: %s, %.3fM parameters; batch %lld x seq %lld = %.0f tokens/step\n",
               config.describe().c_str(), params * 1e-6, static_cast<long long>(B),
               static_cast<long long>(T), tokens);
+  if (allreduce)
+    std::printf("gradient all-reduce: %s, rank %d of %d, %.1f MB per step%s\n",
+                group.comm->name().c_str(), group.comm->rank(), group.comm->world(),
+                static_cast<double>(model.grads().bytes()) / 1e6,
+                group.comm->name() == "nccl" ? ", overlapped with the backward pass" : "");
   std::fflush(stdout);
 
   std::vector<double> step_seconds;
@@ -150,7 +163,9 @@ int bench_train(const hh::Flags& f) {
   for (int64_t s = 0; s < warmup + steps; ++s) {
     const double t0 = now_seconds();
     loss = model.forward(batch);
+    if (allreduce) grad_sync.arm();
     model.backward();
+    if (allreduce) grad_sync.finish();
     optimizer.clip_and_step(lr);
     model.zero_grad();
     backend->synchronize();
@@ -239,6 +254,9 @@ int main(int argc, char** argv) {
                 "memory and a final JSON line.");
     f.add_usage("hh-bench train [flags]");
     hh::add_device_flag(f);
+    hh::add_dist_flags(f);
+    f.add_bool("allreduce", false,
+               "sum the gradients over the ranks every step (with --dist nccl or mpi)");
     f.add_int("layers", 4, "transformer layers");
     f.add_int("heads", 4, "attention heads");
     f.add_int("width", 256, "model width n_embd");

@@ -75,6 +75,7 @@ int run_train(int argc, char** argv) {
   f.add_int("micro-batch", 0, "pairs per forward/backward (0: = --batch; else accumulate)");
   f.add_int("eval-pairs", 0, "dev pairs per evaluation (0: the whole dev set)");
   hh::add_device_flag(f);
+  hh::add_dist_flags(f);
   hh::add_model_flags(f, "tiny");
   hh::add_optimizer_flags(f, 3e-4);
   hh::add_run_flags(f, "runs/pm", 200, 16);
@@ -93,10 +94,12 @@ int run_train(int argc, char** argv) {
   hh::PmDataset probe = hh::PmDataset::load(o.train_path);
   o.model = hh::model_config_from_flags(f, static_cast<int>(probe.raw().vocab_size));
 
-  auto backend = hh::backend_from_flags(f);
+  hh::ProcessGroup group = hh::process_group_from_flags(f);
+  o.parallel = group.parallelism();
   hh::install_stop_handler();
-  hh::PmTrainResult r = hh::train_pm(*backend, o);
+  hh::PmTrainResult r = hh::train_pm(*group.backend, o);
   if (r.interrupted) return 130;
+  if (!group.comm->is_root()) return 0;
   hh::Json summary;
   summary["steps"] = r.steps_done;
   summary["final_loss"] = r.train_losses.empty() ? 0.0 : r.train_losses.back();

@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
     f.add_float("value-lr", 0.0, "value model learning rate (0: = --lr)");
     f.add_int("sample-every", 10, "write 4 samples to samples.jsonl every N iterations (0: off)");
     hh::add_device_flag(f);
+    hh::add_dist_flags(f);
     hh::add_optimizer_flags(f, 5e-5);
     hh::add_run_flags(f, "runs/ppo", 30, 16);
     f.set_default("warmup", "0");
@@ -100,10 +101,12 @@ int main(int argc, char** argv) {
     o.run_dir = f.get_string("run-dir");
     o.config_json = f.to_json();
 
-    auto backend = hh::backend_from_flags(f);
+    hh::ProcessGroup group = hh::process_group_from_flags(f);
+    o.parallel = group.parallelism();
     hh::install_stop_handler();
-    hh::PpoTrainResult r = hh::train_ppo(*backend, o);
+    hh::PpoTrainResult r = hh::train_ppo(*group.backend, o);
     if (r.interrupted) return 130;
+    if (!group.comm->is_root()) return 0;
     hh::Json summary;
     summary["iterations"] = r.iterations_done;
     if (!r.history.empty()) {

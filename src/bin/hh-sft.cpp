@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
     f.add_int("micro-batch", 0, "sequences per forward/backward (0: = --batch; else accumulate)");
     f.add_int("eval-batches", 0, "dev batches per evaluation (0: the whole dev set)");
     hh::add_device_flag(f);
+    hh::add_dist_flags(f);
     hh::add_model_flags(f, "tiny");
     hh::add_optimizer_flags(f, 1e-3);
     hh::add_run_flags(f, "runs/sft", 200, 16);
@@ -44,10 +45,12 @@ int main(int argc, char** argv) {
     hh::SftDataset probe = hh::SftDataset::load(o.train_path);
     o.model = hh::model_config_from_flags(f, static_cast<int>(probe.raw().vocab_size));
 
-    auto backend = hh::backend_from_flags(f);
+    hh::ProcessGroup group = hh::process_group_from_flags(f);
+    o.parallel = group.parallelism();
     hh::install_stop_handler();
-    hh::LmTrainResult r = hh::train_lm(*backend, o);
+    hh::LmTrainResult r = hh::train_lm(*group.backend, o);
     if (r.interrupted) return 130;
+    if (!group.comm->is_root()) return 0;
     hh::Json summary;
     summary["steps"] = r.steps_done;
     summary["final_loss"] = r.train_losses.empty() ? 0.0 : r.train_losses.back();

@@ -312,19 +312,36 @@ std::string Flags::to_json() const {
   return obj.dump();
 }
 
+namespace {
+std::string g_rank_label;
+void (*g_abort_job)() = nullptr;
+}  // namespace
+
+void set_run_main_rank(const std::string& label, void (*abort_job)()) {
+  g_rank_label = label;
+  g_abort_job = abort_job;
+}
+
 int run_main(const char* program, const std::function<int()>& body) {
+  const char* what = nullptr;
+  std::string message;
   try {
     return body();
   } catch (const std::bad_alloc&) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "%s: error: out of memory\n", program);
+    what = "out of memory";
   } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+    message = e.what();
+    what = message.c_str();
   } catch (...) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "%s: error: unknown exception\n", program);
+    what = "unknown exception";
   }
+  std::fflush(stdout);
+  if (g_rank_label.empty())
+    std::fprintf(stderr, "%s: error: %s\n", program, what);
+  else
+    std::fprintf(stderr, "%s (%s): error: %s\n", program, g_rank_label.c_str(), what);
+  std::fflush(stderr);
+  if (g_abort_job) g_abort_job();
   return 1;
 }
 

@@ -67,4 +67,9 @@ class Flags {
 // on stderr and exit code 1. Every main() is `return hh::run_main("hh-x", [&] {...});`.
 int run_main(const char* program, const std::function<int()>& body);
 
+// For distributed runs: errors printed by run_main name the rank (`label`, "rank 1 of 4"),
+// and after printing, `abort_job` (when set) ends every rank of the job so none waits for
+// this one. The communicator installs both; "" and nullptr restore the default.
+void set_run_main_rank(const std::string& label, void (*abort_job)());
+
 }  // namespace hh

@@ -458,7 +458,7 @@ std::vector<GeneratedSample> Generator::generate(const std::vector<std::vector<i
   std::vector<SequenceState> state(B);
   std::vector<int32_t> active(B);  // sequences whose logits are the rows of logits_
   for (int b = 0; b < B; b++) {
-    state[b].rng.reseed(sample_stream_seed(options.seed, b));
+    state[b].rng.reseed(sample_stream_seed(options.seed, options.stream_offset + b));
     out[b].prompt_ids = run[b];
     active[b] = b;
   }

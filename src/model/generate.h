@@ -46,6 +46,9 @@ struct SamplingOptions {
   std::vector<std::string> stop_strings = {"\n\nHuman:"};  // empty strings are ignored
   bool stop_at_eot = true;  // stop when <|endoftext|> is sampled (it is not in the response)
   uint64_t seed = 0;
+  // Sequence b draws from stream stream_offset + b: a data-parallel rank passes the global
+  // index of its first prompt, so a prompt's sample does not depend on the world size.
+  int stream_offset = 0;
   // Validates the ranges (temperature >= 0, top_k >= 0, 0 < top_p <= 1, ...), naming the
   // bad field.
   void validate() const;

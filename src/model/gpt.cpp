@@ -567,8 +567,18 @@ void GPT::trunk_backward(float* dlnf) {
     be.matmul_backward(dc, g + o.qkv_w, g + o.qkv_b, d4a, a.ln1, p + o.qkv_w, N, C, 3 * C);
     be.layernorm_backward(dres, g + o.ln1_w, g + o.ln1_b, dc, residual, p + o.ln1_w, a.ln1_mean,
                           a.ln1_rstd, N, C);
+    if (layer_backward_hook_) layer_backward_hook_(l);
   }
   be.embedding_backward(g + wte_, g + wpe_, dres, tokens_.data(), B, T, C);
+}
+
+// A layer's four weights are adjacent in the decayed part, its eight vectors adjacent in
+// the rest (see the constructor's layout).
+std::vector<std::pair<size_t, size_t>> GPT::layer_param_ranges(int l) const {
+  HH_CHECK(l >= 0 && l < config_.n_layer, "layer_param_ranges: no layer ", l);
+  const LayerOffsets& o = layer_offsets_[l];
+  const size_t C = static_cast<size_t>(config_.n_embd);
+  return {{o.qkv_w, o.fcproj_w + 4 * C * C}, {o.ln1_w, o.fcproj_b + C}};
 }
 
 // ---------------------------------------------------------------------------------------

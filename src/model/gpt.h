@@ -13,7 +13,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/json.h"
@@ -136,6 +138,16 @@ class GPT {
 
   void zero_grad();
 
+  // ---- for data parallelism (src/dist/grad_sync.h) ----
+  // Layer l's tensors as [begin, end) offsets into params()/grads(): one range in the
+  // decayed part (its four weights), one in the rest (its biases and LayerNorms).
+  std::vector<std::pair<size_t, size_t>> layer_param_ranges(int l) const;
+  // Called by every backward pass right after layer l's gradients are complete (layers
+  // in order L-1 ... 0), so they can be sent to the other ranks while the pass goes on.
+  void set_layer_backward_hook(std::function<void(int layer)> hook) {
+    layer_backward_hook_ = std::move(hook);
+  }
+
   // ---- Hugging Face GPT-2 interop ----
   // Loads GPT2LMHeadModel / GPT2Model weights (names with or without "transformer.",
   // Conv1D weights [IC][OC] transposed to ours, wte's vocab_size rows into our padded
@@ -175,6 +187,7 @@ class GPT {
   bool scalar_head_;
   std::vector<ParamTensor> tensors_;
   size_t decay_size_ = 0;
+  std::function<void(int)> layer_backward_hook_;
   size_t total_floats_ = 0;
   std::vector<LayerOffsets> layer_offsets_;
   size_t wte_ = 0, wpe_ = 0, lnf_w_ = 0, lnf_b_ = 0, score_w_ = 0, score_b_ = 0;

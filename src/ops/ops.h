@@ -55,6 +55,9 @@ class Backend {
   virtual void fill_zero(void* p, size_t bytes) = 0;
   virtual void synchronize() = 0;
   virtual size_t peak_bytes() const = 0;  // high-water mark of alloc_bytes
+  // The stream every op is queued on (a cudaStream_t on CUDA; null on the CPU), for
+  // libraries that queue work beside the ops (NCCL).
+  virtual void* native_stream() { return nullptr; }
 
   // ---- embedding: out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:] ----
   virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte,

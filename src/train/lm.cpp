@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/safetensors.h"
+#include "dist/grad_sync.h"
 #include "model/checkpoint.h"
 
 namespace hh {
@@ -56,12 +57,13 @@ std::vector<std::vector<size_t>> split(const std::vector<size_t>& idx, int64_t m
 }  // namespace
 
 double evaluate_lm(GPT& model, const SftDataset& data, int64_t seq, bool masked, int64_t batch,
-                   int64_t max_batches) {
+                   int64_t max_batches, Communicator& comm) {
   size_t n = data.size();
   if (max_batches > 0) n = std::min<size_t>(n, static_cast<size_t>(max_batches * batch));
-  double loss_sum = 0;
-  int64_t count = 0;
+  double loss_sum = 0, count = 0;
+  const size_t W = static_cast<size_t>(comm.world()), R = static_cast<size_t>(comm.rank());
   for (size_t i = 0; i < n; i += batch) {
+    if ((i / batch) % W != R) continue;  // batch k belongs to rank k mod world
     std::vector<size_t> idx;
     for (size_t j = i; j < std::min(n, i + batch); ++j) idx.push_back(j);
     Batch b = make_lm_batch(data, idx, seq, masked);
@@ -70,7 +72,9 @@ double evaluate_lm(GPT& model, const SftDataset& data, int64_t seq, bool masked,
     loss_sum += static_cast<double>(model.forward(b)) * c;
     count += c;
   }
-  return count ? loss_sum / count : 0.0;
+  std::vector<double> sums = {loss_sum, count};
+  all_sum(comm, &sums);
+  return sums[1] > 0 ? sums[0] / sums[1] : 0.0;
 }
 
 LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
@@ -88,7 +92,16 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
   }
   const std::string fingerprint = std::to_string(raw.tokenizer_fingerprint);
 
-  RunDir run(o.run_dir, o.resume);
+  // Data parallelism: rank r takes its share of every batch (BatchSampler), and each
+  // micro-batch's loss is scaled by the step's GLOBAL target count, so the gradients
+  // summed over ranks are those of the whole batch on one process.
+  Communicator& comm = o.parallel.get();
+  const int64_t rank_batch = per_rank_batch(o.batch, comm, "batch");
+  const int64_t micro_batch = std::min(o.micro_batch, rank_batch);
+  const bool quiet = o.quiet || !comm.is_root();
+  check_same_job(comm, o.config_json, dataset_hash(raw), o.train_path);
+
+  RunDir run(o.run_dir, o.resume, comm.is_root());
 
   const StartingPoint start =
       find_starting_point(run, o.resume, o.init, o.model, raw.tokenizer_fingerprint, raw.vocab_size,
@@ -98,7 +111,8 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
   GPT model = build_model(backend, start, /*scalar_head=*/false, o.seed);
 
   AdamW opt(model, o.adamw);
-  BatchSampler sampler(train.size(), static_cast<size_t>(o.batch), o.seed);
+  BatchSampler sampler(train.size(), static_cast<size_t>(rank_batch), o.seed, comm.rank(),
+                       comm.world());
   TrainState state;
   double tokens_seen = 0;
   if (!resume_dir.empty()) {
@@ -106,13 +120,16 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
     restore_cursor(sampler, state, resume_dir);
     tokens_seen = state.extra.count("tokens_seen") ? state.extra["tokens_seen"] : 0;
   }
+  sync_replicas(comm, model, opt);
+  GradientSync grad_sync(comm, model);
   run.write_config(o.config_json);
   const int64_t start_step = opt.step;
-  if (!o.quiet) {
-    std::fprintf(stderr, "hh-sft: %s | %zu params | %zu train seqs%s | %s from step %lld\n",
+  if (!quiet) {
+    std::fprintf(stderr, "hh-sft: %s | %zu params | %zu train seqs%s | %s from step %lld%s\n",
                  cfg.describe().c_str(), model.num_parameters(), train.size(),
                  dev ? (", " + std::to_string(dev->size()) + " dev").c_str() : "",
-                 resume_dir.empty() ? "starting" : "resuming", static_cast<long long>(start_step));
+                 resume_dir.empty() ? "starting" : "resuming", static_cast<long long>(start_step),
+                 describe_ranks(comm).c_str());
   }
 
   auto metadata = [&](int64_t step) {
@@ -131,19 +148,20 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
   double tokens_this_run = 0;
   auto evaluate = [&](int64_t step) {
     if (!dev) return;
-    result.last_dev_loss = evaluate_lm(model, *dev, o.seq, o.masked, o.micro_batch, o.eval_batches);
+    result.last_dev_loss =
+        evaluate_lm(model, *dev, o.seq, o.masked, micro_batch, o.eval_batches, comm);
     Json rec;
     rec["step"] = step;
     rec["val_loss"] = result.last_dev_loss;
     run.metrics().log(rec);
-    if (!o.quiet)
+    if (!quiet)
       std::fprintf(stderr, "step %lld | val_loss %.4f\n", static_cast<long long>(step),
                    result.last_dev_loss);
   };
 
   for (int64_t step = start_step; step < o.steps; ++step) {
-    if (stop_requested()) {
-      if (!o.quiet)
+    if (stop_requested(comm)) {
+      if (!quiet)
         std::fprintf(stderr, "interrupted: saving a checkpoint at step %lld\n",
                      static_cast<long long>(step));
       checkpoint(step);
@@ -151,25 +169,32 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
       return result;
     }
     std::vector<size_t> idx = sampler.next_batch();
-    auto micro = split(idx, o.micro_batch);
+    auto micro = split(idx, micro_batch);
     std::vector<Batch> batches;
-    int64_t total_targets = 0;
+    double rank_targets = 0;
     for (auto& m : micro) {
       batches.push_back(make_lm_batch(train, m, o.seq, o.masked));
-      total_targets += count_targets(batches.back());
+      rank_targets += static_cast<double>(count_targets(batches.back()));
     }
+    const double total_targets = all_sum(comm, rank_targets);
     double loss_sum = 0;
     double step_tokens = 0;
     model.zero_grad();
-    for (auto& b : batches) {
+    for (size_t k = 0; k < batches.size(); ++k) {
+      const Batch& b = batches[k];
       for (int32_t len : b.lengths) step_tokens += len;
       int64_t c = count_targets(b);
       if (c == 0) continue;
       float loss = model.forward(b);
       loss_sum += static_cast<double>(loss) * c;
+      if (k + 1 == batches.size()) grad_sync.arm();  // overlap the last backward with NCCL
       model.backward(static_cast<float>(static_cast<double>(c) / total_targets));
     }
-    float loss = total_targets ? static_cast<float>(loss_sum / total_targets) : 0.f;
+    grad_sync.finish();
+    std::vector<double> sums = {loss_sum, step_tokens};
+    all_sum(comm, &sums);
+    loss_sum = sums[0], step_tokens = sums[1];
+    float loss = total_targets > 0 ? static_cast<float>(loss_sum / total_targets) : 0.f;
     float lr = lr_at(step, o.adamw.lr, o.warmup, o.steps, o.min_lr_frac);
     float norm = 0;
     bool skipped = false;
@@ -202,10 +227,11 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
       rec["tok_per_s"] = progress.items_per_second();
       rec["skipped"] = skipped;
       run.metrics().log(rec);
-      if (!o.quiet)
+      if (!quiet)
         std::fprintf(stderr, "%s | loss %.4f | lr %.2e | norm %.3f\n", progress.line("tok").c_str(),
                      loss, lr, norm);
     }
+    check_sync(o.parallel, model, done);
     if (o.eval_every > 0 && done % o.eval_every == 0 && done != o.steps) evaluate(done);
     if (o.ckpt_every > 0 && done % o.ckpt_every == 0 && done != o.steps) checkpoint(done);
   }

@@ -45,7 +45,8 @@ Batch make_lm_batch(const SftDataset& data, const std::vector<size_t>& indices, 
 
 // Mean target-token loss over the first max_batches·batch sequences of `data` in order
 // (all when max_batches is 0).
+// With several ranks, batch k is scored by rank k mod world and the sums are combined.
 double evaluate_lm(GPT& model, const SftDataset& data, int64_t seq, bool masked, int64_t batch,
-                   int64_t max_batches);
+                   int64_t max_batches, Communicator& comm = single_communicator());
 
 }  // namespace hh

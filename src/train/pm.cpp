@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/safetensors.h"
+#include "dist/grad_sync.h"
 #include "model/checkpoint.h"
 #include "tokenizer/tokenizer.h"
 
@@ -213,27 +214,33 @@ std::string PmEvalResult::to_text() const {
 }
 
 PmEvalResult evaluate_pm(GPT& model, const PmDataset& data, int64_t seq, int64_t batch,
-                         int64_t max_pairs) {
+                         int64_t max_pairs, Communicator& comm) {
   HH_CHECK(batch > 0, "evaluate_pm: batch must be > 0");
   size_t n = data.size();
   if (max_pairs > 0) n = std::min<size_t>(n, static_cast<size_t>(max_pairs));
   HH_CHECK(n > 0, "evaluate_pm: the dataset has no pairs");
   PmEvalResult r;
   r.pairs = static_cast<int64_t>(n);
-  r.margins.reserve(n);
-  double loss_sum = 0, correct = 0, margin_sum = 0;
+  // Batch k is scored by rank k mod world; the margins (0 where another rank scores the
+  // pair) are summed over ranks, so every rank ends with all of them.
+  r.margins.assign(n, 0.0);
+  const size_t B = static_cast<size_t>(batch), W = static_cast<size_t>(comm.world());
   std::vector<float> cho, rej;
-  for (size_t i = 0; i < n; i += static_cast<size_t>(batch)) {
+  for (size_t i = 0; i < n; i += B) {
+    if ((i / B) % W != static_cast<size_t>(comm.rank())) continue;
     std::vector<size_t> idx;
-    for (size_t j = i; j < std::min(n, i + static_cast<size_t>(batch)); ++j) idx.push_back(j);
+    for (size_t j = i; j < std::min(n, i + B); ++j) idx.push_back(j);
     score_pairs(model, data, idx, seq, &cho, &rej);
-    loss_sum += pairwise_loss_forward(cho, rej) * static_cast<double>(idx.size());
-    for (size_t k = 0; k < idx.size(); ++k) {
-      double m = static_cast<double>(cho[k]) - rej[k];
-      r.margins.push_back(m);
-      margin_sum += m;
-      correct += m > 0 ? 1.0 : (m == 0 ? 0.5 : 0.0);
-    }
+    for (size_t k = 0; k < idx.size(); ++k)
+      r.margins[idx[k]] = static_cast<double>(cho[k]) - rej[k];
+  }
+  all_sum(comm, &r.margins);
+  // softplus(r_rej − r_cho) = softplus(−margin): the loss follows from the margins.
+  double loss_sum = 0, correct = 0, margin_sum = 0;
+  for (double m : r.margins) {
+    loss_sum += softplus(-m);
+    margin_sum += m;
+    correct += m > 0 ? 1.0 : (m == 0 ? 0.5 : 0.0);
   }
   r.loss = loss_sum / n;
   r.accuracy = correct / n;
@@ -275,7 +282,15 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
   }
   const std::string fingerprint = std::to_string(raw.tokenizer_fingerprint);
 
-  RunDir run(o.run_dir, o.resume);
+  // Data parallelism as in train_lm: each rank takes batch/world pairs of every step, and
+  // scales its loss by the step's global pair count.
+  Communicator& comm = o.parallel.get();
+  const int64_t rank_batch = per_rank_batch(o.batch, comm, "batch");
+  const int64_t micro_batch = std::min(o.micro_batch, rank_batch);
+  const bool quiet = o.quiet || !comm.is_root();
+  check_same_job(comm, o.config_json, dataset_hash(raw), o.train_path);
+
+  RunDir run(o.run_dir, o.resume, comm.is_root());
 
   const StartingPoint start =
       find_starting_point(run, o.resume, o.init, o.model, raw.tokenizer_fingerprint, raw.vocab_size,
@@ -286,7 +301,8 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
   GPT model = build_model(backend, start, /*scalar_head=*/true, o.seed);
 
   AdamW opt(model, o.adamw);
-  BatchSampler sampler(train.size(), static_cast<size_t>(o.batch), o.seed);
+  BatchSampler sampler(train.size(), static_cast<size_t>(rank_batch), o.seed, comm.rank(),
+                       comm.world());
   TrainState state;
   double pairs_seen = 0;
   if (!resume_dir.empty()) {
@@ -294,13 +310,16 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
     restore_cursor(sampler, state, resume_dir);
     pairs_seen = state.extra.count("pairs_seen") ? state.extra["pairs_seen"] : 0;
   }
+  sync_replicas(comm, model, opt);
+  GradientSync grad_sync(comm, model);
   run.write_config(o.config_json);
   const int64_t start_step = opt.step;
-  if (!o.quiet) {
-    std::fprintf(stderr, "hh-pm: %s | %zu params | %zu train pairs%s | %s from step %lld\n",
+  if (!quiet) {
+    std::fprintf(stderr, "hh-pm: %s | %zu params | %zu train pairs%s | %s from step %lld%s\n",
                  cfg.describe().c_str(), model.num_parameters(), train.size(),
                  dev ? (", " + std::to_string(dev->size()) + " dev").c_str() : "",
-                 resume_dir.empty() ? "starting" : "resuming", static_cast<long long>(start_step));
+                 resume_dir.empty() ? "starting" : "resuming", static_cast<long long>(start_step),
+                 describe_ranks(comm).c_str());
   }
 
   auto metadata = [&](int64_t step) {
@@ -319,7 +338,7 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
   double pairs_this_run = 0;
   auto evaluate = [&](int64_t step, bool final_eval) {
     if (!dev) return;
-    result.last_dev = evaluate_pm(model, *dev, o.seq, o.micro_batch, o.eval_pairs);
+    result.last_dev = evaluate_pm(model, *dev, o.seq, micro_batch, o.eval_pairs, comm);
     result.has_dev = true;
     Json rec;
     rec["step"] = step;
@@ -328,13 +347,13 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
     rec["val_margin"] = result.last_dev.mean_margin;
     rec["val_ece"] = result.last_dev.calibration.ece;
     run.metrics().log(rec);
-    if (final_eval) {
+    if (final_eval && comm.is_root()) {
       Json j = result.last_dev.to_json();
       j["step"] = step;
       j["data"] = o.dev_path;
       write_file_atomic(run.file("eval.json"), j.dump() + "\n");
     }
-    if (!o.quiet)
+    if (!quiet)
       std::fprintf(stderr, "step %lld | val_loss %.4f | val_acc %.4f | val_margin %.4f\n",
                    static_cast<long long>(step), result.last_dev.loss, result.last_dev.accuracy,
                    result.last_dev.mean_margin);
@@ -342,8 +361,8 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
 
   std::vector<float> cho, rej, d_cho, d_rej, dscores;
   for (int64_t step = start_step; step < o.steps; ++step) {
-    if (stop_requested()) {
-      if (!o.quiet)
+    if (stop_requested(comm)) {
+      if (!quiet)
         std::fprintf(stderr, "interrupted: saving a checkpoint at step %lld\n",
                      static_cast<long long>(step));
       checkpoint(step);
@@ -351,10 +370,11 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
       return result;
     }
     std::vector<size_t> idx = sampler.next_batch();
-    const double P = static_cast<double>(idx.size());
+    const double P = static_cast<double>(idx.size()) * comm.world();  // the step's pairs
     double loss_sum = 0, correct = 0, margin_sum = 0;
     model.zero_grad();
-    for (const auto& micro : split(idx, o.micro_batch)) {
+    const auto micros = split(idx, micro_batch);
+    for (const auto& micro : micros) {
       PmBatch pb = make_pm_batch(train, micro, o.seq);
       std::vector<float> scores = model.forward_scores(pb.batch, pb.score_rows);
       const size_t p = micro.size();
@@ -370,8 +390,13 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
                              &d_rej);
       dscores = d_cho;
       dscores.insert(dscores.end(), d_rej.begin(), d_rej.end());
+      if (&micro == &micros.back()) grad_sync.arm();  // overlap the last backward with NCCL
       model.backward_scores(dscores);
     }
+    grad_sync.finish();
+    std::vector<double> sums = {loss_sum, correct, margin_sum};
+    all_sum(comm, &sums);
+    loss_sum = sums[0], correct = sums[1], margin_sum = sums[2];
     float loss = static_cast<float>(loss_sum / P);
     float accuracy = static_cast<float>(correct / P);
     float margin = static_cast<float>(margin_sum / P);
@@ -411,10 +436,11 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
       rec["pairs_per_s"] = progress.items_per_second();
       rec["skipped"] = skipped;
       run.metrics().log(rec);
-      if (!o.quiet)
+      if (!quiet)
         std::fprintf(stderr, "%s | loss %.4f | acc %.3f | margin %.3f | lr %.2e | norm %.3f\n",
                      progress.line("pairs").c_str(), loss, accuracy, margin, lr, norm);
     }
+    check_sync(o.parallel, model, done);
     if (o.eval_every > 0 && done % o.eval_every == 0 && done != o.steps) evaluate(done, false);
     if (o.ckpt_every > 0 && done % o.ckpt_every == 0 && done != o.steps) checkpoint(done);
   }

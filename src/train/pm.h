@@ -103,8 +103,9 @@ struct PmEvalResult {
 
 // Scores the first min(max_pairs, size) pairs of `data` in order (all when max_pairs is 0),
 // `batch` pairs per forward pass.
+// With several ranks, batch k is scored by rank k mod world; every rank gets the result.
 PmEvalResult evaluate_pm(GPT& model, const PmDataset& data, int64_t seq, int64_t batch,
-                         int64_t max_pairs);
+                         int64_t max_pairs, Communicator& comm = single_communicator());
 
 // The baseline "prefer the shorter response": the fraction of the first max_pairs pairs
 // (all when 0) whose chosen sequence has fewer tokens than the rejected one (ties count

@@ -4,12 +4,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <memory>
 
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/rng.h"
 #include "data/dataset.h"
+#include "dist/grad_sync.h"
 #include "model/checkpoint.h"
 #include "tokenizer/tokenizer.h"
 
@@ -41,16 +43,20 @@ std::vector<float> gae_advantages(const std::vector<float>& rewards,
 }
 
 // (x − mean)/sqrt(var + 1e-8) over masked entries, population variance, in double.
-void whiten(std::vector<float>* x, const std::vector<float>& mask) {
+void whiten(std::vector<float>* x, const std::vector<float>& mask, Communicator& comm) {
   HH_CHECK(x->size() == mask.size(), "whiten: ", x->size(), " values but ", mask.size(),
            " mask entries");
-  double n = 0, sum = 0, sq = 0;
+  std::vector<double> n_sum = {0, 0};
   for (size_t i = 0; i < x->size(); ++i)
-    if (mask[i] != 0) n += 1, sum += (*x)[i];
+    if (mask[i] != 0) n_sum[0] += 1, n_sum[1] += (*x)[i];
+  all_sum(comm, &n_sum);
+  const double n = n_sum[0];
   HH_CHECK(n > 0, "whiten: no entries to whiten");
-  const double mean = sum / n;
+  const double mean = n_sum[1] / n;
+  double sq = 0;
   for (size_t i = 0; i < x->size(); ++i)
     if (mask[i] != 0) sq += ((*x)[i] - mean) * ((*x)[i] - mean);
+  sq = all_sum(comm, sq);
   const double rstd = 1.0 / std::sqrt(sq / n + 1e-8);
   for (size_t i = 0; i < x->size(); ++i)
     (*x)[i] = mask[i] != 0 ? static_cast<float>(((*x)[i] - mean) * rstd) : 0.0f;
@@ -79,9 +85,9 @@ void check_sizes(const char* what, size_t n, const V&... vs) {
 // ⇔ its gradient ρA flows: d/dlogp = −ρA/N, otherwise the clipped constant: 0.
 PolicyLoss ppo_policy_loss(const std::vector<float>& logp, const std::vector<float>& logp_old,
                            const std::vector<float>& advantages, const std::vector<float>& mask,
-                           float clip) {
+                           float clip, double count) {
   check_sizes("ppo_policy_loss", logp.size(), logp_old, advantages, mask);
-  const double n = masked_count(mask);
+  const double n = count > 0 ? count : masked_count(mask);
   HH_CHECK(n > 0, "ppo_policy_loss: no tokens (the mask is all zero)");
   PolicyLoss out;
   out.dlogp.assign(logp.size(), 0.0f);
@@ -109,9 +115,9 @@ PolicyLoss ppo_policy_loss(const std::vector<float>& logp, const std::vector<flo
 // the band), 0 where v_c is clamped.
 ValueLoss ppo_value_loss(const std::vector<float>& values, const std::vector<float>& values_old,
                          const std::vector<float>& returns, const std::vector<float>& mask,
-                         float clip) {
+                         float clip, double count) {
   check_sizes("ppo_value_loss", values.size(), values_old, returns, mask);
-  const double n = masked_count(mask);
+  const double n = count > 0 ? count : masked_count(mask);
   HH_CHECK(n > 0, "ppo_value_loss: no tokens (the mask is all zero)");
   ValueLoss out;
   out.dvalues.assign(values.size(), 0.0f);
@@ -249,6 +255,29 @@ double sum_entropy(const std::vector<float>& logits, int V, size_t rows) {
     total += std::log(z) - s / z;
   }
   return total;
+}
+
+// Every rank's values in global order: rank r's `local` lands at [first, first + n) of a
+// zero vector of n·world entries, and the vectors are summed over ranks.
+std::vector<double> gather_global(Communicator& comm, const std::vector<double>& local,
+                                  size_t first) {
+  std::vector<double> all(local.size() * static_cast<size_t>(comm.world()), 0.0);
+  std::copy(local.begin(), local.end(), all.begin() + static_cast<std::ptrdiff_t>(first));
+  all_sum(comm, &all);
+  return all;
+}
+std::vector<float> gather_global(Communicator& comm, const std::vector<float>& local,
+                                 size_t first) {
+  std::vector<double> all =
+      gather_global(comm, std::vector<double>(local.begin(), local.end()), first);
+  return std::vector<float>(all.begin(), all.end());
+}
+
+// Sets every gradient to NaN: a rank whose loss is not finite makes the step's summed
+// gradient norm NaN on all ranks (the optimizer then skips the step everywhere).
+void poison(GPT& model) {
+  Backend& be = model.backend();
+  be.scale(model.grads().data(), std::numeric_limits<float>::quiet_NaN(), model.grads().size());
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -429,7 +458,16 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
              " the policy's context of ", cfg.max_seq_len, " allows ", max_prompt,
              " (use --truncate-prompts to keep the end)");
 
-  RunDir run(o.run_dir, o.resume);
+  // Data parallelism: rank r rolls out prompts [r·n, (r+1)·n) of each global batch
+  // (n = batch/world), sampling them from the streams one process would use for them.
+  Communicator& comm = o.parallel.get();
+  const size_t rank_prompts =
+      static_cast<size_t>(per_rank_batch(o.prompts_per_iter, comm, "batch"));
+  const size_t first_global = static_cast<size_t>(comm.rank()) * rank_prompts;
+  const bool quiet = o.quiet || !comm.is_root();
+  check_same_job(comm, o.config_json, dataset_hash(prompts.raw()), o.prompts_path);
+
+  RunDir run(o.run_dir, o.resume, comm.is_root());
   const std::string resume_dir = o.resume ? run.latest_checkpoint() : "";
   if (!resume_dir.empty()) {
     load_weights_into(policy, resume_dir + "/model.safetensors");
@@ -437,7 +475,7 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
   }
 
   AdamW popt(policy, o.policy_adamw), vopt(*value, o.value_adamw);
-  BatchSampler sampler(prompts.size(), static_cast<size_t>(o.prompts_per_iter), o.seed);
+  BatchSampler sampler(prompts.size(), rank_prompts, o.seed, comm.rank(), comm.world());
   Rng rng(o.seed);
   TrainState state;
   KlController kl_ctl = o.kl;
@@ -456,13 +494,18 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
     moments.m2 = state.extra["reward_m2"];
     start_iter = static_cast<int64_t>(state.extra["iteration"]);
   }
+  sync_replicas(comm, policy, popt);
+  sync_replicas(comm, *value, vopt);
+  GradientSync policy_sync(comm, policy), value_sync(comm, *value);
   run.write_config(o.config_json);
-  MetricsLogger samples_log(run.file("samples.jsonl"));
+  MetricsLogger samples_log =
+      comm.is_root() ? MetricsLogger(run.file("samples.jsonl")) : MetricsLogger();
   Generator gen(policy, tok);
-  if (!o.quiet)
-    std::fprintf(stderr, "hh-ppo: policy %s | %zu prompts | %s from iteration %lld\n",
+  if (!quiet)
+    std::fprintf(stderr, "hh-ppo: policy %s | %zu prompts | %s from iteration %lld%s\n",
                  cfg.describe().c_str(), prompts.size(),
-                 resume_dir.empty() ? "starting" : "resuming", static_cast<long long>(start_iter));
+                 resume_dir.empty() ? "starting" : "resuming", static_cast<long long>(start_iter),
+                 describe_ranks(comm).c_str());
 
   auto metadata = [&](int64_t it) {
     return std::map<std::string, std::string>{
@@ -481,17 +524,19 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
     // The value model goes into the directory first; `latest` names it only after
     // save_checkpoint has written the policy, so the directory is complete when named.
     const std::string dir = run.path() + "/checkpoints/" + name;
-    make_dirs(dir);
-    save_model(dir + "/value.safetensors", *value, metadata(it));
-    save_optimizer(dir + "/value_optim.safetensors", vopt, TrainState{});
+    if (comm.is_root()) {
+      make_dirs(dir);
+      save_model(dir + "/value.safetensors", *value, metadata(it));
+      save_optimizer(dir + "/value_optim.safetensors", vopt, TrainState{});
+    }
     run.save_checkpoint(it, policy, popt, state, metadata(it), o.keep_ckpts);
   };
 
   PpoTrainResult result;
   const int V = cfg.vocab_size;
   for (int64_t it = start_iter; it < o.iterations; ++it) {
-    if (stop_requested()) {
-      if (!o.quiet)
+    if (stop_requested(comm)) {
+      if (!quiet)
         std::fprintf(stderr, "interrupted: saving a checkpoint at iteration %lld\n",
                      static_cast<long long>(it));
       checkpoint(it);
@@ -517,9 +562,11 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
       }
       ro.prompts.push_back(std::move(p));
     }
-    const size_t N = ro.prompts.size();
+    const size_t N = ro.prompts.size();  // this rank's
+    const double n_global = static_cast<double>(N) * comm.world();
     SamplingOptions so = o.sampling;
     so.seed = rng.next_u64();
+    so.stream_offset = static_cast<int>(first_global);
     std::vector<GeneratedSample> gs = gen.generate(ro.prompts, so);
     for (auto& g : gs) {
       ro.actions.push_back(g.generated_ids);
@@ -545,9 +592,10 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
                ") for dialogue ", bad, " at iteration ", it + 1, "; the last checkpoint is intact");
       st.skipped = true;
     }
+    st.skipped = any_rank(comm, st.skipped);
     ro.rewards_final = ro.scores;
     if (!st.skipped && o.normalize_reward) {
-      moments.update(ro.scores);
+      moments.update(gather_global(comm, ro.scores, first_global));
       for (float& r : ro.rewards_final)
         r = static_cast<float>((r - moments.mean) / std::max(moments.std(), 1e-6));
     }
@@ -576,7 +624,10 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
         n_tokens += L;
       }
     }
-    ro.entropy = n_tokens > 0 ? entropy_sum / n_tokens : 0;
+    std::vector<double> ent = {entropy_sum, n_tokens};
+    all_sum(comm, &ent);
+    ro.entropy = ent[1] > 0 ? ent[0] / ent[1] : 0;
+    comm.all_reduce_host(&st.sampler_logp_diff, 1, ReduceOp::Max);
     st.scoring_s = seconds_since(t0);
 
     // ---- 3. rewards and advantages ----
@@ -601,41 +652,64 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
         const double r = ro.returns[i][t], e = r - ro.values[i][t];
         ret_sum += r, ret_sq += r * r, res_sum += e, res_sq += e * e;
       }
-      st.reward += ro.scores[i] / static_cast<double>(N);
-      st.kl += ro.kl[i] / static_cast<double>(N);
-      st.response_length += static_cast<double>(ro.responses[i].size()) / static_cast<double>(N);
+      st.reward += ro.scores[i];
+      st.kl += ro.kl[i];
+      st.response_length += static_cast<double>(ro.responses[i].size());
     }
+    // Means over every rank's sequences and tokens.
+    std::vector<double> sums = {
+        st.reward, st.kl, st.response_length, static_cast<double>(all_adv.size()), ret_sum, ret_sq,
+        res_sum,   res_sq};
+    all_sum(comm, &sums);
+    st.reward = sums[0] / n_global, st.kl = sums[1] / n_global;
+    st.response_length = sums[2] / n_global;
+    ret_sum = sums[4], ret_sq = sums[5], res_sum = sums[6], res_sq = sums[7];
     st.sqrt_kl = std::sqrt(std::max(st.kl, 0.0));
     st.entropy = ro.entropy;
-    const double nt = static_cast<double>(all_adv.size());
+    const double nt = sums[3];
     if (nt > 1) {
       const double var_ret = ret_sq / nt - (ret_sum / nt) * (ret_sum / nt);
       const double var_res = res_sq / nt - (res_sum / nt) * (res_sum / nt);
       st.explained_variance = var_ret > 0 ? 1.0 - var_res / var_ret : 0.0;
     }
-    if (all_adv.empty()) st.skipped = true;  // every response empty: nothing to train
+    if (nt == 0) st.skipped = true;  // every response empty: nothing to train
     if (!st.skipped) {
-      whiten(&all_adv, all_mask);
+      whiten(&all_adv, all_mask, comm);
       size_t pos = 0;
       for (size_t i = 0; i < N; ++i)
         for (auto& a : ro.advantages[i]) a = all_adv[pos++];
     }
 
     // ---- 4. update ----
+    // The minibatches are slices of one permutation of the GLOBAL rollout (every rank
+    // draws the same one); a rank trains on its own sequences of each slice, with the
+    // losses divided by the slice's token count over all ranks, so the summed gradient is
+    // the one process's. A rank with no sequence in a slice still joins its all-reduce.
     t0 = std::chrono::steady_clock::now();
     const float lr_policy = lr_at(it, o.policy_adamw.lr, o.warmup, o.iterations, o.min_lr_frac);
     const float lr_value = lr_at(it, o.value_adamw.lr, o.warmup, o.iterations, o.min_lr_frac);
+    const size_t n_all = N * static_cast<size_t>(comm.world());
+    std::vector<double> lengths(N);
+    for (size_t i = 0; i < N; ++i) lengths[i] = static_cast<double>(ro.actions[i].size());
+    const std::vector<double> all_lengths = gather_global(comm, lengths, first_global);
     int64_t n_updates = 0;
     for (int64_t epoch = 0; epoch < o.epochs && !st.skipped; ++epoch) {
-      std::vector<size_t> order(N);
-      for (size_t i = 0; i < N; ++i) order[i] = i;
-      for (size_t i = N; i > 1; --i) std::swap(order[i - 1], order[rng.below(i)]);
-      for (size_t start = 0; start < N && !st.skipped; start += static_cast<size_t>(o.minibatch)) {
-        std::vector<size_t> idx(
-            order.begin() + start,
-            order.begin() + std::min(N, start + static_cast<size_t>(o.minibatch)));
-        ActionBatch ab = make_action_batch(ro.prompts, ro.actions, idx, cfg.max_seq_len, "policy");
-        if (ab.flat_rows.empty()) continue;
+      std::vector<size_t> order(n_all);
+      for (size_t i = 0; i < n_all; ++i) order[i] = i;
+      for (size_t i = n_all; i > 1; --i) std::swap(order[i - 1], order[rng.below(i)]);
+      for (size_t start = 0; start < n_all && !st.skipped;
+           start += static_cast<size_t>(o.minibatch)) {
+        std::vector<size_t> idx;  // this rank's sequences of the slice
+        double slice_tokens = 0;
+        for (size_t k = start; k < std::min(n_all, start + static_cast<size_t>(o.minibatch)); ++k) {
+          slice_tokens += all_lengths[order[k]];
+          if (order[k] >= first_global && order[k] < first_global + N)
+            idx.push_back(order[k] - first_global);
+        }
+        if (slice_tokens == 0) continue;  // only empty responses: nothing to train
+        ActionBatch ab;
+        if (!idx.empty())
+          ab = make_action_batch(ro.prompts, ro.actions, idx, cfg.max_seq_len, "policy");
         std::vector<float> logp_old, adv, v_old, ret, mask(ab.flat_rows.size(), 1.0f);
         for (size_t i : idx) {
           logp_old.insert(logp_old.end(), ro.logp_old[i].begin(), ro.logp_old[i].end());
@@ -643,30 +717,45 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
           v_old.insert(v_old.end(), ro.values[i].begin(), ro.values[i].end());
           ret.insert(ret.end(), ro.returns[i].begin(), ro.returns[i].end());
         }
-        // Policy: d loss/d token_loss = −d loss/d logp.
+        const bool has_rows = !ab.flat_rows.empty();
+        // Policy: d loss/d token_loss = −d loss/d logp. A non-finite loss poisons this
+        // rank's gradient, so the norm after the all-reduce is NaN on every rank and all
+        // of them skip together.
         policy.zero_grad();
-        policy.forward(ab.batch);
-        std::vector<float> losses = policy.token_losses();
-        std::vector<float> logp(ab.flat_rows.size());
-        for (size_t k = 0; k < logp.size(); ++k) logp[k] = -losses[ab.flat_rows[k]];
-        PolicyLoss pl = ppo_policy_loss(logp, logp_old, adv, mask, o.clip);
-        std::vector<float> dlosses(losses.size(), 0.0f);
-        for (size_t k = 0; k < logp.size(); ++k) dlosses[ab.flat_rows[k]] = -pl.dlogp[k];
-        float pnorm = 0, vnorm = 0;
-        if (std::isfinite(pl.loss)) {
-          policy.backward_token_losses(dlosses);
-          pnorm = popt.clip_and_step(lr_policy);
+        PolicyLoss pl;
+        if (has_rows) {
+          policy.forward(ab.batch);
+          std::vector<float> losses = policy.token_losses();
+          std::vector<float> logp(ab.flat_rows.size());
+          for (size_t k = 0; k < logp.size(); ++k) logp[k] = -losses[ab.flat_rows[k]];
+          pl = ppo_policy_loss(logp, logp_old, adv, mask, o.clip, slice_tokens);
+          std::vector<float> dlosses(losses.size(), 0.0f);
+          for (size_t k = 0; k < logp.size(); ++k) dlosses[ab.flat_rows[k]] = -pl.dlogp[k];
+          if (std::isfinite(pl.loss)) {
+            policy_sync.arm();
+            policy.backward_token_losses(dlosses);
+          } else {
+            poison(policy);
+          }
         }
+        policy_sync.finish();
+        const float pnorm = popt.clip_and_step(lr_policy);
         // Value model.
         value->zero_grad();
-        std::vector<float> v = value->forward_scores(ab.batch, ab.flat_rows);
-        ValueLoss vl = ppo_value_loss(v, v_old, ret, mask, o.value_clip);
-        if (std::isfinite(vl.loss)) {
-          value->backward_scores(vl.dvalues);
-          vnorm = vopt.clip_and_step(lr_value);
+        ValueLoss vl;
+        if (has_rows) {
+          std::vector<float> v = value->forward_scores(ab.batch, ab.flat_rows);
+          vl = ppo_value_loss(v, v_old, ret, mask, o.value_clip, slice_tokens);
+          if (std::isfinite(vl.loss)) {
+            value_sync.arm();
+            value->backward_scores(vl.dvalues);
+          } else {
+            poison(*value);
+          }
         }
-        if (!std::isfinite(pl.loss) || !std::isfinite(vl.loss) || !std::isfinite(pnorm) ||
-            !std::isfinite(vnorm)) {
+        value_sync.finish();
+        const float vnorm = vopt.clip_and_step(lr_value);
+        if (!std::isfinite(pnorm) || !std::isfinite(vnorm)) {
           std::fprintf(
               stderr,
               "iteration %lld: non-finite loss or gradient (policy %g / %g, value %g / %g)%s\n",
@@ -677,6 +766,7 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
           st.skipped = true;
           break;
         }
+        // This rank's share of each slice mean (summed over ranks below).
         st.policy_loss += pl.loss;
         st.clip_fraction += pl.clip_fraction;
         st.approx_kl += pl.approx_kl;
@@ -687,12 +777,16 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
     }
     policy.zero_grad();
     value->zero_grad();
+    std::vector<double> losses = {st.policy_loss, st.clip_fraction, st.approx_kl, st.value_loss,
+                                  st.value_clip_fraction};
+    all_sum(comm, &losses);
     if (n_updates > 0) {
       const double n = static_cast<double>(n_updates);
-      st.policy_loss /= n, st.clip_fraction /= n, st.approx_kl /= n;
-      st.value_loss /= n, st.value_clip_fraction /= n;
+      st.policy_loss = losses[0] / n, st.clip_fraction = losses[1] / n;
+      st.approx_kl = losses[2] / n, st.value_loss = losses[3] / n;
+      st.value_clip_fraction = losses[4] / n;
     }
-    if (!st.skipped) kl_ctl.update(st.kl, static_cast<int64_t>(N));
+    if (!st.skipped) kl_ctl.update(st.kl, static_cast<int64_t>(n_all));
     st.update_s = seconds_since(t0);
     result.history.push_back(st);
 
@@ -700,7 +794,7 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
     if (o.log_every > 0 &&
         (done % o.log_every == 0 || done == o.iterations || done == start_iter + 1)) {
       run.metrics().log(st.to_json());
-      if (!o.quiet)
+      if (!quiet)
         std::fprintf(stderr,
                      "iter %lld/%lld | reward %.4f | kl %.4f | beta %.4g | ent %.3f | clip %.3f | "
                      "vloss %.4f | ev %.3f | len %.1f | rollout %.2fs score %.2fs update %.2fs%s\n",
@@ -727,7 +821,7 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
   result.iterations_done = o.iterations - start_iter;
   checkpoint(o.iterations);
   run.save_final(policy, metadata(o.iterations));
-  save_model(run.file("value.safetensors"), *value, metadata(o.iterations));
+  if (comm.is_root()) save_model(run.file("value.safetensors"), *value, metadata(o.iterations));
   return result;
 }
 

@@ -49,10 +49,15 @@ std::vector<float> gae_advantages(const std::vector<float>& rewards,
                                   std::vector<float>* returns = nullptr);
 
 // x ← (x − mean) / sqrt(var + 1e-8) over the entries with mask != 0 (population
-// variance); masked-out entries are set to 0. Needs at least one entry.
-void whiten(std::vector<float>* x, const std::vector<float>& mask);
+// variance); masked-out entries are set to 0. Needs at least one entry. With several
+// ranks, mean and variance are those of every rank's entries together.
+void whiten(std::vector<float>* x, const std::vector<float>& mask,
+            Communicator& comm = single_communicator());
 
 // ---- losses (mean over entries with mask != 0; the gradient is w.r.t. each input) ----
+// `count` > 0 replaces the number of entries as the mean's divisor: a data-parallel rank
+// passes the minibatch's token count over all ranks, so the losses (and gradients) of
+// the ranks sum to those of the whole minibatch.
 
 struct PolicyLoss {
   double loss = 0;  // −mean(min(ρ·A, clip(ρ, 1−ε, 1+ε)·A)), ρ = exp(logp − logp_old)
@@ -62,7 +67,7 @@ struct PolicyLoss {
 };
 PolicyLoss ppo_policy_loss(const std::vector<float>& logp, const std::vector<float>& logp_old,
                            const std::vector<float>& advantages, const std::vector<float>& mask,
-                           float clip);
+                           float clip, double count = 0);
 
 struct ValueLoss {
   double loss = 0;           // ½·mean(max((v − R)², (clip(v, v_old−ε, v_old+ε) − R)²))
@@ -71,7 +76,7 @@ struct ValueLoss {
 };
 ValueLoss ppo_value_loss(const std::vector<float>& values, const std::vector<float>& values_old,
                          const std::vector<float>& returns, const std::vector<float>& mask,
-                         float clip);
+                         float clip, double count = 0);
 
 // ---- KL coefficient and reward statistics ----
 
@@ -157,6 +162,10 @@ struct PpoTrainOptions {
   std::string run_dir = "runs/ppo";
   bool quiet = false;
   std::string config_json;
+  // Data parallelism: each rank rolls out batch/world prompts; advantage whitening, reward
+  // normalisation and the KL controller see every rank's rollout; the minibatches are
+  // the same global ones as on one process.
+  Parallelism parallel;
 };
 
 struct PpoIterationStats {

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/safetensors.h"
+#include "dist/grad_sync.h"
 #include "model/checkpoint.h"
 
 namespace hh {
@@ -24,6 +25,77 @@ void add_device_flag(Flags& flags) {
 
 std::unique_ptr<Backend> backend_from_flags(const Flags& flags) {
   return make_backend(flags.get_string("device"));
+}
+
+void add_dist_flags(Flags& flags) {
+  flags.add_string("dist", "auto",
+                   "data parallelism: auto (single for one rank, nccl on GPUs, mpi on CPUs), "
+                   "single, mpi, nccl");
+  flags.add_float("dist-timeout", 600, "seconds a rank waits for the others before failing");
+  flags.add_string("nccl-id-file", "",
+                   "NCCL without MPI: a fresh path on a shared filesystem for the unique id");
+  flags.add_int("check-sync-every", 0,
+                "debug: every N steps check that all ranks hold identical parameters (0: off)");
+}
+
+Parallelism ProcessGroup::parallelism() const {
+  Parallelism p;
+  p.comm = comm.get();
+  p.check_sync_every = check_sync_every;
+  return p;
+}
+
+ProcessGroup process_group_from_flags(const Flags& flags) {
+  ProcessGroup g;
+  g.env = detect_dist_env();
+  std::string device = flags.get_string("device");
+  bool wants_gpu = device == "cuda";
+#ifdef HH_WITH_CUDA
+  if (device == "auto") wants_gpu = cuda_device_available();
+#endif
+  if (g.env.world > 1 && wants_gpu) device = "cuda:" + std::to_string(g.env.local_rank);
+  g.backend = make_backend(device);
+  CommOptions co;
+  co.timeout_s = flags.get_float("dist-timeout");
+  co.nccl_id_file = flags.get_string("nccl-id-file");
+  g.comm = make_communicator(flags.get_string("dist"), *g.backend, g.env, co);
+  g.check_sync_every = flags.get_int("check-sync-every");
+  HH_CHECK(g.check_sync_every >= 0, "--check-sync-every must be >= 0");
+  return g;
+}
+
+int64_t per_rank_batch(int64_t batch, const Communicator& comm, const char* flag) {
+  HH_CHECK(batch % comm.world() == 0, "--", flag, "=", batch, " must be a multiple of the ",
+           "number of ranks (", comm.world(), "): each rank takes an equal share");
+  return batch / comm.world();
+}
+
+void check_same_job(Communicator& comm, const std::string& config_json, uint64_t data_hash,
+                    const std::string& data_path) {
+  check_same_on_all_ranks(comm, fnv1a64(config_json.data(), config_json.size()), "the flags");
+  check_same_on_all_ranks(comm, data_hash, "the training data " + data_path);
+}
+
+uint64_t dataset_hash(const TokenDataset& data) {
+  return fnv1a64(data.offsets.data(), data.offsets.size() * sizeof(uint64_t),
+                 data.tokenizer_fingerprint);
+}
+
+void sync_replicas(Communicator& comm, GPT& model, AdamW& opt) {
+  if (comm.world() == 1) return;
+  check_same_on_all_ranks(comm, static_cast<uint64_t>(opt.step), "the starting step");
+  broadcast_parameters(comm, model);
+  broadcast_buffer(comm, opt.m);
+  broadcast_buffer(comm, opt.v);
+}
+
+void check_sync(const Parallelism& parallel, const GPT& model, int64_t step) {
+  if (parallel.check_sync_every > 0 && step % parallel.check_sync_every == 0)
+    check_replicas_identical(parallel.get(), model, str_cat("after step ", step));
+}
+
+std::string describe_ranks(const Communicator& comm) {
+  return comm.world() == 1 ? "" : str_cat(" | ", comm.world(), " ranks (", comm.name(), ")");
 }
 
 void add_model_flags(Flags& flags, const std::string& default_preset) {
@@ -266,6 +338,8 @@ void install_stop_handler() {
 }
 
 bool stop_requested() { return g_stop_signals.load() > 0; }
+
+bool stop_requested(Communicator& comm) { return any_rank(comm, stop_requested()); }
 
 std::string human_count(double v) {
   char buf[32];

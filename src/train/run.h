@@ -19,6 +19,7 @@
 #include "core/flags.h"
 #include "core/metrics.h"
 #include "data/dataset.h"
+#include "dist/dist.h"
 #include "model/gpt.h"
 #include "ops/ops.h"
 #include "train/optimizer.h"
@@ -42,6 +43,50 @@ AdamWConfig adamw_config_from_flags(const Flags& flags);
 void add_run_flags(Flags& flags, const std::string& default_run_dir, int64_t default_steps,
                    int64_t default_batch);
 
+// --dist=auto|single|mpi|nccl --dist-timeout --nccl-id-file --check-sync-every
+void add_dist_flags(Flags& flags);
+
+// How a trainer runs across ranks: the communicator (null: one process) and the debug
+// check of identical replicas every N steps (0: off).
+struct Parallelism {
+  Communicator* comm = nullptr;
+  int64_t check_sync_every = 0;
+  Communicator& get() const { return comm ? *comm : single_communicator(); }
+};
+
+// This process's backend and communicator from --device and the dist flags: the rank
+// comes from the launcher (dist.h); with several ranks, --device cuda/auto means GPU
+// LOCAL_RANK. The backend outlives the communicator (declared first).
+struct ProcessGroup {
+  DistEnv env;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Communicator> comm;
+  Parallelism parallelism() const;
+  int64_t check_sync_every = 0;
+};
+ProcessGroup process_group_from_flags(const Flags& flags);
+
+// A per-step count of every rank's part of the global batch, with a clear error when the
+// global batch does not split evenly: batch / world.
+int64_t per_rank_batch(int64_t batch, const Communicator& comm, const char* flag);
+
+// Every rank must run the same job: the flags (`config_json`) and the training data
+// (`data_hash`, e.g. its tokenizer fingerprint and token count) are compared with rank
+// 0's; a difference stops every rank with an error naming the ranks.
+void check_same_job(Communicator& comm, const std::string& config_json, uint64_t data_hash,
+                    const std::string& data_path);
+
+// Order-sensitive hash of a dataset's shape (tokenizer fingerprint, sequence offsets).
+uint64_t dataset_hash(const TokenDataset& data);
+
+// After every rank built its model and optimizer: rank 0's parameters and moments are
+// copied to all, and the step counts compared, so replicas start identical.
+void sync_replicas(Communicator& comm, GPT& model, AdamW& opt);
+// The --check-sync-every debug check after `step` (a no-op when off or for one rank).
+void check_sync(const Parallelism& parallel, const GPT& model, int64_t step);
+// " | 4 ranks (nccl)" for a start-up line; "" for one process.
+std::string describe_ranks(const Communicator& comm);
+
 // What to do when the loss or the gradient norm is NaN/Inf.
 enum class NanPolicy { Skip, Stop };
 NanPolicy nan_policy_from_flags(const Flags& flags);
@@ -60,6 +105,7 @@ struct TrainLoopOptions {
   std::string run_dir;
   bool quiet = false;       // no progress lines (tests)
   std::string config_json;  // the flags, recorded as <run>/config.json
+  Parallelism parallel;     // data parallelism (default: one process)
 };
 // Fills the shared options from the flags of add_run_flags and add_optimizer_flags (and
 // --seq / --micro-batch when the binary defines them; --micro-batch 0 means --batch).
@@ -124,6 +170,9 @@ void check_same_tokenizer(const TokenDataset& dev, const std::string& dev_path,
 // can result: every file write is atomic).
 void install_stop_handler();
 bool stop_requested();
+// Collective: true on every rank when any rank was asked to stop, so all of them save and
+// leave at the same step.
+bool stop_requested(Communicator& comm);
 
 // "1.23k", "45.6M": compact numbers for progress lines.
 std::string human_count(double v);

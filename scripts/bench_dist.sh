@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The cost of the gradient all-reduce: hh-bench train steps with and without it.
+#   bash scripts/bench_dist.sh cpu     one process (--dist single); one MPI rank with
+#                                      --allreduce; two MPI ranks with --allreduce (each
+#                                      rank its own batch, one OpenMP thread per rank)
+#   bash scripts/bench_dist.sh cuda    GPT-2 124M on one GPU: --dist single, then NCCL at
+#                                      world size 1 with --allreduce (the ~500 MB gradient
+#                                      goes through NCCL every step, overlapped by layer)
+# Environment: HH_BENCH_BIN (build/hh-bench; build-gpu/hh-bench for cuda), HH_BENCH_STEPS.
+# Ends with key=value lines (ms per step, and the overhead in percent) for gpu_check.sh.
+set -uo pipefail
+MODE="${1:-cpu}"
+STEPS="${HH_BENCH_STEPS:-10}"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+ms_per_step() { grep -E "^timed " | grep -Eo "median [0-9.]+" | grep -Eo "[0-9.]+"; }
+overhead() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.1f", 100 * (b - a) / a; else print "n/a" }'; }
+
+if [ "$MODE" = "cuda" ]; then
+  BIN="${HH_BENCH_BIN:-build-gpu/hh-bench}"
+  MODEL=(--device cuda --layers 12 --heads 12 --width 768 --vocab 50304 --batch 8 --seq 1024 --steps "$STEPS")
+  echo "--- $BIN train ${MODEL[*]} --dist single"
+  A=$("$BIN" train "${MODEL[@]}" --dist single 2>&1); echo "$A" | grep -E "^(hh-bench|model|timed|throughput)"
+  echo "--- $BIN train ${MODEL[*]} --dist nccl --allreduce"
+  B=$("$BIN" train "${MODEL[@]}" --dist nccl --allreduce 2>&1); echo "$B" | grep -E "^(gradient|timed|throughput)|error"
+  a=$(echo "$A" | ms_per_step); b=$(echo "$B" | ms_per_step)
+  echo "single_ms=${a:-n/a}"
+  echo "nccl1_ms=${b:-n/a}"
+  echo "nccl1_overhead_pct=$(overhead "${a:-0}" "${b:-0}")"
+  exit 0
+fi
+
+BIN="${HH_BENCH_BIN:-build/hh-bench}"
+MODEL=(--device cpu --layers 4 --heads 4 --width 256 --vocab 8192 --batch 4 --seq 256 --steps "$STEPS")
+run() {  # label, then the command
+  local label=$1; shift
+  echo "--- $label: $*" >&2
+  "$@" 2>&1 | tee /dev/stderr | ms_per_step | head -1
+}
+a=$(OMP_NUM_THREADS=1 run "1 process, no all-reduce" "$BIN" train "${MODEL[@]}" --dist single)
+b=$(OMP_NUM_THREADS=1 run "1 MPI rank, all-reduce" mpirun -np 1 -x OMP_NUM_THREADS "$BIN" train "${MODEL[@]}" --dist mpi --allreduce)
+# Two ranks print the same lines; rank 0's come first (mpirun --tag-output marks them).
+c=$(OMP_NUM_THREADS=1 run "2 MPI ranks, all-reduce" bash -c "mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS --tag-output $BIN train ${MODEL[*]} --dist mpi --allreduce | grep '^\[1,0\]' | sed 's/^\[1,0\]<stdout>://'")
+echo "single_ms=${a:-n/a}"
+echo "mpi1_ms=${b:-n/a}"
+echo "mpi2_ms=${c:-n/a}"
+echo "mpi1_overhead_pct=$(overhead "${a:-0}" "${b:-0}")"
+echo "mpi2_overhead_pct=$(overhead "${a:-0}" "${c:-0}")"

@@ -1,0 +1,619 @@
+// Data parallelism.
+//
+// Run alone, this binary tests what needs one process (the launcher environment, the
+// single-process communicator, the gradient buckets) and then starts ITSELF under
+// `mpirun -np 2` with --gtest_filter=Ranks.*: in that run each rank trains each trainer
+// twice, once as a plain single process with batch B and once data-parallel with its
+// B/2 share over MPI, and both ranks check that the results agree (within float
+// summation-order error). The Ranks.* tests skip when not started by mpirun.
+//
+// The bad-input cases run the real binaries under mpirun: ranks started with different
+// flags stop with an error naming the ranks, and a rank that dies ends the job.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <thread>
+
+#include "core/error.h"
+#include "core/fileio.h"
+#include "core/json.h"
+#include "core/rng.h"
+#include "data/dataset.h"
+#include "dist/dist.h"
+#include "dist/grad_sync.h"
+#include "model/checkpoint.h"
+#include "ops/ops.h"
+#include "tokenizer/tokenizer.h"
+#include "train/lm.h"
+#include "train/pm.h"
+#include "train/ppo.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    static int counter = 0;
+    path = (fs::temp_directory_path() /
+            ("hh_test_dist_" + std::to_string(::getpid()) + "_" + std::to_string(counter++)))
+               .string();
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+// ---- a fake environment for detect_dist_env ----
+std::map<std::string, std::string>* g_env = nullptr;
+const char* fake_getenv(const char* name) {
+  auto it = g_env->find(name);
+  return it == g_env->end() ? nullptr : it->second.c_str();
+}
+hh::DistEnv detect(std::map<std::string, std::string> vars) {
+  g_env = &vars;
+  hh::DistEnv e = hh::detect_dist_env(fake_getenv);
+  g_env = nullptr;
+  return e;
+}
+
+bool under_mpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr; }
+
+std::string binary(const std::string& name) { return std::string(HH_BINARY_DIR) + "/" + name; }
+
+// mpirun as CI runs it: as root in a container, two ranks on however many cores.
+std::string mpirun() {
+  return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+         "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun --oversubscribe ";
+}
+bool have_mpirun() {
+  return hh::built_with_mpi() && std::system("mpirun --version >/dev/null 2>&1") == 0;
+}
+
+int run_shell(const std::string& cmd) {
+  int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+// ---- synthetic data shared with the trainers' own tests (same shapes, smaller) ----
+
+std::string make_sft_dataset(const std::string& dir, int n) {
+  hh::TokenDataset ds;
+  ds.kind = hh::DatasetKind::Sft;
+  ds.vocab_size = 40;
+  ds.tokenizer_fingerprint = 77;
+  hh::Rng rng(1);
+  for (int i = 0; i < n; ++i) {
+    int len = 12 + static_cast<int>(rng.below(20));
+    int period = 2 + static_cast<int>(rng.below(3));
+    int base = static_cast<int>(rng.below(30));
+    std::vector<int32_t> ids;
+    std::vector<uint8_t> mask;
+    for (int t = 0; t < len; ++t) {
+      ids.push_back(base + t % period);
+      mask.push_back(t >= len / 2);
+    }
+    ds.add(ids, &mask);
+  }
+  std::string path = dir + "/data.sft.bin";
+  hh::save_dataset(path, ds);
+  return path;
+}
+
+std::string make_pm_dataset(const std::string& dir, int n) {
+  hh::TokenDataset ds;
+  ds.kind = hh::DatasetKind::Pm;
+  ds.vocab_size = 50;
+  ds.tokenizer_fingerprint = 77;
+  hh::Rng rng(2);
+  auto token = [&] { return static_cast<int32_t>(10 + rng.below(40)); };
+  for (int i = 0; i < n; ++i) {
+    std::vector<int32_t> prompt(4 + rng.below(8));
+    for (auto& t : prompt) t = token();
+    std::vector<int32_t> chosen = prompt, rejected = prompt;
+    for (int t = 0; t < 3 + static_cast<int>(rng.below(6)); ++t) chosen.push_back(t ? token() : 5);
+    for (int t = 0; t < 3 + static_cast<int>(rng.below(6)); ++t) rejected.push_back(token());
+    chosen.push_back(1);
+    rejected.push_back(1);
+    ds.add(chosen);
+    ds.add(rejected);
+  }
+  std::string path = dir + "/data.pm.bin";
+  hh::save_dataset(path, ds);
+  return path;
+}
+
+// ‖a − b‖₂ / ‖a‖₂ over two models' parameters.
+double relative_difference(const hh::GPT& a, const hh::GPT& b) {
+  std::vector<float> x(a.params().size()), y(b.params().size());
+  a.backend().copy_to_host(x.data(), a.params().data(), x.size() * sizeof(float));
+  b.backend().copy_to_host(y.data(), b.params().data(), y.size() * sizeof(float));
+  EXPECT_EQ(x.size(), y.size());
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    diff += (static_cast<double>(x[i]) - y[i]) * (static_cast<double>(x[i]) - y[i]);
+    norm += static_cast<double>(x[i]) * x[i];
+  }
+  return std::sqrt(diff / norm);
+}
+
+// The pre-clip gradient norm of every logged step of a run (rank 0 writes the metrics).
+std::vector<double> grad_norms(const std::string& run_dir) {
+  std::vector<double> out;
+  std::string text = hh::read_file_text(run_dir + "/metrics.jsonl");
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    hh::Json j = hh::Json::parse(std::string_view(text).substr(at, end - at));
+    if (j.contains("grad_norm")) out.push_back(j["grad_norm"].as_number());
+    at = end + 1;
+  }
+  return out;
+}
+
+// Same gradients: the pre-clip norms of each step agree to float summation error.
+void expect_same_grad_norms(const std::string& one, const std::string& two) {
+  std::vector<double> a = grad_norms(one), b = grad_norms(two);
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_FALSE(a.empty());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
+}
+
+hh::GPT load(hh::Backend& be, const std::string& path) { return hh::load_model(path, be); }
+
+// The MPI communicator of a Ranks.* test (one per process).
+hh::Communicator& world_comm(hh::Backend& be) {
+  static std::unique_ptr<hh::Communicator> comm;
+  if (!comm) {
+    hh::CommOptions o;
+    o.timeout_s = 120;
+    comm = hh::make_communicator("mpi", be, hh::detect_dist_env(), o);
+  }
+  return *comm;
+}
+hh::Backend& cpu() {
+  static std::unique_ptr<hh::Backend> be = hh::make_cpu_backend();
+  return *be;
+}
+
+// Summation order differs (per-rank partial sums, then the all-reduce). AdamW turns that
+// rounding into ±lr steps where a gradient is zero in exact arithmetic (the PM's
+// score.bias: Σ over pairs of (−s + s)), so after K steps the runs differ by ~1e-5 of the
+// parameters' L2 norm (measured: LM 7e-7, PM 5e-5, PPO value model 2e-5); training on a
+// wrong shard moves them apart by orders of magnitude more. The gradient norms of every
+// step are compared separately, to 1e-5.
+constexpr double kTolerance = 2e-4;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// One process
+
+TEST(DistEnv, LaunchersAndDefaults) {
+  hh::DistEnv e = detect({});
+  EXPECT_EQ(e.world, 1);
+  EXPECT_EQ(e.rank, 0);
+  EXPECT_EQ(e.launcher, "none");
+
+  e = detect({{"OMPI_COMM_WORLD_RANK", "3"},
+              {"OMPI_COMM_WORLD_SIZE", "8"},
+              {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+              {"RANK", "0"},
+              {"WORLD_SIZE", "2"}});
+  EXPECT_EQ(e.launcher, "openmpi");
+  EXPECT_EQ(e.rank, 3);
+  EXPECT_EQ(e.world, 8);
+  EXPECT_EQ(e.local_rank, 1);
+
+  e = detect({{"SLURM_PROCID", "5"}, {"SLURM_STEP_NUM_TASKS", "16"}, {"SLURM_LOCALID", "1"}});
+  EXPECT_EQ(e.launcher, "slurm");
+  EXPECT_EQ(e.rank, 5);
+  EXPECT_EQ(e.world, 16);
+  EXPECT_EQ(e.local_rank, 1);
+
+  // A batch script outside srun has SLURM_NTASKS but no step: one process.
+  e = detect({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "16"}});
+  EXPECT_EQ(e.world, 1);
+
+  e = detect({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "1"}});
+  EXPECT_EQ(e.launcher, "env");
+  EXPECT_EQ(e.rank, 1);
+  EXPECT_EQ(e.world, 2);
+}
+
+TEST(DistEnv, MalformedVariablesAreErrorsNamingThem) {
+  auto message = [](std::map<std::string, std::string> vars) {
+    try {
+      detect(std::move(vars));
+    } catch (const hh::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message({{"RANK", "2"}, {"WORLD_SIZE", "2"}}).find("RANK=2 is out of range"),
+            std::string::npos);
+  EXPECT_NE(message({{"RANK", "x"}, {"WORLD_SIZE", "2"}}).find("RANK='x' is not an integer"),
+            std::string::npos);
+  EXPECT_NE(message({{"WORLD_SIZE", "0"}}).find("WORLD_SIZE=0"), std::string::npos);
+  EXPECT_NE(message({{"WORLD_SIZE", "2"}}).find("RANK is not"), std::string::npos);
+}
+
+TEST(Communicator, SingleProcessCollectivesReturnTheirInput) {
+  auto comm = hh::make_single_communicator();
+  EXPECT_EQ(comm->world(), 1);
+  EXPECT_TRUE(comm->is_root());
+  std::vector<double> v = {1.5, -2};
+  hh::all_sum(*comm, &v);
+  EXPECT_EQ(v, (std::vector<double>{1.5, -2}));
+  EXPECT_TRUE(hh::any_rank(*comm, true));
+  EXPECT_FALSE(hh::any_rank(*comm, false));
+  hh::check_same_on_all_ranks(*comm, 42, "anything");  // nothing to compare with
+}
+
+TEST(Communicator, FactoryRefusesWhatCannotWork) {
+  auto be = hh::make_cpu_backend();
+  hh::DistEnv two;
+  two.world = 2;
+  two.rank = 1;
+  two.launcher = "env";
+  hh::CommOptions o;
+  EXPECT_THROW(hh::make_communicator("single", *be, two, o), hh::Error);
+  EXPECT_THROW(hh::make_communicator("nccl", *be, hh::DistEnv{}, o), hh::Error);  // CPU backend
+  EXPECT_THROW(hh::make_communicator("gloo", *be, hh::DistEnv{}, o), hh::Error);
+  o.timeout_s = 0;
+  EXPECT_THROW(hh::make_communicator("auto", *be, hh::DistEnv{}, o), hh::Error);
+  EXPECT_EQ(hh::make_communicator("auto", *be, hh::DistEnv{}, hh::CommOptions{})->name(), "single");
+}
+
+// Each tensor lies in exactly one bucket: its layer's ranges, or the rest.
+TEST(GradientSync, LayerRangesCoverEachLayerAndNothingElse) {
+  auto be = hh::make_cpu_backend();
+  hh::GPTConfig c = hh::GPTConfig::preset("tiny", 40);
+  hh::GPT model(*be, c, /*scalar_head=*/true);
+  for (const hh::ParamTensor& t : model.param_tensors()) {
+    int owner = -1;
+    for (int l = 0; l < c.n_layer; ++l)
+      for (auto [b, e] : model.layer_param_ranges(l))
+        if (t.offset >= b && t.offset + t.numel <= e) owner = l;
+    int want = -1;
+    if (t.name.rfind("transformer.h.", 0) == 0) want = std::atoi(t.name.c_str() + 14);
+    EXPECT_EQ(owner, want) << t.name;
+  }
+}
+
+// NCCL at world size 1 on a GPU: every collective runs through NCCL's kernels and must
+// return its input, and a short training run with the overlapped gradient buckets must
+// match the plain run bit for bit (a sum over one rank is a copy).
+TEST(Nccl, WorldSizeOneOnTheGpu) {
+#ifdef HH_WITH_CUDA
+  if (!hh::built_with_nccl() || !hh::cuda_device_available())
+    GTEST_SKIP() << "needs a GPU and NCCL";
+  auto be = hh::make_cuda_backend(0);
+  auto comm = hh::make_communicator("nccl", *be, hh::DistEnv{}, hh::CommOptions{});
+  EXPECT_EQ(comm->name(), "nccl");
+  std::vector<double> stats = {1.25, -3};
+  comm->all_reduce_host(stats.data(), stats.size(), hh::ReduceOp::Sum);
+  EXPECT_EQ(stats, (std::vector<double>{1.25, -3}));
+  uint64_t word = 0x1234;
+  comm->broadcast_host(&word, sizeof word, 0);
+  EXPECT_EQ(word, 0x1234u);
+  std::vector<float> host(1000);
+  for (size_t i = 0; i < host.size(); ++i) host[i] = 0.5f * static_cast<float>(i);
+  hh::Buffer<float> dev(*be, host.size());
+  be->copy_to_device(dev.data(), host.data(), host.size() * sizeof(float));
+  comm->all_reduce_device_async(dev.data(), 600);
+  comm->all_reduce_device_async(dev.data() + 600, 400);
+  comm->wait_all();
+  comm->all_reduce_device(dev.data(), host.size());
+  std::vector<float> back(host.size());
+  be->copy_to_host(back.data(), dev.data(), back.size() * sizeof(float));
+  EXPECT_EQ(back, host);
+
+  TempDir tmp;
+  hh::LmTrainOptions o;
+  o.train_path = make_sft_dataset(tmp.path, 32);
+  o.model = hh::GPTConfig::preset("tiny", 40);
+  o.model.max_seq_len = 64;
+  o.steps = 4;
+  o.batch = 8;
+  o.micro_batch = 4;
+  o.seq = 32;
+  o.ckpt_every = 0;
+  o.quiet = true;
+  o.run_dir = tmp.path + "/plain";
+  hh::LmTrainResult plain = hh::train_lm(*be, o);
+  o.run_dir = tmp.path + "/nccl";
+  o.parallel.comm = comm.get();
+  o.parallel.check_sync_every = 1;
+  hh::LmTrainResult nccl = hh::train_lm(*be, o);
+  EXPECT_EQ(plain.train_losses, nccl.train_losses);
+  EXPECT_EQ(relative_difference(load(*be, tmp.path + "/plain/model.safetensors"),
+                                load(*be, tmp.path + "/nccl/model.safetensors")),
+            0.0);
+#else
+  GTEST_SKIP() << "hh was built without CUDA";
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
+// Two ranks (started by the MPI test below)
+
+TEST(Ranks, LanguageModelMatchesOneProcess) {
+  if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
+  hh::Communicator& comm = world_comm(cpu());
+  TempDir tmp;  // per rank: each rank writes its own copy of the same data
+  hh::LmTrainOptions o;
+  o.train_path = o.dev_path = make_sft_dataset(tmp.path, 48);
+  o.model = hh::GPTConfig::preset("tiny", 40);
+  o.model.max_seq_len = 64;
+  o.steps = 6;
+  o.batch = 8;
+  o.micro_batch = 2;  // accumulation on both sides
+  o.seq = 32;
+  o.adamw.lr = 3e-3f;
+  o.warmup = 2;
+  o.eval_every = 3;
+  o.eval_batches = 2;
+  o.ckpt_every = 0;
+  o.log_every = 1;
+  o.quiet = true;
+
+  o.run_dir = tmp.path + "/one";
+  hh::LmTrainResult one = hh::train_lm(cpu(), o);
+  o.run_dir = tmp.path + "/two";
+  o.parallel.comm = &comm;
+  o.parallel.check_sync_every = 2;
+  hh::LmTrainResult two = hh::train_lm(cpu(), o);
+
+  ASSERT_EQ(one.train_losses.size(), two.train_losses.size());
+  for (size_t i = 0; i < one.train_losses.size(); ++i)
+    EXPECT_NEAR(one.train_losses[i], two.train_losses[i], 1e-5) << "step " << i;
+  EXPECT_NEAR(one.last_dev_loss, two.last_dev_loss, 1e-5);
+  // Rank 0 wrote the data-parallel run's model; every rank compares it with its own.
+  std::string two_model = tmp.path + "/two/model.safetensors";
+  if (comm.is_root()) {
+    double d = relative_difference(load(cpu(), tmp.path + "/one/model.safetensors"),
+                                   load(cpu(), two_model));
+    EXPECT_LT(d, kTolerance);
+    expect_same_grad_norms(tmp.path + "/one", tmp.path + "/two");
+    std::printf("lm: 2 ranks vs 1 process, relative parameter difference %.3g\n", d);
+  } else {
+    EXPECT_FALSE(hh::file_exists(two_model)) << "only rank 0 writes";
+  }
+}
+
+TEST(Ranks, PreferenceModelMatchesOneProcess) {
+  if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
+  hh::Communicator& comm = world_comm(cpu());
+  TempDir tmp;
+  hh::PmTrainOptions o;
+  o.train_path = o.dev_path = make_pm_dataset(tmp.path, 40);
+  o.model = hh::GPTConfig::preset("tiny", 50);
+  o.model.max_seq_len = 32;
+  o.steps = 6;
+  o.batch = 8;
+  o.micro_batch = 2;
+  o.seq = 32;
+  o.adamw.lr = 3e-3f;
+  o.warmup = 2;
+  o.eval_every = 3;
+  o.ckpt_every = 0;
+  o.log_every = 1;
+  o.quiet = true;
+
+  o.run_dir = tmp.path + "/one";
+  hh::PmTrainResult one = hh::train_pm(cpu(), o);
+  o.run_dir = tmp.path + "/two";
+  o.parallel.comm = &comm;
+  o.parallel.check_sync_every = 1;
+  hh::PmTrainResult two = hh::train_pm(cpu(), o);
+
+  ASSERT_EQ(one.train_losses.size(), two.train_losses.size());
+  for (size_t i = 0; i < one.train_losses.size(); ++i) {
+    EXPECT_NEAR(one.train_losses[i], two.train_losses[i], 1e-5) << "step " << i;
+    EXPECT_NEAR(one.train_accuracies[i], two.train_accuracies[i], 1e-6) << "step " << i;
+  }
+  EXPECT_NEAR(one.last_dev.loss, two.last_dev.loss, 1e-5);
+  EXPECT_NEAR(one.last_dev.accuracy, two.last_dev.accuracy, 1e-9);
+  ASSERT_EQ(one.last_dev.margins.size(), two.last_dev.margins.size());
+  if (comm.is_root()) {
+    double d = relative_difference(load(cpu(), tmp.path + "/one/model.safetensors"),
+                                   load(cpu(), tmp.path + "/two/model.safetensors"));
+    EXPECT_LT(d, kTolerance);
+    expect_same_grad_norms(tmp.path + "/one", tmp.path + "/two");
+    std::printf("pm: 2 ranks vs 1 process, relative parameter difference %.3g\n", d);
+  }
+}
+
+namespace {
+// Bytes 0..255, then <|endoftext|> and <|endofcontext|>; the reward is the fraction of
+// lowercase letters in the response (as in test_ppo).
+hh::Tokenizer byte_tokenizer() {
+  std::vector<uint8_t> identity(256);
+  for (int i = 0; i < 256; i++) identity[i] = static_cast<uint8_t>(i);
+  return hh::Tokenizer::from_parts(identity, {}, {hh::kEndOfText, hh::kEndOfContext});
+}
+std::vector<float> letter_fraction(const std::vector<std::vector<int32_t>>& prompts,
+                                   const std::vector<std::vector<int32_t>>& responses) {
+  std::vector<float> out;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    double n = 0;
+    for (int32_t t : responses[i]) n += t >= 'a' && t <= 'z';
+    out.push_back(responses[i].empty() ? 0.0f : static_cast<float>(n / responses[i].size()));
+  }
+  return out;
+}
+}  // namespace
+
+TEST(Ranks, PpoMatchesOneProcess) {
+  if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
+  hh::Communicator& comm = world_comm(cpu());
+  TempDir tmp;
+  hh::Tokenizer tok = byte_tokenizer();
+  hh::PpoTrainOptions o;
+  o.tokenizer_path = tmp.path + "/tok.bin";
+  tok.save(o.tokenizer_path);
+  hh::GPTConfig c = hh::GPTConfig::preset("tiny", tok.vocab_size());
+  c.max_seq_len = 48;
+  hh::GPT init(cpu(), c, false);
+  init.init_random(3);
+  o.policy_init = tmp.path + "/sft.safetensors";
+  hh::save_model(o.policy_init, init,
+                 {{"stage", "sft"}, {"tokenizer", std::to_string(tok.fingerprint())}});
+  hh::TokenDataset ds;
+  ds.kind = hh::DatasetKind::Prompts;
+  ds.vocab_size = static_cast<uint32_t>(tok.vocab_size());
+  ds.tokenizer_fingerprint = tok.fingerprint();
+  hh::Rng rng(5);
+  for (int i = 0; i < 32; ++i) {
+    std::vector<int32_t> p(6), ref = {'o', 'k'};
+    for (auto& t : p) t = static_cast<int32_t>('A' + rng.below(26));
+    ds.add(p);
+    ds.add(ref);
+  }
+  o.prompts_path = tmp.path + "/prompts.bin";
+  hh::save_dataset(o.prompts_path, ds);
+  o.scorer = letter_fraction;
+  o.iterations = 2;
+  o.prompts_per_iter = 8;
+  o.epochs = 2;
+  o.minibatch = 4;
+  o.sampling.max_new_tokens = 8;
+  o.sampling.stop_strings.clear();
+  o.policy_adamw.lr = 1e-3f;
+  o.value_adamw.lr = 1e-3f;
+  o.kl.beta = 0.02;
+  o.kl.target = 1;  // the controller moves β from the rollout's KL
+  o.normalize_reward = true;
+  o.quiet = true;
+  o.sample_every = 0;
+
+  o.run_dir = tmp.path + "/one";
+  hh::PpoTrainResult one = hh::train_ppo(cpu(), o);
+  o.run_dir = tmp.path + "/two";
+  o.parallel.comm = &comm;
+  o.parallel.check_sync_every = 1;
+  hh::PpoTrainResult two = hh::train_ppo(cpu(), o);
+
+  ASSERT_EQ(one.history.size(), two.history.size());
+  for (size_t i = 0; i < one.history.size(); ++i) {
+    const hh::PpoIterationStats &a = one.history[i], &b = two.history[i];
+    // The same samples (the same streams per prompt), so the same rewards and lengths.
+    EXPECT_DOUBLE_EQ(a.reward, b.reward) << "iteration " << i;
+    EXPECT_DOUBLE_EQ(a.response_length, b.response_length) << "iteration " << i;
+    EXPECT_NEAR(a.kl, b.kl, 1e-4) << "iteration " << i;
+    EXPECT_NEAR(a.beta, b.beta, 1e-9) << "iteration " << i;
+    EXPECT_NEAR(a.entropy, b.entropy, 1e-4) << "iteration " << i;
+    EXPECT_NEAR(a.policy_loss, b.policy_loss, 1e-4) << "iteration " << i;
+    EXPECT_NEAR(a.value_loss, b.value_loss, 1e-4) << "iteration " << i;
+    EXPECT_NEAR(a.explained_variance, b.explained_variance, 1e-4) << "iteration " << i;
+  }
+  if (comm.is_root()) {
+    double d = relative_difference(load(cpu(), tmp.path + "/one/model.safetensors"),
+                                   load(cpu(), tmp.path + "/two/model.safetensors"));
+    double dv = relative_difference(load(cpu(), tmp.path + "/one/value.safetensors"),
+                                    load(cpu(), tmp.path + "/two/value.safetensors"));
+    EXPECT_LT(d, kTolerance);
+    EXPECT_LT(dv, kTolerance);
+    std::printf("ppo: 2 ranks vs 1 process, relative parameter difference policy %.3g value %.3g\n",
+                d, dv);
+  }
+}
+
+// Ranks started with different settings stop together with an error naming the rank.
+TEST(Ranks, DifferentFlagsAreAnErrorOnEveryRank) {
+  if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
+  hh::Communicator& comm = world_comm(cpu());
+  TempDir tmp;
+  hh::LmTrainOptions o;
+  o.train_path = make_sft_dataset(tmp.path, 16);
+  o.model = hh::GPTConfig::preset("tiny", 40);
+  o.model.max_seq_len = 64;
+  o.steps = 2;
+  o.batch = 4;
+  o.micro_batch = 4;
+  o.seq = 32;
+  o.quiet = true;
+  o.run_dir = tmp.path + "/run";
+  o.parallel.comm = &comm;
+  o.config_json = comm.rank() == 1 ? "{\"lr\":0.1}" : "{\"lr\":0.2}";
+  try {
+    hh::train_lm(cpu(), o);
+    ADD_FAILURE() << "no error";
+  } catch (const hh::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the flags of rank(s) 1 differ from rank 0's"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// A rank that stops answering makes the others fail after --dist-timeout, not hang. Rank
+// 1 sleeps through rank 0's deadline, then joins the same collective, so the two stay
+// matched for the tests after this one.
+TEST(Ranks, AStalledRankIsATimeoutError) {
+  if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
+  hh::Communicator& world = world_comm(cpu());
+  hh::CommOptions o;
+  o.timeout_s = 1;
+  auto comm = hh::make_communicator("mpi", cpu(), hh::detect_dist_env(), o);
+  if (comm->rank() == 1) {
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    hh::all_sum(*comm, 1.0);
+  } else {
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+      hh::all_sum(*comm, 1.0);
+      ADD_FAILURE() << "no timeout";
+    } catch (const hh::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("no reply from the other ranks within 1 s"),
+                std::string::npos)
+          << e.what();
+    }
+    double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_GE(waited, 1.0);
+    EXPECT_LT(waited, 2.5);
+  }
+  hh::all_sum(world, 0.0);  // both ranks here again
+}
+
+// ---------------------------------------------------------------------------------------
+// The two-rank runs, started from the one-process test binary
+
+TEST(DistMpi, TwoRanksMatchOneProcessForEveryTrainer) {
+  if (under_mpirun()) GTEST_SKIP() << "this is the launcher";
+  if (!have_mpirun()) GTEST_SKIP() << "hh was built without MPI, or mpirun is missing";
+  std::string self = fs::read_symlink("/proc/self/exe").string();
+  int rc = run_shell(mpirun() + "-np 2 " + self + " --gtest_filter='Ranks.*'");
+  EXPECT_EQ(rc, 0) << "a rank failed (its output is above)";
+}
+
+// The real binaries: different flags on the two ranks, and a rank that dies.
+TEST(DistMpi, BinariesStopCleanlyOnBadJobs) {
+  if (under_mpirun()) GTEST_SKIP() << "this is the launcher";
+  if (!have_mpirun()) GTEST_SKIP() << "hh was built without MPI, or mpirun is missing";
+  TempDir tmp;
+  std::string data = make_sft_dataset(tmp.path, 16);
+  std::string common = binary("hh-sft") + " --device cpu --train " + data +
+                       " --steps 2 --batch 4 --seq 32 --ctx 64 --dist-timeout 20 --run-dir ";
+  std::string log = tmp.path + "/log.txt";
+  auto t0 = std::chrono::steady_clock::now();
+  int rc = run_shell(mpirun() + "-np 1 " + common + tmp.path + "/a --lr 1e-3 : -np 1 " + common +
+                     tmp.path + "/a --lr 2e-3 > " + log + " 2>&1");
+  EXPECT_NE(rc, 0);
+  std::string out = hh::read_file_text(log);
+  EXPECT_NE(out.find("the flags of rank(s) 1 differ from rank 0's"), std::string::npos) << out;
+  EXPECT_NE(out.find("hh-sft (rank 0 of 2): error"), std::string::npos) << out;
+
+  // Rank 1 dies before it joins: mpirun ends the job, rank 0 does not wait forever.
+  rc = run_shell(mpirun() + "-np 1 " + common + tmp.path + "/b : -np 1 bash -c 'exit 3' > " + log +
+                 " 2>&1");
+  EXPECT_NE(rc, 0);
+  double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(waited, 60.0);
+}
