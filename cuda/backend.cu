@@ -249,14 +249,16 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
 }
 
 // True when the CUDA runtime finds at least one device (false without a driver or GPU).
-bool cuda_device_available() {
+int cuda_device_count() {
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
     cudaGetLastError();  // clear it; "no device" is an answer, not an error
-    return false;
+    return 0;
   }
-  return count > 0;
+  return count;
 }
+
+bool cuda_device_available() { return cuda_device_count() > 0; }
 
 }  // namespace hh

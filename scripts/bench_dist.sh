@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The cost of the gradient all-reduce: hh-bench train steps with and without it.
 #   bash scripts/bench_dist.sh cpu     one process (--dist single); one MPI rank with
-#                                      --allreduce; two MPI ranks with --allreduce (each
-#                                      rank its own batch, one OpenMP thread per rank)
+#                                      --allreduce; two MPI ranks without and with it
+#                                      (each rank its own batch, one OpenMP thread each)
 #   bash scripts/bench_dist.sh cuda    GPT-2 124M on one GPU: --dist single, then NCCL at
 #                                      world size 1 with --allreduce (the ~500 MB gradient
 #                                      goes through NCCL every step, overlapped by layer)
@@ -39,10 +39,14 @@ run() {  # label, then the command
 }
 a=$(OMP_NUM_THREADS=1 run "1 process, no all-reduce" "$BIN" train "${MODEL[@]}" --dist single)
 b=$(OMP_NUM_THREADS=1 run "1 MPI rank, all-reduce" mpirun -np 1 -x OMP_NUM_THREADS "$BIN" train "${MODEL[@]}" --dist mpi --allreduce)
-# Two ranks print the same lines; rank 0's come first (mpirun --tag-output marks them).
-c=$(OMP_NUM_THREADS=1 run "2 MPI ranks, all-reduce" bash -c "mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS --tag-output $BIN train ${MODEL[*]} --dist mpi --allreduce | grep '^\[1,0\]' | sed 's/^\[1,0\]<stdout>://'")
+# Two ranks print the same lines; keep rank 0's (mpirun --tag-output marks them). Without
+# --allreduce the two ranks only share the machine: the baseline for the 2-rank cost.
+two() { mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS --tag-output "$BIN" train "${MODEL[@]}" --dist mpi "$@" | grep '^\[1,0\]' | sed 's/^\[1,0\]<stdout>://'; }
+c=$(OMP_NUM_THREADS=1 run "2 MPI ranks, no all-reduce" two)
+d=$(OMP_NUM_THREADS=1 run "2 MPI ranks, all-reduce" two --allreduce)
 echo "single_ms=${a:-n/a}"
 echo "mpi1_ms=${b:-n/a}"
-echo "mpi2_ms=${c:-n/a}"
+echo "mpi2_noreduce_ms=${c:-n/a}"
+echo "mpi2_ms=${d:-n/a}"
 echo "mpi1_overhead_pct=$(overhead "${a:-0}" "${b:-0}")"
-echo "mpi2_overhead_pct=$(overhead "${a:-0}" "${c:-0}")"
+echo "mpi2_overhead_pct=$(overhead "${c:-0}" "${d:-0}")"

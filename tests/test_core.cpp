@@ -19,6 +19,7 @@
 #include "core/metrics.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "test_util.h"
 
 namespace hh {
 namespace {
@@ -46,35 +47,7 @@ bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
 
-// A fresh directory under /tmp, removed when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    char name[] = "/tmp/hh_test_core_XXXXXX";
-    char* p = mkdtemp(name);
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::permissions(path_, std::filesystem::perms::owner_all,
-                                 std::filesystem::perm_options::add, ec);
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-  std::vector<std::string> list() const {
-    std::vector<std::string> names;
-    for (const auto& e : std::filesystem::directory_iterator(path_)) {
-      names.push_back(e.path().filename().string());
-    }
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
- private:
-  std::string path_;
-};
+using hh::test::TempDir;
 
 // ============================================================================ JSON
 

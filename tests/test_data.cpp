@@ -20,6 +20,7 @@
 #include "core/json.h"
 #include "data/dataset.h"
 #include "data/hh_rlhf.h"
+#include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
 namespace hh {
@@ -46,23 +47,7 @@ std::string error_of(F&& f) {
   return "";
 }
 
-class TempDir {
- public:
-  TempDir() {
-    char name[] = "/tmp/hh_test_data_XXXXXX";
-    char* p = mkdtemp(name);
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using hh::test::TempDir;
 
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);

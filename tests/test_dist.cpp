@@ -28,6 +28,7 @@
 #include "dist/grad_sync.h"
 #include "model/checkpoint.h"
 #include "ops/ops.h"
+#include "test_util.h"
 #include "tokenizer/tokenizer.h"
 #include "train/lm.h"
 #include "train/pm.h"
@@ -37,17 +38,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    static int counter = 0;
-    path = (fs::temp_directory_path() /
-            ("hh_test_dist_" + std::to_string(::getpid()) + "_" + std::to_string(counter++)))
-               .string();
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using hh::test::TempDir;
 
 // ---- a fake environment for detect_dist_env ----
 std::map<std::string, std::string>* g_env = nullptr;
@@ -83,26 +74,7 @@ int run_shell(const std::string& cmd) {
 // ---- synthetic data shared with the trainers' own tests (same shapes, smaller) ----
 
 std::string make_sft_dataset(const std::string& dir, int n) {
-  hh::TokenDataset ds;
-  ds.kind = hh::DatasetKind::Sft;
-  ds.vocab_size = 40;
-  ds.tokenizer_fingerprint = 77;
-  hh::Rng rng(1);
-  for (int i = 0; i < n; ++i) {
-    int len = 12 + static_cast<int>(rng.below(20));
-    int period = 2 + static_cast<int>(rng.below(3));
-    int base = static_cast<int>(rng.below(30));
-    std::vector<int32_t> ids;
-    std::vector<uint8_t> mask;
-    for (int t = 0; t < len; ++t) {
-      ids.push_back(base + t % period);
-      mask.push_back(t >= len / 2);
-    }
-    ds.add(ids, &mask);
-  }
-  std::string path = dir + "/data.sft.bin";
-  hh::save_dataset(path, ds);
-  return path;
+  return hh::test::make_pattern_dataset(dir, n, 1);
 }
 
 std::string make_pm_dataset(const std::string& dir, int n) {
@@ -317,7 +289,7 @@ TEST(Nccl, WorldSizeOneOnTheGpu) {
 
   TempDir tmp;
   hh::LmTrainOptions o;
-  o.train_path = make_sft_dataset(tmp.path, 32);
+  o.train_path = make_sft_dataset(tmp.path(), 32);
   o.model = hh::GPTConfig::preset("tiny", 40);
   o.model.max_seq_len = 64;
   o.steps = 4;
@@ -326,15 +298,15 @@ TEST(Nccl, WorldSizeOneOnTheGpu) {
   o.seq = 32;
   o.ckpt_every = 0;
   o.quiet = true;
-  o.run_dir = tmp.path + "/plain";
+  o.run_dir = tmp.path() + "/plain";
   hh::LmTrainResult plain = hh::train_lm(*be, o);
-  o.run_dir = tmp.path + "/nccl";
+  o.run_dir = tmp.path() + "/nccl";
   o.parallel.comm = comm.get();
   o.parallel.check_sync_every = 1;
   hh::LmTrainResult nccl = hh::train_lm(*be, o);
   EXPECT_EQ(plain.train_losses, nccl.train_losses);
-  EXPECT_EQ(relative_difference(load(*be, tmp.path + "/plain/model.safetensors"),
-                                load(*be, tmp.path + "/nccl/model.safetensors")),
+  EXPECT_EQ(relative_difference(load(*be, tmp.path() + "/plain/model.safetensors"),
+                                load(*be, tmp.path() + "/nccl/model.safetensors")),
             0.0);
 #else
   GTEST_SKIP() << "hh was built without CUDA";
@@ -349,12 +321,12 @@ TEST(Ranks, LanguageModelMatchesOneProcess) {
   hh::Communicator& comm = world_comm(cpu());
   TempDir tmp;  // per rank: each rank writes its own copy of the same data
   hh::LmTrainOptions o;
-  o.train_path = o.dev_path = make_sft_dataset(tmp.path, 48);
+  o.train_path = o.dev_path = make_sft_dataset(tmp.path(), 48);
   o.model = hh::GPTConfig::preset("tiny", 40);
   o.model.max_seq_len = 64;
   o.steps = 6;
   o.batch = 8;
-  o.micro_batch = 2;  // accumulation on both sides
+  o.micro_batch = 8;  // 4 per rank: dev batches and the dev subset must not change
   o.seq = 32;
   o.adamw.lr = 3e-3f;
   o.warmup = 2;
@@ -364,9 +336,9 @@ TEST(Ranks, LanguageModelMatchesOneProcess) {
   o.log_every = 1;
   o.quiet = true;
 
-  o.run_dir = tmp.path + "/one";
+  o.run_dir = tmp.path() + "/one";
   hh::LmTrainResult one = hh::train_lm(cpu(), o);
-  o.run_dir = tmp.path + "/two";
+  o.run_dir = tmp.path() + "/two";
   o.parallel.comm = &comm;
   o.parallel.check_sync_every = 2;
   hh::LmTrainResult two = hh::train_lm(cpu(), o);
@@ -376,12 +348,12 @@ TEST(Ranks, LanguageModelMatchesOneProcess) {
     EXPECT_NEAR(one.train_losses[i], two.train_losses[i], 1e-5) << "step " << i;
   EXPECT_NEAR(one.last_dev_loss, two.last_dev_loss, 1e-5);
   // Rank 0 wrote the data-parallel run's model; every rank compares it with its own.
-  std::string two_model = tmp.path + "/two/model.safetensors";
+  std::string two_model = tmp.path() + "/two/model.safetensors";
   if (comm.is_root()) {
-    double d = relative_difference(load(cpu(), tmp.path + "/one/model.safetensors"),
+    double d = relative_difference(load(cpu(), tmp.path() + "/one/model.safetensors"),
                                    load(cpu(), two_model));
     EXPECT_LT(d, kTolerance);
-    expect_same_grad_norms(tmp.path + "/one", tmp.path + "/two");
+    expect_same_grad_norms(tmp.path() + "/one", tmp.path() + "/two");
     std::printf("lm: 2 ranks vs 1 process, relative parameter difference %.3g\n", d);
   } else {
     EXPECT_FALSE(hh::file_exists(two_model)) << "only rank 0 writes";
@@ -393,12 +365,12 @@ TEST(Ranks, PreferenceModelMatchesOneProcess) {
   hh::Communicator& comm = world_comm(cpu());
   TempDir tmp;
   hh::PmTrainOptions o;
-  o.train_path = o.dev_path = make_pm_dataset(tmp.path, 40);
+  o.train_path = o.dev_path = make_pm_dataset(tmp.path(), 40);
   o.model = hh::GPTConfig::preset("tiny", 50);
   o.model.max_seq_len = 32;
   o.steps = 6;
   o.batch = 8;
-  o.micro_batch = 2;
+  o.micro_batch = 2;  // accumulation on both sides
   o.seq = 32;
   o.adamw.lr = 3e-3f;
   o.warmup = 2;
@@ -407,9 +379,9 @@ TEST(Ranks, PreferenceModelMatchesOneProcess) {
   o.log_every = 1;
   o.quiet = true;
 
-  o.run_dir = tmp.path + "/one";
+  o.run_dir = tmp.path() + "/one";
   hh::PmTrainResult one = hh::train_pm(cpu(), o);
-  o.run_dir = tmp.path + "/two";
+  o.run_dir = tmp.path() + "/two";
   o.parallel.comm = &comm;
   o.parallel.check_sync_every = 1;
   hh::PmTrainResult two = hh::train_pm(cpu(), o);
@@ -423,33 +395,16 @@ TEST(Ranks, PreferenceModelMatchesOneProcess) {
   EXPECT_NEAR(one.last_dev.accuracy, two.last_dev.accuracy, 1e-9);
   ASSERT_EQ(one.last_dev.margins.size(), two.last_dev.margins.size());
   if (comm.is_root()) {
-    double d = relative_difference(load(cpu(), tmp.path + "/one/model.safetensors"),
-                                   load(cpu(), tmp.path + "/two/model.safetensors"));
+    double d = relative_difference(load(cpu(), tmp.path() + "/one/model.safetensors"),
+                                   load(cpu(), tmp.path() + "/two/model.safetensors"));
     EXPECT_LT(d, kTolerance);
-    expect_same_grad_norms(tmp.path + "/one", tmp.path + "/two");
+    expect_same_grad_norms(tmp.path() + "/one", tmp.path() + "/two");
     std::printf("pm: 2 ranks vs 1 process, relative parameter difference %.3g\n", d);
   }
 }
 
-namespace {
-// Bytes 0..255, then <|endoftext|> and <|endofcontext|>; the reward is the fraction of
-// lowercase letters in the response (as in test_ppo).
-hh::Tokenizer byte_tokenizer() {
-  std::vector<uint8_t> identity(256);
-  for (int i = 0; i < 256; i++) identity[i] = static_cast<uint8_t>(i);
-  return hh::Tokenizer::from_parts(identity, {}, {hh::kEndOfText, hh::kEndOfContext});
-}
-std::vector<float> letter_fraction(const std::vector<std::vector<int32_t>>& prompts,
-                                   const std::vector<std::vector<int32_t>>& responses) {
-  std::vector<float> out;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    double n = 0;
-    for (int32_t t : responses[i]) n += t >= 'a' && t <= 'z';
-    out.push_back(responses[i].empty() ? 0.0f : static_cast<float>(n / responses[i].size()));
-  }
-  return out;
-}
-}  // namespace
+using hh::test::byte_tokenizer;
+using hh::test::letter_fraction;
 
 TEST(Ranks, PpoMatchesOneProcess) {
   if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
@@ -457,13 +412,13 @@ TEST(Ranks, PpoMatchesOneProcess) {
   TempDir tmp;
   hh::Tokenizer tok = byte_tokenizer();
   hh::PpoTrainOptions o;
-  o.tokenizer_path = tmp.path + "/tok.bin";
+  o.tokenizer_path = tmp.path() + "/tok.bin";
   tok.save(o.tokenizer_path);
   hh::GPTConfig c = hh::GPTConfig::preset("tiny", tok.vocab_size());
   c.max_seq_len = 48;
   hh::GPT init(cpu(), c, false);
   init.init_random(3);
-  o.policy_init = tmp.path + "/sft.safetensors";
+  o.policy_init = tmp.path() + "/sft.safetensors";
   hh::save_model(o.policy_init, init,
                  {{"stage", "sft"}, {"tokenizer", std::to_string(tok.fingerprint())}});
   hh::TokenDataset ds;
@@ -477,7 +432,7 @@ TEST(Ranks, PpoMatchesOneProcess) {
     ds.add(p);
     ds.add(ref);
   }
-  o.prompts_path = tmp.path + "/prompts.bin";
+  o.prompts_path = tmp.path() + "/prompts.bin";
   hh::save_dataset(o.prompts_path, ds);
   o.scorer = letter_fraction;
   o.iterations = 2;
@@ -494,9 +449,9 @@ TEST(Ranks, PpoMatchesOneProcess) {
   o.quiet = true;
   o.sample_every = 0;
 
-  o.run_dir = tmp.path + "/one";
+  o.run_dir = tmp.path() + "/one";
   hh::PpoTrainResult one = hh::train_ppo(cpu(), o);
-  o.run_dir = tmp.path + "/two";
+  o.run_dir = tmp.path() + "/two";
   o.parallel.comm = &comm;
   o.parallel.check_sync_every = 1;
   hh::PpoTrainResult two = hh::train_ppo(cpu(), o);
@@ -515,10 +470,10 @@ TEST(Ranks, PpoMatchesOneProcess) {
     EXPECT_NEAR(a.explained_variance, b.explained_variance, 1e-4) << "iteration " << i;
   }
   if (comm.is_root()) {
-    double d = relative_difference(load(cpu(), tmp.path + "/one/model.safetensors"),
-                                   load(cpu(), tmp.path + "/two/model.safetensors"));
-    double dv = relative_difference(load(cpu(), tmp.path + "/one/value.safetensors"),
-                                    load(cpu(), tmp.path + "/two/value.safetensors"));
+    double d = relative_difference(load(cpu(), tmp.path() + "/one/model.safetensors"),
+                                   load(cpu(), tmp.path() + "/two/model.safetensors"));
+    double dv = relative_difference(load(cpu(), tmp.path() + "/one/value.safetensors"),
+                                    load(cpu(), tmp.path() + "/two/value.safetensors"));
     EXPECT_LT(d, kTolerance);
     EXPECT_LT(dv, kTolerance);
     std::printf("ppo: 2 ranks vs 1 process, relative parameter difference policy %.3g value %.3g\n",
@@ -532,7 +487,7 @@ TEST(Ranks, DifferentFlagsAreAnErrorOnEveryRank) {
   hh::Communicator& comm = world_comm(cpu());
   TempDir tmp;
   hh::LmTrainOptions o;
-  o.train_path = make_sft_dataset(tmp.path, 16);
+  o.train_path = make_sft_dataset(tmp.path(), 16);
   o.model = hh::GPTConfig::preset("tiny", 40);
   o.model.max_seq_len = 64;
   o.steps = 2;
@@ -540,7 +495,7 @@ TEST(Ranks, DifferentFlagsAreAnErrorOnEveryRank) {
   o.micro_batch = 4;
   o.seq = 32;
   o.quiet = true;
-  o.run_dir = tmp.path + "/run";
+  o.run_dir = tmp.path() + "/run";
   o.parallel.comm = &comm;
   o.config_json = comm.rank() == 1 ? "{\"lr\":0.1}" : "{\"lr\":0.2}";
   try {
@@ -598,21 +553,21 @@ TEST(DistMpi, BinariesStopCleanlyOnBadJobs) {
   if (under_mpirun()) GTEST_SKIP() << "this is the launcher";
   if (!have_mpirun()) GTEST_SKIP() << "hh was built without MPI, or mpirun is missing";
   TempDir tmp;
-  std::string data = make_sft_dataset(tmp.path, 16);
+  std::string data = make_sft_dataset(tmp.path(), 16);
   std::string common = binary("hh-sft") + " --device cpu --train " + data +
                        " --steps 2 --batch 4 --seq 32 --ctx 64 --dist-timeout 20 --run-dir ";
-  std::string log = tmp.path + "/log.txt";
+  std::string log = tmp.path() + "/log.txt";
   auto t0 = std::chrono::steady_clock::now();
-  int rc = run_shell(mpirun() + "-np 1 " + common + tmp.path + "/a --lr 1e-3 : -np 1 " + common +
-                     tmp.path + "/a --lr 2e-3 > " + log + " 2>&1");
+  int rc = run_shell(mpirun() + "-np 1 " + common + tmp.path() + "/a --lr 1e-3 : -np 1 " + common +
+                     tmp.path() + "/a --lr 2e-3 > " + log + " 2>&1");
   EXPECT_NE(rc, 0);
   std::string out = hh::read_file_text(log);
   EXPECT_NE(out.find("the flags of rank(s) 1 differ from rank 0's"), std::string::npos) << out;
   EXPECT_NE(out.find("hh-sft (rank 0 of 2): error"), std::string::npos) << out;
 
   // Rank 1 dies before it joins: mpirun ends the job, rank 0 does not wait forever.
-  rc = run_shell(mpirun() + "-np 1 " + common + tmp.path + "/b : -np 1 bash -c 'exit 3' > " + log +
-                 " 2>&1");
+  rc = run_shell(mpirun() + "-np 1 " + common + tmp.path() + "/b : -np 1 bash -c 'exit 3' > " +
+                 log + " 2>&1");
   EXPECT_NE(rc, 0);
   double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(waited, 60.0);

@@ -15,6 +15,7 @@
 #include "data/dataset.h"
 #include "model/checkpoint.h"
 #include "ops/ops.h"
+#include "test_util.h"
 #include "train/pm.h"
 
 namespace fs = std::filesystem;
@@ -28,20 +29,7 @@ constexpr uint64_t kFingerprint = 77;
 
 bool fast_mode() { return std::getenv("HH_TEST_FAST") != nullptr; }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    path = (fs::temp_directory_path() /
-            ("hh_test_pm_" + std::to_string(::getpid()) + "_" + std::to_string(counter()++)))
-               .string();
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  static int& counter() {
-    static int c = 0;
-    return c;
-  }
-};
+using hh::test::TempDir;
 
 // Pairs sharing a random prompt; the chosen response holds kMarker at a random position,
 // the rejected one is random tokens from [10, 50). The responses' lengths are drawn
@@ -289,9 +277,9 @@ TEST(PmScores, LossGradientMatchesFiniteDifferences) {
 TEST(TrainPm, LearnsASyntheticPreference) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  std::string train = save_pairs(tmp.path, "train", 512, 21);
-  std::string dev = save_pairs(tmp.path, "dev", 200, 22);
-  auto o = tiny_options(train, dev, tmp.path + "/run");
+  std::string train = save_pairs(tmp.path(), "train", 512, 21);
+  std::string dev = save_pairs(tmp.path(), "dev", 200, 22);
+  auto o = tiny_options(train, dev, tmp.path() + "/run");
   o.steps = fast_mode() ? 20 : 30;  // ≈ 100% dev accuracy from step 10 on
   o.batch = 32;
   o.micro_batch = 32;
@@ -304,13 +292,13 @@ TEST(TrainPm, LearnsASyntheticPreference) {
   EXPECT_GT(r.last_dev.mean_margin, 1.0);
   EXPECT_LT(r.last_dev.loss, 0.35);
   EXPECT_EQ(r.last_dev.pairs, 200);
-  EXPECT_TRUE(fs::exists(tmp.path + "/run/model.safetensors"));
-  EXPECT_TRUE(fs::exists(tmp.path + "/run/eval.json"));
-  auto meta = hh::read_checkpoint_metadata(tmp.path + "/run/model.safetensors");
+  EXPECT_TRUE(fs::exists(tmp.path() + "/run/model.safetensors"));
+  EXPECT_TRUE(fs::exists(tmp.path() + "/run/eval.json"));
+  auto meta = hh::read_checkpoint_metadata(tmp.path() + "/run/model.safetensors");
   EXPECT_EQ(meta["stage"], "pm");
   EXPECT_EQ(meta["scalar_head"], "true");
   // The saved model gives the same dev figures as the trainer's final evaluation.
-  hh::GPT saved = hh::load_model(tmp.path + "/run/model.safetensors", *be);
+  hh::GPT saved = hh::load_model(tmp.path() + "/run/model.safetensors", *be);
   hh::PmEvalResult again = hh::evaluate_pm(saved, hh::PmDataset::load(dev), 64, 32, 0);
   EXPECT_NEAR(again.accuracy, r.last_dev.accuracy, 1e-9);
   EXPECT_NEAR(again.loss, r.last_dev.loss, 1e-5);
@@ -319,11 +307,11 @@ TEST(TrainPm, LearnsASyntheticPreference) {
 TEST(TrainPm, GradientAccumulationMatchesOneBatch) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  std::string train = save_pairs(tmp.path, "train", 32, 31);
-  auto a = tiny_options(train, "", tmp.path + "/a");
+  std::string train = save_pairs(tmp.path(), "train", 32, 31);
+  auto a = tiny_options(train, "", tmp.path() + "/a");
   a.steps = 4;
   auto b = a;
-  b.run_dir = tmp.path + "/b";
+  b.run_dir = tmp.path() + "/b";
   b.micro_batch = 3;  // 3 + 3 + 2: unequal micro-batches
   auto ra = hh::train_pm(*be, a);
   auto rb = hh::train_pm(*be, b);
@@ -337,25 +325,25 @@ TEST(TrainPm, GradientAccumulationMatchesOneBatch) {
 TEST(TrainPm, ResumeIsBitExact) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  std::string train = save_pairs(tmp.path, "train", 24, 41);
-  auto full = tiny_options(train, "", tmp.path + "/full");
+  std::string train = save_pairs(tmp.path(), "train", 24, 41);
+  auto full = tiny_options(train, "", tmp.path() + "/full");
   auto rf = hh::train_pm(*be, full);
 
   auto first = full;
-  first.run_dir = tmp.path + "/split";
+  first.run_dir = tmp.path() + "/split";
   first.ckpt_every = 4;
   auto r1 = hh::train_pm(*be, first);
   ASSERT_EQ(r1.train_losses.size(), 8u);
   // Point `latest` back at step 4, as after an interruption there.
-  fs::remove_all(tmp.path + "/split/checkpoints/step-00000008");
-  hh::write_file_atomic(tmp.path + "/split/latest", "step-00000004\n");
+  fs::remove_all(tmp.path() + "/split/checkpoints/step-00000008");
+  hh::write_file_atomic(tmp.path() + "/split/latest", "step-00000004\n");
   auto second = first;
   second.resume = true;
   auto r2 = hh::train_pm(*be, second);
   ASSERT_EQ(r2.train_losses.size(), 4u);
   for (size_t i = 0; i < 4; ++i) EXPECT_EQ(r2.train_losses[i], rf.train_losses[4 + i]) << i;
-  hh::GPT a = hh::load_model(tmp.path + "/full/model.safetensors", *be);
-  hh::GPT b = hh::load_model(tmp.path + "/split/model.safetensors", *be);
+  hh::GPT a = hh::load_model(tmp.path() + "/full/model.safetensors", *be);
+  hh::GPT b = hh::load_model(tmp.path() + "/split/model.safetensors", *be);
   EXPECT_EQ(a.get_param("score.weight"), b.get_param("score.weight"));
   EXPECT_EQ(a.get_param("transformer.h.0.attn.c_attn.weight"),
             b.get_param("transformer.h.0.attn.c_attn.weight"));
@@ -364,20 +352,20 @@ TEST(TrainPm, ResumeIsBitExact) {
 TEST(TrainPm, InitFromALanguageModelLoadsTheTrunk) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  std::string train = save_pairs(tmp.path, "train", 16, 51);
+  std::string train = save_pairs(tmp.path(), "train", 16, 51);
   hh::GPT lm(*be, tiny_config(), /*scalar_head=*/false);
   lm.init_random(99);
-  const std::string lm_path = tmp.path + "/lm.safetensors";
+  const std::string lm_path = tmp.path() + "/lm.safetensors";
   hh::save_model(lm_path, lm, {{"stage", "sft"}, {"tokenizer", std::to_string(kFingerprint)}});
 
-  auto o = tiny_options(train, "", tmp.path + "/run");
+  auto o = tiny_options(train, "", tmp.path() + "/run");
   o.init = lm_path;
   o.steps = 1;
   o.adamw.lr = 1e-9f;  // one negligible update: the PM must still hold the LM's trunk
   o.adamw.weight_decay = 0;
   o.warmup = 0;
   hh::train_pm(*be, o);
-  hh::GPT pm = hh::load_model(tmp.path + "/run/model.safetensors", *be);
+  hh::GPT pm = hh::load_model(tmp.path() + "/run/model.safetensors", *be);
   ASSERT_TRUE(pm.has_scalar_head());
   for (const char* name :
        {"transformer.wte.weight", "transformer.h.1.mlp.c_proj.weight", "transformer.ln_f.bias"}) {
@@ -396,7 +384,7 @@ TEST(TrainPm, InitFromALanguageModelLoadsTheTrunk) {
   // A checkpoint from another tokenizer is refused.
   hh::save_model(lm_path, lm, {{"stage", "sft"}, {"tokenizer", "12345"}});
   auto o2 = o;
-  o2.run_dir = tmp.path + "/run2";
+  o2.run_dir = tmp.path() + "/run2";
   EXPECT_THROW(hh::train_pm(*be, o2), hh::Error);
 }
 
@@ -407,10 +395,10 @@ TEST(TrainPm, EmptyOrMismatchedDatasetsAreClearErrors) {
   empty.kind = hh::DatasetKind::Pm;
   empty.vocab_size = kVocab;
   empty.tokenizer_fingerprint = kFingerprint;
-  hh::save_dataset(tmp.path + "/empty.pm.bin", empty);
-  std::string train = save_pairs(tmp.path, "train", 8, 61);
+  hh::save_dataset(tmp.path() + "/empty.pm.bin", empty);
+  std::string train = save_pairs(tmp.path(), "train", 8, 61);
 
-  auto o = tiny_options(tmp.path + "/empty.pm.bin", "", tmp.path + "/run");
+  auto o = tiny_options(tmp.path() + "/empty.pm.bin", "", tmp.path() + "/run");
   try {
     hh::train_pm(*be, o);
     ADD_FAILURE() << "an empty dataset must be an error";
@@ -420,8 +408,8 @@ TEST(TrainPm, EmptyOrMismatchedDatasetsAreClearErrors) {
   // A dev set from another tokenizer.
   hh::TokenDataset other = synthetic_pairs(4, 62);
   other.tokenizer_fingerprint = 78;
-  hh::save_dataset(tmp.path + "/other.pm.bin", other);
-  auto o2 = tiny_options(train, tmp.path + "/other.pm.bin", tmp.path + "/run2");
+  hh::save_dataset(tmp.path() + "/other.pm.bin", other);
+  auto o2 = tiny_options(train, tmp.path() + "/other.pm.bin", tmp.path() + "/run2");
   EXPECT_THROW(hh::train_pm(*be, o2), hh::Error);
   // An sft dataset where pairs are expected.
   hh::TokenDataset sft;
@@ -431,8 +419,8 @@ TEST(TrainPm, EmptyOrMismatchedDatasetsAreClearErrors) {
   std::vector<int32_t> ids = {11, 12, 13};
   std::vector<uint8_t> mask = {0, 1, 1};
   sft.add(ids, &mask);
-  hh::save_dataset(tmp.path + "/x.sft.bin", sft);
-  auto o3 = tiny_options(tmp.path + "/x.sft.bin", "", tmp.path + "/run3");
+  hh::save_dataset(tmp.path() + "/x.sft.bin", sft);
+  auto o3 = tiny_options(tmp.path() + "/x.sft.bin", "", tmp.path() + "/run3");
   EXPECT_THROW(hh::train_pm(*be, o3), hh::Error);
 }
 

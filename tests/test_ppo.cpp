@@ -17,6 +17,7 @@
 #include "core/safetensors.h"
 #include "data/dataset.h"
 #include "model/checkpoint.h"
+#include "test_util.h"
 #include "tokenizer/tokenizer.h"
 #include "train/evaluate.h"
 #include "train/ppo.h"
@@ -27,41 +28,14 @@ namespace {
 
 bool fast_mode() { return std::getenv("HH_TEST_FAST") != nullptr; }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    static int counter = 0;
-    path = (fs::temp_directory_path() /
-            ("hh_test_ppo_" + std::to_string(::getpid()) + "_" + std::to_string(counter++)))
-               .string();
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using hh::test::TempDir;
 
 std::string fixture(const std::string& name) {
   return std::string(HH_SOURCE_DIR) + "/tests/fixtures/" + name;
 }
 
-// Bytes 0..255, then <|endoftext|> = 256 and <|endofcontext|> = 257.
-hh::Tokenizer byte_tokenizer() {
-  std::vector<uint8_t> identity(256);
-  for (int i = 0; i < 256; i++) identity[i] = static_cast<uint8_t>(i);
-  return hh::Tokenizer::from_parts(identity, {}, {hh::kEndOfText, hh::kEndOfContext});
-}
-
-// The synthetic task: a response earns the fraction of its tokens that are lowercase
-// letters ('a'..'z', 26 of 258 tokens: ≈ 0.1 for a uniform policy).
-std::vector<float> letter_fraction(const std::vector<std::vector<int32_t>>& prompts,
-                                   const std::vector<std::vector<int32_t>>& responses) {
-  std::vector<float> out;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    double n = 0;
-    for (int32_t t : responses[i]) n += t >= 'a' && t <= 'z';
-    out.push_back(responses[i].empty() ? 0.0f : static_cast<float>(n / responses[i].size()));
-  }
-  return out;
-}
+using hh::test::byte_tokenizer;
+using hh::test::letter_fraction;
 
 // A task directory: tokenizer, a random tiny policy "SFT" checkpoint, prompts of random
 // uppercase letters and digits.
@@ -72,13 +46,13 @@ struct Task {
   std::unique_ptr<hh::Backend> be = hh::make_cpu_backend();
 
   explicit Task(int n_prompts = 64, int prompt_len = 8, int ctx = 64) {
-    tok_path = tmp.path + "/tok.bin";
+    tok_path = tmp.path() + "/tok.bin";
     tok.save(tok_path);
     hh::GPTConfig c = hh::GPTConfig::preset("tiny", tok.vocab_size());
     c.max_seq_len = ctx;
     hh::GPT policy(*be, c, false);
     policy.init_random(3);
-    policy_path = tmp.path + "/sft.safetensors";
+    policy_path = tmp.path() + "/sft.safetensors";
     hh::save_model(policy_path, policy,
                    {{"stage", "sft"}, {"tokenizer", std::to_string(tok.fingerprint())}});
     hh::TokenDataset ds;
@@ -92,7 +66,7 @@ struct Task {
       ds.add(p);
       ds.add(ref);
     }
-    prompts_path = tmp.path + "/prompts.bin";
+    prompts_path = tmp.path() + "/prompts.bin";
     hh::save_dataset(prompts_path, ds);
   }
 
@@ -110,7 +84,7 @@ struct Task {
     o.policy_adamw.lr = 3e-3f;
     o.value_adamw.lr = 3e-3f;
     o.kl.beta = 0.02;
-    o.run_dir = tmp.path + "/" + run;
+    o.run_dir = tmp.path() + "/" + run;
     o.quiet = true;
     o.sample_every = 0;
     return o;
@@ -285,7 +259,7 @@ TEST(TrainPpo, ResumeIsBitExact) {
   ASSERT_EQ(rf.history.size(), 4u);
 
   hh::PpoTrainOptions split = full;
-  split.run_dir = task.tmp.path + "/split";
+  split.run_dir = task.tmp.path() + "/split";
   hh::train_ppo(*task.be, split);
   fs::remove_all(split.run_dir + "/checkpoints/step-00000004");
   hh::write_file_atomic(split.run_dir + "/latest", "step-00000002\n");
@@ -331,7 +305,7 @@ TEST(TrainPpo, NonFiniteRewardStopsOrSkips) {
   EXPECT_FALSE(fs::exists(o.run_dir + "/model.safetensors"));
 
   o.nan_policy = hh::NanPolicy::Skip;
-  o.run_dir = task.tmp.path + "/nan_skip";
+  o.run_dir = task.tmp.path() + "/nan_skip";
   hh::PpoTrainResult r = hh::train_ppo(*task.be, o);
   ASSERT_EQ(r.history.size(), 2u);
   EXPECT_TRUE(r.history[0].skipped && r.history[1].skipped);
@@ -346,7 +320,7 @@ TEST(TrainPpo, MismatchedModelsAndLongPromptsAreClearErrors) {
   hh::GPTConfig c = hh::read_checkpoint_config(task.policy_path);
   hh::GPT pm(*task.be, c, true);
   pm.init_random(9);
-  const std::string pm_path = task.tmp.path + "/pm.safetensors";
+  const std::string pm_path = task.tmp.path() + "/pm.safetensors";
   hh::save_model(pm_path, pm, {{"stage", "pm"}, {"tokenizer", "12345"}});
   hh::PpoTrainOptions o = task.options("bad_pm");
   o.scorer = nullptr;

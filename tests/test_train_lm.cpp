@@ -12,51 +12,18 @@
 #include "core/rng.h"
 #include "data/dataset.h"
 #include "ops/ops.h"
+#include "test_util.h"
 #include "train/lm.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-// Sequences of a repeating pattern "a b c a b c ..." with a random start: predictable
-// after two tokens, so the loss must fall far below log(V).
-std::string make_dataset(const std::string& dir, int n, uint64_t seed) {
-  hh::TokenDataset ds;
-  ds.kind = hh::DatasetKind::Sft;
-  ds.vocab_size = 40;
-  ds.tokenizer_fingerprint = 77;
-  hh::Rng rng(seed);
-  for (int i = 0; i < n; ++i) {
-    int len = 12 + static_cast<int>(rng.below(20));
-    int period = 2 + static_cast<int>(rng.below(3));
-    int base = static_cast<int>(rng.below(30));
-    std::vector<int32_t> ids;
-    std::vector<uint8_t> mask;
-    for (int t = 0; t < len; ++t) {
-      ids.push_back(base + t % period);
-      mask.push_back(t >= len / 2);  // "assistant" = second half
-    }
-    ds.add(ids, &mask);
-  }
-  std::string path = dir + "/data.sft.bin";
-  hh::save_dataset(path, ds);
-  return path;
-}
+using hh::test::TempDir;
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    path = (fs::temp_directory_path() /
-            ("hh_test_lm_" + std::to_string(::getpid()) + "_" + std::to_string(counter()++)))
-               .string();
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  static int& counter() {
-    static int c = 0;
-    return c;
-  }
-};
+std::string make_dataset(const std::string& dir, int n, uint64_t seed) {
+  return hh::test::make_pattern_dataset(dir, n, seed);
+}
 
 hh::LmTrainOptions tiny_options(const std::string& data, const std::string& run_dir) {
   hh::LmTrainOptions o;
@@ -84,21 +51,21 @@ hh::LmTrainOptions tiny_options(const std::string& data, const std::string& run_
 TEST(TrainLm, LearnsAPattern) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  std::string data = make_dataset(tmp.path, 64, 1);
-  auto o = tiny_options(data, tmp.path + "/run");
+  std::string data = make_dataset(tmp.path(), 64, 1);
+  auto o = tiny_options(data, tmp.path() + "/run");
   o.steps = 60;
   o.masked = false;
   hh::LmTrainResult r = hh::train_lm(*be, o);
   ASSERT_EQ(r.train_losses.size(), static_cast<size_t>(o.steps));
   EXPECT_GT(r.train_losses.front(), 3.0f);  // ≈ log(40) = 3.69 at init
   EXPECT_LT(r.last_dev_loss, 0.6 * r.train_losses.front());
-  EXPECT_TRUE(fs::exists(tmp.path + "/run/model.safetensors"));
-  EXPECT_TRUE(fs::exists(tmp.path + "/run/metrics.jsonl"));
+  EXPECT_TRUE(fs::exists(tmp.path() + "/run/model.safetensors"));
+  EXPECT_TRUE(fs::exists(tmp.path() + "/run/metrics.jsonl"));
 }
 
 TEST(TrainLm, MaskedBatchesTargetOnlyMaskedTokens) {
   TempDir tmp;
-  std::string data = make_dataset(tmp.path, 4, 2);
+  std::string data = make_dataset(tmp.path(), 4, 2);
   hh::SftDataset ds = hh::SftDataset::load(data);
   hh::Batch b = hh::make_lm_batch(ds, {0, 1, 2}, 16, /*masked=*/true);
   for (int r = 0; r < b.B; ++r) {
@@ -118,11 +85,11 @@ TEST(TrainLm, MaskedBatchesTargetOnlyMaskedTokens) {
 TEST(TrainLm, GradientAccumulationMatchesOneBatch) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  std::string data = make_dataset(tmp.path, 32, 3);
-  auto a = tiny_options(data, tmp.path + "/a");
+  std::string data = make_dataset(tmp.path(), 32, 3);
+  auto a = tiny_options(data, tmp.path() + "/a");
   a.steps = 4;
   auto b = a;
-  b.run_dir = tmp.path + "/b";
+  b.run_dir = tmp.path() + "/b";
   b.micro_batch = 1;
   auto ra = hh::train_lm(*be, a);
   auto rb = hh::train_lm(*be, b);
@@ -134,13 +101,13 @@ TEST(TrainLm, GradientAccumulationMatchesOneBatch) {
 TEST(TrainLm, ResumeIsBitExact) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  std::string data = make_dataset(tmp.path, 32, 4);
-  auto full = tiny_options(data, tmp.path + "/full");
+  std::string data = make_dataset(tmp.path(), 32, 4);
+  auto full = tiny_options(data, tmp.path() + "/full");
   full.steps = 8;
   auto rf = hh::train_lm(*be, full);
 
   auto first = full;
-  first.run_dir = tmp.path + "/split";
+  first.run_dir = tmp.path() + "/split";
   first.steps = 8;
   first.ckpt_every = 4;
   // Train to step 4 by asking for 8 steps and resuming from the step-4 checkpoint: the
@@ -148,8 +115,8 @@ TEST(TrainLm, ResumeIsBitExact) {
   auto r1 = hh::train_lm(*be, first);
   ASSERT_EQ(r1.train_losses.size(), 8u);
   // Drop the final checkpoint so `latest` points at step 4, as after an interruption.
-  fs::remove_all(tmp.path + "/split/checkpoints/step-00000008");
-  hh::write_file_atomic(tmp.path + "/split/latest", "step-00000004\n");
+  fs::remove_all(tmp.path() + "/split/checkpoints/step-00000008");
+  hh::write_file_atomic(tmp.path() + "/split/latest", "step-00000004\n");
   auto second = first;
   second.resume = true;
   auto r2 = hh::train_lm(*be, second);
@@ -160,13 +127,13 @@ TEST(TrainLm, ResumeIsBitExact) {
 TEST(TrainLm, RefusesToOverwriteARun) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  std::string data = make_dataset(tmp.path, 8, 5);
-  auto o = tiny_options(data, tmp.path + "/run");
+  std::string data = make_dataset(tmp.path(), 8, 5);
+  auto o = tiny_options(data, tmp.path() + "/run");
   o.steps = 1;
   hh::train_lm(*be, o);
   EXPECT_THROW(hh::train_lm(*be, o), hh::Error);
   auto o2 = o;
-  o2.run_dir = tmp.path + "/empty";
+  o2.run_dir = tmp.path() + "/empty";
   o2.resume = true;
   EXPECT_THROW(hh::train_lm(*be, o2), hh::Error);
 }
@@ -174,8 +141,8 @@ TEST(TrainLm, RefusesToOverwriteARun) {
 TEST(TrainLm, RejectsVocabularyMismatch) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  std::string data = make_dataset(tmp.path, 8, 6);
-  auto o = tiny_options(data, tmp.path + "/run");
+  std::string data = make_dataset(tmp.path(), 8, 6);
+  auto o = tiny_options(data, tmp.path() + "/run");
   o.model.set_vocab_size(41);
   EXPECT_THROW(hh::train_lm(*be, o), hh::Error);
 }

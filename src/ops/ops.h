@@ -167,6 +167,7 @@ std::unique_ptr<Backend> make_cpu_backend();
 #ifdef HH_WITH_CUDA
 std::unique_ptr<Backend> make_cuda_backend(int device_index);  // cuda/backend.cu
 bool cuda_device_available();
+int cuda_device_count();  // 0 when there is none (or no driver)
 #endif
 
 // Owning device buffer of T, freed through the backend that allocated it.

@@ -149,7 +149,7 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
   auto evaluate = [&](int64_t step) {
     if (!dev) return;
     result.last_dev_loss =
-        evaluate_lm(model, *dev, o.seq, o.masked, micro_batch, o.eval_batches, comm);
+        evaluate_lm(model, *dev, o.seq, o.masked, o.micro_batch, o.eval_batches, comm);
     Json rec;
     rec["step"] = step;
     rec["val_loss"] = result.last_dev_loss;

@@ -338,7 +338,7 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
   double pairs_this_run = 0;
   auto evaluate = [&](int64_t step, bool final_eval) {
     if (!dev) return;
-    result.last_dev = evaluate_pm(model, *dev, o.seq, micro_batch, o.eval_pairs, comm);
+    result.last_dev = evaluate_pm(model, *dev, o.seq, o.micro_batch, o.eval_pairs, comm);
     result.has_dev = true;
     Json rec;
     rec["step"] = step;

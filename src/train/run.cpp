@@ -49,11 +49,14 @@ ProcessGroup process_group_from_flags(const Flags& flags) {
   ProcessGroup g;
   g.env = detect_dist_env();
   std::string device = flags.get_string("device");
-  bool wants_gpu = device == "cuda";
+  // Several ranks on a node: rank LOCAL_RANK takes GPU LOCAL_RANK of those it sees (modulo
+  // their number, so a launcher that gives each rank one GPU through CUDA_VISIBLE_DEVICES
+  // works too). An explicit cuda:N is left alone.
 #ifdef HH_WITH_CUDA
-  if (device == "auto") wants_gpu = cuda_device_available();
+  const int gpus = cuda_device_count();
+  if (g.env.world > 1 && gpus > 0 && (device == "cuda" || device == "auto"))
+    device = "cuda:" + std::to_string(g.env.local_rank % gpus);
 #endif
-  if (g.env.world > 1 && wants_gpu) device = "cuda:" + std::to_string(g.env.local_rank);
   g.backend = make_backend(device);
   CommOptions co;
   co.timeout_s = flags.get_float("dist-timeout");

@@ -1,0 +1,98 @@
+// What several test suites share: a temporary directory, the synthetic datasets of the
+// trainer tests, the byte-level tokenizer and the rule reward of the PPO tests.
+#pragma once
+
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "data/dataset.h"
+#include "tokenizer/tokenizer.h"
+
+namespace hh::test {
+
+// A fresh directory under /tmp, removed (with everything in it) when the test ends.
+class TempDir {
+ public:
+  TempDir() {
+    char name[] = "/tmp/hh_test_XXXXXX";
+    char* p = mkdtemp(name);
+    if (!p) throw std::runtime_error("mkdtemp failed");
+    path_ = p;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::permissions(path_, std::filesystem::perms::owner_all,
+                                 std::filesystem::perm_options::add, ec);
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  std::vector<std::string> list() const {
+    std::vector<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(path_))
+      names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+ private:
+  std::string path_;
+};
+
+// An SFT dataset (vocabulary 40) of n sequences of a repeating pattern "a b c a b c ..."
+// with a random start: predictable after two tokens, so a trained model's loss falls far
+// below log(40). The second half of each sequence is the "assistant" (masked) part.
+// Written to dir/data.sft.bin; returns the path.
+inline std::string make_pattern_dataset(const std::string& dir, int n, uint64_t seed) {
+  TokenDataset ds;
+  ds.kind = DatasetKind::Sft;
+  ds.vocab_size = 40;
+  ds.tokenizer_fingerprint = 77;
+  Rng rng(seed);
+  for (int i = 0; i < n; ++i) {
+    int len = 12 + static_cast<int>(rng.below(20));
+    int period = 2 + static_cast<int>(rng.below(3));
+    int base = static_cast<int>(rng.below(30));
+    std::vector<int32_t> ids;
+    std::vector<uint8_t> mask;
+    for (int t = 0; t < len; ++t) {
+      ids.push_back(base + t % period);
+      mask.push_back(t >= len / 2);
+    }
+    ds.add(ids, &mask);
+  }
+  std::string path = dir + "/data.sft.bin";
+  save_dataset(path, ds);
+  return path;
+}
+
+// Bytes 0..255, then <|endoftext|> = 256 and <|endofcontext|> = 257.
+inline Tokenizer byte_tokenizer() {
+  std::vector<uint8_t> identity(256);
+  for (int i = 0; i < 256; i++) identity[i] = static_cast<uint8_t>(i);
+  return Tokenizer::from_parts(identity, {}, {kEndOfText, kEndOfContext});
+}
+
+// The synthetic PPO task: a response earns the fraction of its tokens that are lowercase
+// letters ('a'..'z', 26 of 258 tokens: ≈ 0.1 for a uniform policy).
+inline std::vector<float> letter_fraction(const std::vector<std::vector<int32_t>>& prompts,
+                                          const std::vector<std::vector<int32_t>>& responses) {
+  std::vector<float> out;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    double n = 0;
+    for (int32_t t : responses[i]) n += t >= 'a' && t <= 'z';
+    out.push_back(responses[i].empty() ? 0.0f : static_cast<float>(n / responses[i].size()));
+  }
+  return out;
+}
+
+}  // namespace hh::test
