@@ -11,6 +11,7 @@
 #include "dist/grad_sync.h"
 #include "model/checkpoint.h"
 #include "tokenizer/tokenizer.h"
+#include "train/loop.h"
 
 namespace hh {
 
@@ -265,77 +266,35 @@ double shorter_response_accuracy(const PmDataset& data, int64_t max_pairs) {
 // Training
 
 PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
-  HH_CHECK(o.steps > 0, "--steps must be > 0");
-  HH_CHECK(o.batch > 0 && o.micro_batch > 0, "--batch and --micro-batch must be > 0");
-  HH_CHECK(o.seq >= 2, "--seq must be >= 2");
-
   PmDataset train = PmDataset::load(o.train_path);
   HH_CHECK(train.size() > 0, o.train_path,
            ": the dataset has no pairs (hh-prepare pm skipped "
            "them all, or it is not a pm dataset)");
-  const TokenDataset& raw = train.raw();
   std::unique_ptr<PmDataset> dev;
   if (!o.dev_path.empty()) {
     dev = std::make_unique<PmDataset>(PmDataset::load(o.dev_path));
     HH_CHECK(dev->size() > 0, o.dev_path, ": the dev dataset has no pairs");
-    check_same_tokenizer(dev->raw(), o.dev_path, raw, o.train_path);
+    check_same_tokenizer(dev->raw(), o.dev_path, train.raw(), o.train_path);
   }
-  const std::string fingerprint = std::to_string(raw.tokenizer_fingerprint);
-
-  // Data parallelism as in train_lm: each rank takes batch/world pairs of every step, and
-  // scales its loss by the step's global pair count.
-  Communicator& comm = o.parallel.get();
-  const int64_t rank_batch = per_rank_batch(o.batch, comm, "batch");
-  const int64_t micro_batch = std::min(o.micro_batch, rank_batch);
-  const bool quiet = o.quiet || !comm.is_root();
-  check_same_job(comm, o.config_json, dataset_hash(raw), o.train_path);
-
-  RunDir run(o.run_dir, o.resume, comm.is_root());
-
-  const StartingPoint start =
-      find_starting_point(run, o.resume, o.init, o.model, raw.tokenizer_fingerprint, raw.vocab_size,
-                          o.train_path, o.seq);
-  const std::string& resume_dir = start.resume_dir;
-  const GPTConfig& cfg = start.config;
+  LoopSetup setup;
+  setup.program = "hh-pm";
+  setup.stage = "pm";
   // An LM checkpoint gives the trunk (the head stays random); a PM or our resume, all of it.
-  GPT model = build_model(backend, start, /*scalar_head=*/true, o.seed);
-
-  AdamW opt(model, o.adamw);
-  BatchSampler sampler(train.size(), static_cast<size_t>(rank_batch), o.seed, comm.rank(),
-                       comm.world());
-  TrainState state;
-  double pairs_seen = 0;
-  if (!resume_dir.empty()) {
-    load_optimizer(resume_dir + "/optim.safetensors", opt, &state);
-    restore_cursor(sampler, state, resume_dir);
-    pairs_seen = state.extra.count("pairs_seen") ? state.extra["pairs_seen"] : 0;
-  }
-  sync_replicas(comm, model, opt);
-  GradientSync grad_sync(comm, model);
-  run.write_config(o.config_json);
-  const int64_t start_step = opt.step;
-  if (!quiet) {
-    std::fprintf(stderr, "hh-pm: %s | %zu params | %zu train pairs%s | %s from step %lld%s\n",
-                 cfg.describe().c_str(), model.num_parameters(), train.size(),
-                 dev ? (", " + std::to_string(dev->size()) + " dev").c_str() : "",
-                 resume_dir.empty() ? "starting" : "resuming", static_cast<long long>(start_step),
-                 describe_ranks(comm).c_str());
-  }
-
-  auto metadata = [&](int64_t step) {
-    return std::map<std::string, std::string>{
-        {"stage", "pm"}, {"step", std::to_string(step)}, {"tokenizer", fingerprint}};
-  };
-  auto checkpoint = [&](int64_t step) {
-    state.data_cursor = saved_cursor(sampler);
-    state.extra["pairs_seen"] = pairs_seen;
-    run.save_checkpoint(step, model, opt, state, metadata(step), o.keep_ckpts);
-  };
+  setup.scalar_head = true;
+  setup.init = o.init;
+  setup.model = o.model;
+  setup.raw = &train.raw();
+  setup.train_path = o.train_path;
+  setup.n_items = train.size();
+  setup.items_name = "train pairs";
+  setup.dev_items = dev ? dev->size() : 0;
+  setup.unit = "pairs";
+  setup.counter = "pairs";
+  TrainLoop loop(backend, o, setup);
+  GPT& model = loop.model();
+  Communicator& comm = loop.comm();
 
   PmTrainResult result;
-  Progress progress(o.steps);
-  progress.start(start_step, 0);
-  double pairs_this_run = 0;
   auto evaluate = [&](int64_t step, bool final_eval) {
     if (!dev) return;
     result.last_dev = evaluate_pm(model, *dev, o.seq, o.micro_batch, o.eval_pairs, comm);
@@ -346,34 +305,25 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
     rec["val_accuracy"] = result.last_dev.accuracy;
     rec["val_margin"] = result.last_dev.mean_margin;
     rec["val_ece"] = result.last_dev.calibration.ece;
-    run.metrics().log(rec);
+    loop.run().metrics().log(rec);
     if (final_eval && comm.is_root()) {
       Json j = result.last_dev.to_json();
       j["step"] = step;
       j["data"] = o.dev_path;
-      write_file_atomic(run.file("eval.json"), j.dump() + "\n");
+      write_file_atomic(loop.run().file("eval.json"), j.dump() + "\n");
     }
-    if (!quiet)
+    if (!loop.quiet())
       std::fprintf(stderr, "step %lld | val_loss %.4f | val_acc %.4f | val_margin %.4f\n",
                    static_cast<long long>(step), result.last_dev.loss, result.last_dev.accuracy,
                    result.last_dev.mean_margin);
   };
 
+  // Micro-batch i of a step of P pairs (over all ranks) contributes pᵢ/P of its mean loss.
   std::vector<float> cho, rej, d_cho, d_rej, dscores;
-  for (int64_t step = start_step; step < o.steps; ++step) {
-    if (stop_requested(comm)) {
-      if (!quiet)
-        std::fprintf(stderr, "interrupted: saving a checkpoint at step %lld\n",
-                     static_cast<long long>(step));
-      checkpoint(step);
-      result.interrupted = true;
-      return result;
-    }
-    std::vector<size_t> idx = sampler.next_batch();
-    const double P = static_cast<double>(idx.size()) * comm.world();  // the step's pairs
+  auto step = [&](const std::vector<size_t>& idx) {
+    const double P = static_cast<double>(idx.size()) * comm.world();
     double loss_sum = 0, correct = 0, margin_sum = 0;
-    model.zero_grad();
-    const auto micros = split(idx, micro_batch);
+    const auto micros = split(idx, loop.micro_batch());
     for (const auto& micro : micros) {
       PmBatch pb = make_pm_batch(train, micro, o.seq);
       std::vector<float> scores = model.forward_scores(pb.batch, pb.score_rows);
@@ -390,64 +340,25 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
                              &d_rej);
       dscores = d_cho;
       dscores.insert(dscores.end(), d_rej.begin(), d_rej.end());
-      if (&micro == &micros.back()) grad_sync.arm();  // overlap the last backward with NCCL
+      if (&micro == &micros.back()) loop.arm_overlap();
       model.backward_scores(dscores);
     }
-    grad_sync.finish();
+    loop.finish_gradients();
     std::vector<double> sums = {loss_sum, correct, margin_sum};
     all_sum(comm, &sums);
-    loss_sum = sums[0], correct = sums[1], margin_sum = sums[2];
-    float loss = static_cast<float>(loss_sum / P);
-    float accuracy = static_cast<float>(correct / P);
-    float margin = static_cast<float>(margin_sum / P);
-    float lr = lr_at(step, o.adamw.lr, o.warmup, o.steps, o.min_lr_frac);
-    float norm = 0;
-    bool skipped = false;
-    if (!std::isfinite(loss)) {
-      skipped = true;
-    } else {
-      norm = opt.clip_and_step(lr);
-      skipped = !std::isfinite(norm);
-    }
-    if (skipped) {
-      std::fprintf(stderr, "step %lld: non-finite %s (loss %g, grad norm %g)%s\n",
-                   static_cast<long long>(step), std::isfinite(loss) ? "gradient norm" : "loss",
-                   loss, norm, o.nan_policy == NanPolicy::Stop ? ": stopping" : ": step skipped");
-      HH_CHECK(o.nan_policy != NanPolicy::Stop, "non-finite loss or gradient at step ", step,
-               "; the last checkpoint is intact");
-      opt.step += 1;  // keep the schedule moving; the weights are unchanged
-    }
-    pairs_seen += P;
-    pairs_this_run += P;
-    result.train_losses.push_back(loss);
-    result.train_accuracies.push_back(accuracy);
-    const int64_t done = step + 1;
-    progress.update(done, pairs_this_run);
-    result.pairs_per_second = progress.items_per_second();
-    if (o.log_every > 0 && (done % o.log_every == 0 || done == o.steps || done == start_step + 1)) {
-      Json rec;
-      rec["step"] = done;
-      rec["loss"] = loss;
-      rec["accuracy"] = accuracy;
-      rec["margin"] = margin;
-      rec["lr"] = lr;
-      rec["grad_norm"] = norm;
-      rec["pairs"] = pairs_seen;
-      rec["pairs_per_s"] = progress.items_per_second();
-      rec["skipped"] = skipped;
-      run.metrics().log(rec);
-      if (!quiet)
-        std::fprintf(stderr, "%s | loss %.4f | acc %.3f | margin %.3f | lr %.2e | norm %.3f\n",
-                     progress.line("pairs").c_str(), loss, accuracy, margin, lr, norm);
-    }
-    check_sync(o.parallel, model, done);
-    if (o.eval_every > 0 && done % o.eval_every == 0 && done != o.steps) evaluate(done, false);
-    if (o.ckpt_every > 0 && done % o.ckpt_every == 0 && done != o.steps) checkpoint(done);
-  }
-  result.steps_done = o.steps - start_step;
-  evaluate(o.steps, true);
-  checkpoint(o.steps);
-  run.save_final(model, metadata(o.steps));
+    StepOutcome out;
+    out.loss = static_cast<float>(sums[0] / P);
+    out.items = P;
+    out.metrics = {{"accuracy", sums[1] / P}, {"margin", sums[2] / P}};
+    return out;
+  };
+
+  LoopResult r = loop.run(step, evaluate);
+  result.steps_done = r.steps_done;
+  result.interrupted = r.interrupted;
+  result.train_losses = r.losses;
+  for (double a : r.metrics["accuracy"]) result.train_accuracies.push_back(static_cast<float>(a));
+  result.pairs_per_second = r.items_per_second;
   return result;
 }
 
