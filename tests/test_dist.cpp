@@ -316,91 +316,78 @@ TEST(Nccl, WorldSizeOneOnTheGpu) {
 // ---------------------------------------------------------------------------------------
 // Two ranks (started by the MPI test below)
 
+namespace {
+
+// The options both supervised trainers share, for the 6-step two-rank comparisons.
+void small_run(hh::TrainLoopOptions* o) {
+  o->steps = 6;
+  o->batch = 8;
+  o->seq = 32;
+  o->adamw.lr = 3e-3f;
+  o->warmup = 2;
+  o->eval_every = 3;
+  o->ckpt_every = 0;
+  o->log_every = 1;
+  o->quiet = true;
+}
+
+// Trains `o` as one plain process (run "one") and over the ranks (run "two"), and checks
+// on rank 0 the parameters and every step's gradient norm of the two runs.
+template <typename Options, typename Train>
+auto one_and_two(Options o, const std::string& dir, hh::Communicator& comm, const char* what,
+                 Train train) {
+  o.run_dir = dir + "/one";
+  auto one = train(cpu(), o);
+  o.run_dir = dir + "/two";
+  o.parallel.comm = &comm;
+  o.parallel.check_sync_every = 1;
+  auto two = train(cpu(), o);
+  EXPECT_EQ(one.train_losses.size(), two.train_losses.size());
+  for (size_t i = 0; i < std::min(one.train_losses.size(), two.train_losses.size()); ++i)
+    EXPECT_NEAR(one.train_losses[i], two.train_losses[i], 1e-5) << "step " << i;
+  if (comm.is_root()) {
+    double d = relative_difference(load(cpu(), dir + "/one/model.safetensors"),
+                                   load(cpu(), dir + "/two/model.safetensors"));
+    EXPECT_LT(d, kTolerance);
+    expect_same_grad_norms(dir + "/one", dir + "/two");
+    std::printf("%s: 2 ranks vs 1 process, relative parameter difference %.3g\n", what, d);
+  } else {
+    EXPECT_FALSE(hh::file_exists(dir + "/two/model.safetensors")) << "only rank 0 writes";
+  }
+  return std::make_pair(std::move(one), std::move(two));
+}
+
+}  // namespace
+
 TEST(Ranks, LanguageModelMatchesOneProcess) {
   if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
-  hh::Communicator& comm = world_comm(cpu());
   TempDir tmp;  // per rank: each rank writes its own copy of the same data
   hh::LmTrainOptions o;
+  small_run(&o);
   o.train_path = o.dev_path = make_sft_dataset(tmp.path(), 48);
   o.model = hh::GPTConfig::preset("tiny", 40);
   o.model.max_seq_len = 64;
-  o.steps = 6;
-  o.batch = 8;
   o.micro_batch = 8;  // 4 per rank: dev batches and the dev subset must not change
-  o.seq = 32;
-  o.adamw.lr = 3e-3f;
-  o.warmup = 2;
-  o.eval_every = 3;
   o.eval_batches = 2;
-  o.ckpt_every = 0;
-  o.log_every = 1;
-  o.quiet = true;
-
-  o.run_dir = tmp.path() + "/one";
-  hh::LmTrainResult one = hh::train_lm(cpu(), o);
-  o.run_dir = tmp.path() + "/two";
-  o.parallel.comm = &comm;
-  o.parallel.check_sync_every = 2;
-  hh::LmTrainResult two = hh::train_lm(cpu(), o);
-
-  ASSERT_EQ(one.train_losses.size(), two.train_losses.size());
-  for (size_t i = 0; i < one.train_losses.size(); ++i)
-    EXPECT_NEAR(one.train_losses[i], two.train_losses[i], 1e-5) << "step " << i;
+  auto [one, two] = one_and_two(o, tmp.path(), world_comm(cpu()), "lm", hh::train_lm);
   EXPECT_NEAR(one.last_dev_loss, two.last_dev_loss, 1e-5);
-  // Rank 0 wrote the data-parallel run's model; every rank compares it with its own.
-  std::string two_model = tmp.path() + "/two/model.safetensors";
-  if (comm.is_root()) {
-    double d = relative_difference(load(cpu(), tmp.path() + "/one/model.safetensors"),
-                                   load(cpu(), two_model));
-    EXPECT_LT(d, kTolerance);
-    expect_same_grad_norms(tmp.path() + "/one", tmp.path() + "/two");
-    std::printf("lm: 2 ranks vs 1 process, relative parameter difference %.3g\n", d);
-  } else {
-    EXPECT_FALSE(hh::file_exists(two_model)) << "only rank 0 writes";
-  }
 }
 
 TEST(Ranks, PreferenceModelMatchesOneProcess) {
   if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
-  hh::Communicator& comm = world_comm(cpu());
   TempDir tmp;
   hh::PmTrainOptions o;
+  small_run(&o);
   o.train_path = o.dev_path = make_pm_dataset(tmp.path(), 40);
   o.model = hh::GPTConfig::preset("tiny", 50);
   o.model.max_seq_len = 32;
-  o.steps = 6;
-  o.batch = 8;
   o.micro_batch = 2;  // accumulation on both sides
-  o.seq = 32;
-  o.adamw.lr = 3e-3f;
-  o.warmup = 2;
-  o.eval_every = 3;
-  o.ckpt_every = 0;
-  o.log_every = 1;
-  o.quiet = true;
-
-  o.run_dir = tmp.path() + "/one";
-  hh::PmTrainResult one = hh::train_pm(cpu(), o);
-  o.run_dir = tmp.path() + "/two";
-  o.parallel.comm = &comm;
-  o.parallel.check_sync_every = 1;
-  hh::PmTrainResult two = hh::train_pm(cpu(), o);
-
-  ASSERT_EQ(one.train_losses.size(), two.train_losses.size());
-  for (size_t i = 0; i < one.train_losses.size(); ++i) {
-    EXPECT_NEAR(one.train_losses[i], two.train_losses[i], 1e-5) << "step " << i;
+  auto [one, two] = one_and_two(o, tmp.path(), world_comm(cpu()), "pm", hh::train_pm);
+  for (size_t i = 0; i < std::min(one.train_accuracies.size(), two.train_accuracies.size()); ++i)
     EXPECT_NEAR(one.train_accuracies[i], two.train_accuracies[i], 1e-6) << "step " << i;
-  }
   EXPECT_NEAR(one.last_dev.loss, two.last_dev.loss, 1e-5);
   EXPECT_NEAR(one.last_dev.accuracy, two.last_dev.accuracy, 1e-9);
-  ASSERT_EQ(one.last_dev.margins.size(), two.last_dev.margins.size());
-  if (comm.is_root()) {
-    double d = relative_difference(load(cpu(), tmp.path() + "/one/model.safetensors"),
-                                   load(cpu(), tmp.path() + "/two/model.safetensors"));
-    EXPECT_LT(d, kTolerance);
-    expect_same_grad_norms(tmp.path() + "/one", tmp.path() + "/two");
-    std::printf("pm: 2 ranks vs 1 process, relative parameter difference %.3g\n", d);
-  }
+  EXPECT_EQ(one.last_dev.margins.size(), two.last_dev.margins.size());
 }
 
 using hh::test::byte_tokenizer;
@@ -497,15 +484,24 @@ TEST(Ranks, DifferentFlagsAreAnErrorOnEveryRank) {
   o.quiet = true;
   o.run_dir = tmp.path() + "/run";
   o.parallel.comm = &comm;
+  auto error_of = [&] {
+    try {
+      hh::train_lm(cpu(), o);
+    } catch (const hh::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
   o.config_json = comm.rank() == 1 ? "{\"lr\":0.1}" : "{\"lr\":0.2}";
-  try {
-    hh::train_lm(cpu(), o);
-    ADD_FAILURE() << "no error";
-  } catch (const hh::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("the flags of rank(s) 1 differ from rank 0's"),
-              std::string::npos)
-        << e.what();
-  }
+  std::string msg = error_of();
+  EXPECT_NE(msg.find("the flags of rank(s) 1 differ from rank 0's"), std::string::npos) << msg;
+  // The same flags, but rank 1's file holds other data.
+  o.config_json = "{}";
+  if (comm.rank() == 1) o.train_path = make_sft_dataset(tmp.path(), 17);
+  msg = error_of();
+  EXPECT_NE(msg.find("the training data " + o.train_path + " of rank(s) 1 differ"),
+            std::string::npos)
+      << msg;
 }
 
 // A rank that stops answering makes the others fail after --dist-timeout, not hang. Rank
