@@ -504,6 +504,30 @@ TEST(Ranks, DifferentFlagsAreAnErrorOnEveryRank) {
       << msg;
 }
 
+// The --check-sync-every check: replicas are identical after broadcast_parameters, and
+// one changed weight on rank 1 is an error on every rank, naming rank 1.
+TEST(Ranks, DivergedReplicasAreDetected) {
+  if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
+  hh::Communicator& comm = world_comm(cpu());
+  hh::GPT model(cpu(), hh::GPTConfig::preset("tiny", 40), false);
+  model.init_random(static_cast<uint64_t>(7 + comm.rank()));  // different on each rank
+  hh::broadcast_parameters(comm, model);
+  EXPECT_NO_THROW(hh::check_replicas_identical(comm, model, "after broadcast"));
+  if (comm.rank() == 1) {
+    std::vector<float> w = model.get_param("transformer.ln_f.bias");
+    w[3] += 1e-6f;
+    model.set_param("transformer.ln_f.bias", w);
+  }
+  try {
+    hh::check_replicas_identical(comm, model, "at step 3");
+    ADD_FAILURE() << "no error";
+  } catch (const hh::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the parameters at step 3 of rank(s) 1 differ"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 // A rank that stops answering makes the others fail after --dist-timeout, not hang. Rank
 // 1 sleeps through rank 0's deadline, then joins the same collective, so the two stay
 // matched for the tests after this one.

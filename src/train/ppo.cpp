@@ -816,6 +816,8 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
         samples_log.log(s);
       }
     }
+    check_sync(o.parallel, policy, done);
+    check_sync(o.parallel, *value, done);
     if (o.ckpt_every > 0 && done % o.ckpt_every == 0 && done != o.iterations) checkpoint(done);
   }
   result.iterations_done = o.iterations - start_iter;
