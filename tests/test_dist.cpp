@@ -313,6 +313,87 @@ TEST(Nccl, WorldSizeOneOnTheGpu) {
 #endif
 }
 
+namespace {
+// A one-rank communicator that calls itself "nccl" (so GradientSync overlaps) and records
+// what it is asked to reduce, with a copy of the data at the moment of the call.
+class RecordingComm final : public hh::Communicator {
+ public:
+  explicit RecordingComm(const float* base) : Communicator(0, 1, 0, 10), base_(base) {}
+  std::string name() const override { return "nccl"; }
+  void all_reduce_host(double*, size_t, hh::ReduceOp) override {}
+  void broadcast_host(void*, size_t, int) override {}
+  void all_reduce_device(float* x, size_t n) override { record(x, n, false); }
+  void broadcast_device(float*, size_t, int) override {}
+  void all_reduce_device_async(float* x, size_t n) override { record(x, n, true); }
+  void wait_all() override { ++waits; }
+  struct Call {
+    size_t begin, end;
+    bool async;
+    std::vector<float> data;  // the range when it was sent
+  };
+  std::vector<Call> calls;
+  int waits = 0;
+
+ private:
+  void record(float* x, size_t n, bool async) {
+    calls.push_back({static_cast<size_t>(x - base_), static_cast<size_t>(x - base_) + n, async,
+                     std::vector<float>(x, x + n)});
+  }
+  const float* base_;
+};
+}  // namespace
+
+// Armed, the buckets leave during the backward pass, layer L-1 first, each holding its
+// final gradient; finish() sends the rest; together they cover the buffer exactly once.
+TEST(GradientSync, OverlappedBucketsCarryFinalGradientsAndCoverTheBuffer) {
+  auto be = hh::make_cpu_backend();
+  hh::GPTConfig c = hh::GPTConfig::preset("tiny", 40);
+  c.max_seq_len = 16;
+  hh::GPT model(*be, c, /*scalar_head=*/false);
+  model.init_random(1);
+  RecordingComm comm(model.grads().data());
+  hh::GradientSync sync(comm, model);
+  hh::Batch b;
+  b.B = 2;
+  b.T = 8;
+  for (int i = 0; i < 16; ++i) b.tokens.push_back(i % 40), b.targets.push_back((i + 1) % 40);
+  b.lengths = {8, 8};
+
+  model.zero_grad();
+  model.forward(b);
+  model.backward();  // not armed: nothing is sent
+  EXPECT_TRUE(comm.calls.empty());
+  model.forward(b);
+  sync.arm();
+  model.backward();
+  ASSERT_EQ(comm.calls.size(), static_cast<size_t>(2 * c.n_layer));
+  for (int k = 0; k < c.n_layer; ++k) {  // layer L-1 first, its two ranges
+    auto ranges = model.layer_param_ranges(c.n_layer - 1 - k);
+    EXPECT_EQ(comm.calls[2 * k].begin, ranges[0].first);
+    EXPECT_EQ(comm.calls[2 * k + 1].begin, ranges[1].first);
+  }
+  sync.finish();
+  EXPECT_EQ(comm.waits, 1);
+  std::vector<int> covered(model.grads().size(), 0);
+  std::vector<float> final_grads(model.grads().size());
+  be->copy_to_host(final_grads.data(), model.grads().data(), final_grads.size() * sizeof(float));
+  for (const auto& call : comm.calls) {
+    EXPECT_TRUE(call.async);
+    for (size_t i = call.begin; i < call.end; ++i) {
+      covered[i] += 1;
+      ASSERT_EQ(call.data[i - call.begin], final_grads[i]) << "sent before it was final: " << i;
+    }
+  }
+  for (size_t i = 0; i < covered.size(); ++i) ASSERT_EQ(covered[i], 1) << "offset " << i;
+
+  // Without arm(): one call over the whole buffer.
+  comm.calls.clear();
+  sync.finish();
+  ASSERT_EQ(comm.calls.size(), 1u);
+  EXPECT_FALSE(comm.calls[0].async);
+  EXPECT_EQ(comm.calls[0].end - comm.calls[0].begin, model.grads().size());
+}
+
 // ---------------------------------------------------------------------------------------
 // Two ranks (started by the MPI test below)
 
