@@ -72,6 +72,30 @@ hh::GPT load_checked(const std::string& path, hh::Backend& backend, const hh::To
   return model;
 }
 
+// What both subcommands set up from add_common_flags: tokenizer, device, PM and its scorer,
+// the sampling options.
+struct Judge {
+  hh::Tokenizer tok;
+  std::unique_ptr<hh::Backend> backend;
+  std::unique_ptr<hh::GPT> pm;
+  hh::SamplingOptions sampling;
+  int micro_batch = 8;
+  hh::Scorer scorer;
+  hh::GPT load(const std::string& flag, const hh::Flags& f) {
+    return load_checked(f.get_string(flag), *backend, tok, false, flag);
+  }
+};
+std::unique_ptr<Judge> judge_from(const hh::Flags& f) {
+  HH_CHECK(!f.get_string("tokenizer").empty(), "--tokenizer is required (see --help)");
+  auto j = std::make_unique<Judge>(Judge{hh::Tokenizer::load(f.get_string("tokenizer")),
+                                         hh::backend_from_flags(f), nullptr, sampling_from(f),
+                                         static_cast<int>(f.get_int("micro-batch")), nullptr});
+  j->pm =
+      std::make_unique<hh::GPT>(load_checked(f.get_string("pm"), *j->backend, j->tok, true, "pm"));
+  j->scorer = hh::pm_scorer(*j->pm, j->tok.special_id(hh::kEndOfContext), j->micro_batch);
+  return j;
+}
+
 // The first n prompts, each left-truncated to leave room for the response in `ctx`.
 std::vector<std::vector<int32_t>> load_prompts(const std::string& path, const hh::Tokenizer& tok,
                                                int64_t n, int ctx, int max_new) {
@@ -101,20 +125,14 @@ int run_bon(const std::vector<std::string>& args) {
   f.add_int("show", 3, "print the chosen response of this many prompts");
   add_common_flags(f);
   f.parse(args);
-  HH_CHECK(!f.get_string("tokenizer").empty(), "--tokenizer is required (see --help)");
-  hh::Tokenizer tok = hh::Tokenizer::load(f.get_string("tokenizer"));
-  auto backend = hh::backend_from_flags(f);
-  hh::GPT policy = load_checked(f.get_string("policy"), *backend, tok, false, "policy");
-  hh::GPT pm = load_checked(f.get_string("pm"), *backend, tok, true, "pm");
   const int n = static_cast<int>(f.get_int("n"));
   HH_CHECK(n >= 1, "--n must be >= 1");
-  hh::SamplingOptions s = sampling_from(f);
-  auto prompts = load_prompts(f.get_string("prompts"), tok, f.get_int("num-prompts"),
-                              policy.config().max_seq_len, s.max_new_tokens);
-  hh::Scorer scorer = hh::pm_scorer(pm, tok.special_id(hh::kEndOfContext),
-                                    static_cast<int>(f.get_int("micro-batch")));
+  auto j = judge_from(f);
+  hh::GPT policy = j->load("policy", f);
+  auto prompts = load_prompts(f.get_string("prompts"), j->tok, f.get_int("num-prompts"),
+                              policy.config().max_seq_len, j->sampling.max_new_tokens);
   hh::BestOfNResult r =
-      hh::best_of_n(policy, tok, scorer, prompts, n, s, static_cast<int>(f.get_int("micro-batch")));
+      hh::best_of_n(policy, j->tok, j->scorer, prompts, n, j->sampling, j->micro_batch);
   for (int i = 0; i < std::min<int>(static_cast<int>(f.get_int("show")),
                                     static_cast<int>(r.best_texts.size()));
        ++i)
@@ -141,23 +159,17 @@ int run_compare(const std::vector<std::string>& args) {
   f.add_int("width", 100, "characters per table cell");
   add_common_flags(f);
   f.parse(args);
-  HH_CHECK(!f.get_string("tokenizer").empty(), "--tokenizer is required (see --help)");
-  hh::Tokenizer tok = hh::Tokenizer::load(f.get_string("tokenizer"));
-  auto backend = hh::backend_from_flags(f);
-  hh::GPT a = load_checked(f.get_string("a"), *backend, tok, false, "a");
-  hh::GPT b = load_checked(f.get_string("b"), *backend, tok, false, "b");
+  auto j = judge_from(f);
+  hh::GPT a = j->load("a", f);
+  hh::GPT b = j->load("b", f);
   std::unique_ptr<hh::GPT> ref;
-  if (!f.get_string("reference").empty())
-    ref = std::make_unique<hh::GPT>(
-        load_checked(f.get_string("reference"), *backend, tok, false, "reference"));
-  hh::GPT pm = load_checked(f.get_string("pm"), *backend, tok, true, "pm");
-  hh::SamplingOptions s = sampling_from(f);
+  if (!f.get_string("reference").empty()) ref = std::make_unique<hh::GPT>(j->load("reference", f));
   int ctx = std::min(a.config().max_seq_len, b.config().max_seq_len);
   if (ref) ctx = std::min(ctx, ref->config().max_seq_len);
-  auto prompts = load_prompts(f.get_string("prompts"), tok, f.get_int("n"), ctx, s.max_new_tokens);
-  const int micro = static_cast<int>(f.get_int("micro-batch"));
-  hh::Scorer scorer = hh::pm_scorer(pm, tok.special_id(hh::kEndOfContext), micro);
-  hh::CompareResult r = hh::compare_policies(a, b, ref.get(), tok, scorer, prompts, s, micro);
+  auto prompts = load_prompts(f.get_string("prompts"), j->tok, f.get_int("n"), ctx,
+                              j->sampling.max_new_tokens);
+  hh::CompareResult r = hh::compare_policies(a, b, ref.get(), j->tok, j->scorer, prompts,
+                                             j->sampling, j->micro_batch);
   std::printf(
       "%s",
       r.table(static_cast<int>(f.get_int("show")), static_cast<int>(f.get_int("width"))).c_str());
