@@ -57,6 +57,10 @@ bool parse_bool(const std::string& s, bool* out) {
 // Shortest decimal text that reads back as the same double ("0.0003", not 2.9999...e-4).
 std::string format_double(double v) {
   char buf[64];
+  if (v == std::floor(v) && std::fabs(v) < 1e15) {  // whole numbers as such: 600, not 6e+02
+    std::snprintf(buf, sizeof buf, "%.0f", v);
+    return buf;
+  }
   for (int precision = 1; precision <= 17; ++precision) {
     std::snprintf(buf, sizeof buf, "%.*g", precision, v);
     if (std::strtod(buf, nullptr) == v) break;
