@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# GPU check for the CUDA backend (issue 4), run from the repository root on a GPU machine:
+# GPU check (issues 4-8), run from the repository root on a GPU machine:
 #   bash scripts/gpu_check.sh
-# Steps (each with its own time budget; the whole script stays under ~6 minutes on an H100):
+# Steps (each with its own time budget; about 8-10 minutes on an H100):
 #   0. machine and tools            4. compute-sanitizer memcheck on a small subset
 #   1. GoogleTest (built from source if the machine has none)
-#   2. configure + build for sm_90  5. benchmarks: hh-bench train --device cuda (GPT-2 124M,
-#   3. ctest (all tests)               batch 8 x 1024) and PyTorch on the same model/step
+#   2. configure + build for sm_90  5. hh-bench train --device cuda (GPT-2 124M, batch
+#   3. ctest (all tests, NCCL at       8 x 1024) and PyTorch on the same model/step
+#      world size 1 included)       5b. the step with the NCCL gradient all-reduce (w=1)
+#                                   5c. generation vs HF generate; PM pairs/s; PPO phases
 #   6. one short table (also written to $OUT/gpu_check_summary.txt when $OUT is set)
 # Logs of every step go to build-gpu/check; with $OUT set (the remote GPU tool) the summary
 # and one file holding the tail of every log are copied there. Environment:
-#   HH_GPU_JOBS (16) build jobs; HH_GPU_SKIP_BENCH=1 skips step 5;
+#   HH_GPU_JOBS (16) build jobs; HH_GPU_SKIP_BENCH=1 skips steps 5-5c; HH_GPU_BUDGET_S
+#   (540): a step that would start later than this is skipped, so one call fits the device
+#   tool's 600 s per command;
 #   HH_GTEST_SRC: a googletest source tree to build when find_package(GTest) fails
 #   (default: build-gpu-deps/googletest, made here by `bash scripts/gpu_deps.sh` and carried).
 set -euo pipefail
@@ -21,11 +25,17 @@ mkdir -p "$LOGDIR"
 JOBS="${HH_GPU_JOBS:-16}"
 START=$(date +%s)
 step() { echo; echo "=== [$(($(date +%s) - START))s] $* ==="; }
+# True while the time budget allows another step (each bench step takes 0.5-2 minutes).
+in_budget() {
+  if [ $(($(date +%s) - START)) -lt "${HH_GPU_BUDGET_S:-540}" ]; then return 0; fi
+  echo "skipped: past the time budget (HH_GPU_BUDGET_S=${HH_GPU_BUDGET_S:-540} s)"; return 1
+}
 # Table rows, filled as the steps finish.
 BUILD_STATUS="not run"; TEST_STATUS="not run"; SANITIZER_STATUS="not run"
 HH_TOKS="n/a"; HH_PEAK="n/a"; TORCH_TOKS="n/a"; TORCH_PEAK="n/a"; RATIO="n/a"
 FLASH_TOKS="n/a"; FLASH_PEAK="n/a"; FLASH_RATIO="n/a"
 SINGLE_MS="n/a"; NCCL1_MS="n/a"; NCCL1_PCT="n/a"
+GEN_HH="n/a"; GEN_HF="n/a"; PM_PAIRS="n/a"; PPO_PHASES="n/a"
 
 step "0. machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -103,7 +113,7 @@ if [ -d "$BUILD" ]; then
 fi
 
 step "4. compute-sanitizer memcheck (op subset + the small scalar-head model test)"
-if command -v compute-sanitizer >/dev/null && [ -x "$BUILD/test_ops_cuda" ]; then
+if command -v compute-sanitizer >/dev/null && [ -x "$BUILD/test_ops_cuda" ] && in_budget; then
   FILTER='CudaParity.Embedding:CudaParity.LayerNorm:CudaParity.AttentionExactFp32:CudaParity.CrossEntropyInPlaceAndMasked:CudaParity.GatherScatterRows:CudaParity.AdamWAndFlatUtilities:CudaParity.AttentionFlash:CudaParity.DecodeWithKvCache:CudaParity.WholeModelScalarHead'
   set +e
   timeout 120 compute-sanitizer --tool memcheck --error-exitcode 99 --leak-check no \
@@ -122,7 +132,7 @@ else
 fi
 
 step "5. benchmarks (GPT-2 124M, batch 8 x 1024, full training step)"
-if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ]; then
+if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && in_budget; then
   set +e
   timeout 150 bash "$ROOT/scripts/bench_gpu_vs_torch.sh" \
     >"$LOGDIR/bench.log" 2>&1
@@ -139,7 +149,7 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ]; then
 fi
 
 step "5b. data parallelism: the gradient all-reduce through NCCL at world size 1 (124M)"
-if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ]; then
+if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && in_budget; then
   set +e
   HH_BENCH_BIN="$BUILD/hh-bench" HH_BENCH_STEPS=10 timeout 120 bash "$ROOT/scripts/bench_dist.sh" cuda \
     >"$LOGDIR/bench_dist.log" 2>&1
@@ -148,6 +158,25 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ]; then
   dval() { grep -E "^$1=" "$LOGDIR/bench_dist.log" | tail -1 | cut -d= -f2-; }
   SINGLE_MS=$(dval single_ms); NCCL1_MS=$(dval nccl1_ms); NCCL1_PCT=$(dval nccl1_overhead_pct)
   : "${SINGLE_MS:=n/a}" "${NCCL1_MS:=n/a}" "${NCCL1_PCT:=n/a}"
+fi
+
+step "5c. generation (hh-chat --bench vs HF generate), PM pairs/s, PPO phases (124M)"
+if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && in_budget; then
+  set +e
+  timeout 150 bash "$ROOT/scripts/bench_generate.sh" cuda "$BUILD" >"$LOGDIR/bench_generate.log" 2>&1
+  tail -6 "$LOGDIR/bench_generate.log"
+  GEN_HH=$(grep -E "^\| hh " "$LOGDIR/bench_generate.log" | awk -F'|' '{print $3}' | tr -d ' ')
+  GEN_HF=$(grep -E "^\| HF generate fp32" "$LOGDIR/bench_generate.log" | awk -F'|' '{print $3 "(" $4 ")"}' | tr -d ' ')
+  in_budget && timeout 90 "$BUILD/hh-bench" train --pm --device cuda --layers 12 --heads 12 --width 768 \
+    --vocab 50304 --batch 16 --seq 1024 --steps 8 >"$LOGDIR/bench_pm.log" 2>&1
+  PM_PAIRS=$(grep -Eo "preference model: [0-9.]+ pairs/s" "$LOGDIR/bench_pm.log" | grep -Eo "[0-9.]+" | head -1)
+  in_budget && timeout 150 "$BUILD/hh-bench" ppo --device cuda --layers 12 --heads 12 --width 768 --vocab 50258 \
+    --batch 64 --seq 256 --prompt-len 64 --new-tokens 128 --epochs 4 --minibatch 16 --steps 2 \
+    --warmup 1 >"$LOGDIR/bench_ppo.log" 2>&1
+  cat "$LOGDIR/bench_ppo.log" | grep -v "^{"
+  PPO_PHASES=$(awk '/^  (rollout|scoring|update|total)/ {printf "%s %ss ", $1, $2}' "$LOGDIR/bench_ppo.log")
+  set -e
+  : "${GEN_HH:=n/a}" "${GEN_HF:=n/a}" "${PM_PAIRS:=n/a}" "${PPO_PHASES:=n/a}"
 fi
 
 step "6. summary"
@@ -162,6 +191,9 @@ step "6. summary"
   echo "| hh HH_CUDA_FLASH=1 tokens/s    | $FLASH_TOKS   peak $FLASH_PEAK GiB"
   echo "| hh / torch (default, flash)   | $RATIO, $FLASH_RATIO"
   echo "| 124M step: single / NCCL w=1  | $SINGLE_MS ms / $NCCL1_MS ms (all-reduce +$NCCL1_PCT%)"
+  echo "| generate 124M, 64x(64+128)    | hh $GEN_HH tok/s; HF fp32 $GEN_HF"
+  echo "| PM 124M, 8 pairs x 1024       | $PM_PAIRS pairs/s"
+  echo "| PPO 124M, 64 x 128 new tokens | $PPO_PHASES"
   echo "| total time                    | $(($(date +%s) - START)) s"
 } | tee "$LOGDIR/gpu_check_summary.txt"
 

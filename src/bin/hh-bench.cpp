@@ -20,6 +20,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -27,10 +29,15 @@
 #include "core/flags.h"
 #include "core/json.h"
 #include "core/rng.h"
+#include "data/dataset.h"
 #include "dist/grad_sync.h"
+#include "model/checkpoint.h"
 #include "model/gpt.h"
 #include "ops/cpu/cpu_ops.h"
+#include "tokenizer/tokenizer.h"
 #include "train/optimizer.h"
+#include "train/pm.h"
+#include "train/ppo.h"
 #include "train/run.h"
 
 namespace {
@@ -118,7 +125,11 @@ int bench_train(const hh::Flags& f) {
   hh::ProcessGroup group = hh::process_group_from_flags(f);
   std::unique_ptr<hh::Backend>& backend = group.backend;
   const bool on_cpu = backend->kind() == hh::DeviceKind::CPU;
-  hh::GPT model(*backend, config, /*scalar_head=*/false);
+  // --pm: the preference-model step instead (scalar head at each sequence's last token,
+  // rows [0, B/2) chosen and [B/2, B) rejected, the pairwise loss): pairs/s = B/2 per step.
+  const bool pm = f.get_bool("pm");
+  HH_CHECK(!pm || B % 2 == 0, "--pm needs an even --batch (pairs)");
+  hh::GPT model(*backend, config, /*scalar_head=*/pm);
   model.init_random(static_cast<uint64_t>(f.get_int("seed")));
   hh::AdamWConfig adamw;  // β 0.9/0.95, weight decay 0.1 on matrices, clipping at 1.0
   const float lr = static_cast<float>(f.get_float("lr"));
@@ -162,9 +173,22 @@ int bench_train(const hh::Flags& f) {
   float loss = 0.0f;
   for (int64_t s = 0; s < warmup + steps; ++s) {
     const double t0 = now_seconds();
-    loss = model.forward(batch);
-    if (allreduce) grad_sync.arm();
-    model.backward();
+    if (pm) {
+      std::vector<int32_t> rows;
+      for (int64_t b = 0; b < B; ++b) rows.push_back(static_cast<int32_t>(b * T + T - 1));
+      std::vector<float> scores = model.forward_scores(batch, rows), d_cho, d_rej;
+      std::vector<float> cho(scores.begin(), scores.begin() + B / 2),
+          rej(scores.begin() + B / 2, scores.end());
+      loss = static_cast<float>(hh::pairwise_loss_forward(cho, rej));
+      hh::pairwise_loss_backward(cho, rej, 1.0f, &d_cho, &d_rej);
+      d_cho.insert(d_cho.end(), d_rej.begin(), d_rej.end());
+      if (allreduce) grad_sync.arm();
+      model.backward_scores(d_cho);
+    } else {
+      loss = model.forward(batch);
+      if (allreduce) grad_sync.arm();
+      model.backward();
+    }
     if (allreduce) grad_sync.finish();
     optimizer.clip_and_step(lr);
     model.zero_grad();
@@ -201,6 +225,8 @@ int bench_train(const hh::Flags& f) {
   std::printf("timed %zu steps: median %.1f ms/step, mean %.1f ms/step\n", step_seconds.size(),
               median_seconds * 1e3, mean_seconds * 1e3);
   std::printf("throughput: %.1f tokens/s\n", tokens_per_s);
+  if (pm)
+    std::printf("preference model: %.1f pairs/s\n", static_cast<double>(B / 2) / median_seconds);
   std::printf("compute: %.2f GFLOP/step (6*N*tokens + 6*L*T*C*tokens) -> %.1f GFLOP/s",
               flops_per_step * 1e-9, gflops);
   if (ceiling > 0) {
@@ -219,6 +245,7 @@ int bench_train(const hh::Flags& f) {
     json += hh::str_cat(json.size() > 1 ? "," : "", "\"", key, "\":", value.dump());
   };
   add("tokens_per_s", tokens_per_s);
+  if (pm) add("pairs_per_s", static_cast<double>(B / 2) / median_seconds);
   add("ms_per_step_median", median_seconds * 1e3);
   add("ms_per_step_mean", mean_seconds * 1e3);
   add("gflop_per_step", flops_per_step * 1e-9);
@@ -244,6 +271,121 @@ int bench_train(const hh::Flags& f) {
   return 0;
 }
 
+// One PPO iteration's phases at a given size: random policy, PM and prompts (written to a
+// temporary directory, as hh-ppo reads them), responses of exactly --new-tokens tokens.
+int bench_ppo(const hh::Flags& f) {
+  const int64_t B = f.get_int("batch"), T = f.get_int("seq"), steps = f.get_int("steps"),
+                warmup = f.get_int("warmup"), prompt_len = f.get_int("prompt-len"),
+                new_tokens = f.get_int("new-tokens");
+  HH_CHECK(B > 0 && steps > 0 && warmup >= 0, "--batch and --steps must be > 0");
+  HH_CHECK(prompt_len > 0 && new_tokens > 0 && prompt_len + new_tokens <= T, "--prompt-len (",
+           prompt_len, ") + --new-tokens (", new_tokens, ") must fit --seq (", T, ")");
+  hh::Tokenizer tok = hh::synthetic_tokenizer(static_cast<int>(f.get_int("vocab")),
+                                              {hh::kEndOfText, hh::kEndOfContext});
+  hh::GPTConfig config;
+  config.n_layer = static_cast<int>(f.get_int("layers"));
+  config.n_head = static_cast<int>(f.get_int("heads"));
+  config.n_embd = static_cast<int>(f.get_int("width"));
+  config.max_seq_len = static_cast<int>(T);
+  config.set_vocab_size(tok.vocab_size());
+  config.validate();
+  auto backend = hh::backend_from_flags(f);
+
+  // The run writes checkpoints of three models: in memory (/dev/shm) where there is one.
+  char shm_template[] = "/dev/shm/hh_bench_ppo_XXXXXX", tmp_template[] = "/tmp/hh_bench_ppo_XXXXXX";
+  const char* made = mkdtemp(shm_template);
+  if (made == nullptr) made = mkdtemp(tmp_template);
+  HH_CHECK(made != nullptr, "cannot create a temporary directory in /dev/shm or /tmp");
+  const std::string dir = made;
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  } cleanup{dir};
+  const std::map<std::string, std::string> meta = {
+      {"tokenizer", std::to_string(tok.fingerprint())}};
+  hh::PpoTrainOptions o;
+  o.tokenizer_path = dir + "/tok.bin";
+  tok.save(o.tokenizer_path);
+  {
+    hh::GPT policy(*backend, config, false), pm(*backend, config, true);
+    policy.init_random(1);
+    pm.init_random(2);
+    o.policy_init = dir + "/policy.safetensors";
+    o.pm_path = dir + "/pm.safetensors";
+    hh::save_model(o.policy_init, policy, meta);
+    hh::save_model(o.pm_path, pm, meta);
+  }
+  hh::TokenDataset prompts;
+  prompts.kind = hh::DatasetKind::Prompts;
+  prompts.vocab_size = static_cast<uint32_t>(tok.vocab_size());
+  prompts.tokenizer_fingerprint = tok.fingerprint();
+  hh::Rng rng(3);
+  for (int64_t i = 0; i < B; ++i) {
+    std::vector<int32_t> p(static_cast<size_t>(prompt_len)), ref = {'o', 'k'};
+    for (int32_t& t : p) t = static_cast<int32_t>(rng.below(256));
+    prompts.add(p);
+    prompts.add(ref);
+  }
+  o.prompts_path = dir + "/prompts.bin";
+  hh::save_dataset(o.prompts_path, prompts);
+  o.iterations = warmup + steps;
+  o.prompts_per_iter = B;
+  o.epochs = f.get_int("epochs");
+  o.minibatch = f.get_int("minibatch");
+  o.sampling.max_new_tokens = static_cast<int>(new_tokens);
+  o.sampling.stop_strings.clear();
+  o.sampling.stop_at_eot = false;  // every response has exactly --new-tokens tokens
+  o.run_dir = dir + "/run";
+  o.quiet = true;
+  o.sample_every = 0;
+  o.log_every = 0;
+
+  std::printf("hh-bench ppo: device %s; policy, PM and value model %s, %.1fM parameters each\n",
+              backend->name().c_str(), config.describe().c_str(),
+              static_cast<double>(hh::GPT(*backend, config, false).num_parameters()) * 1e-6);
+  std::printf(
+      "iteration: %lld prompts x %lld tokens, +%lld new tokens; %lld epochs of "
+      "minibatches of %lld\n",
+      static_cast<long long>(B), static_cast<long long>(prompt_len),
+      static_cast<long long>(new_tokens), static_cast<long long>(o.epochs),
+      static_cast<long long>(o.minibatch));
+  std::fflush(stdout);
+  hh::PpoTrainResult r = hh::train_ppo(*backend, o);
+  double rollout = 0, scoring = 0, update = 0;
+  for (size_t i = static_cast<size_t>(warmup); i < r.history.size(); ++i) {
+    rollout += r.history[i].rollout_s;
+    scoring += r.history[i].scoring_s;
+    update += r.history[i].update_s;
+  }
+  const double n = static_cast<double>(steps), total = (rollout + scoring + update) / n;
+  rollout /= n, scoring /= n, update /= n;
+  const double generated = static_cast<double>(B * new_tokens);
+  std::printf("per iteration (mean of %lld after %lld warmup):\n", static_cast<long long>(steps),
+              static_cast<long long>(warmup));
+  std::printf("  rollout  %8.3f s  %5.1f%%  (%.0f new tokens/s)\n", rollout, 100 * rollout / total,
+              generated / rollout);
+  std::printf("  scoring  %8.3f s  %5.1f%%  (PM, policy, reference and value forwards)\n", scoring,
+              100 * scoring / total);
+  std::printf("  update   %8.3f s  %5.1f%%  (policy and value: forward, backward, AdamW)\n", update,
+              100 * update / total);
+  std::printf("  total    %8.3f s\n", total);
+  hh::Json j;
+  j["impl"] = "hh";
+  j["device"] = backend->name();
+  j["rollout_s"] = rollout;
+  j["scoring_s"] = scoring;
+  j["update_s"] = update;
+  j["iteration_s"] = total;
+  j["rollout_tokens_per_s"] = generated / rollout;
+  j["prompts"] = B;
+  j["new_tokens"] = new_tokens;
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -253,6 +395,7 @@ int main(int argc, char** argv) {
                 "backward, AdamW) on random tokens and prints tokens/s, ms/step, GFLOP/s,\n"
                 "memory and a final JSON line.");
     f.add_usage("hh-bench train [flags]");
+    f.add_usage("hh-bench ppo [flags]   one PPO iteration's phases (rollout, scoring, update)");
     hh::add_device_flag(f);
     hh::add_dist_flags(f);
     f.add_bool("allreduce", false,
@@ -267,12 +410,19 @@ int main(int argc, char** argv) {
     f.add_int("warmup", 2, "untimed steps first");
     f.add_float("lr", 3e-4, "AdamW learning rate");
     f.add_int("seed", 1234, "seed of the initial weights and the random tokens");
+    f.add_bool("pm", false, "train: time the preference-model step (pairs/s)");
+    f.add_int("prompt-len", 64, "ppo: tokens per prompt");
+    f.add_int("new-tokens", 128, "ppo: tokens per response");
+    f.add_int("epochs", 4, "ppo: passes over each rollout");
+    f.add_int("minibatch", 16, "ppo: sequences per update");
     f.add_float("peak-gflops", 0,
                 "ceiling for the fraction-of-peak line (0: measure the CPU's FMA peak; on a "
                 "GPU give it, e.g. the TF32 peak)");
     const std::vector<std::string> args = f.parse(argc, argv);
-    HH_CHECK(args.size() == 1 && args[0] == "train",
-             "expected one command, `train` (see --help); got ", args.size(), " arguments");
+    HH_CHECK(args.size() == 1 && (args[0] == "train" || args[0] == "ppo"),
+             "expected one command, `train` or `ppo` (see --help); got ", args.size(),
+             " arguments");
+    if (args[0] == "ppo") return bench_ppo(f);
     return bench_train(f);
   });
 }

@@ -111,18 +111,6 @@ Tokenizer load_any_tokenizer(const std::string& path) {
   return Tokenizer::load(path);
 }
 
-// A stand-in tokenizer of exactly `vocab` tokens for benchmarks of random models: the 256
-// bytes, merges of byte pairs (each decodes to 2 bytes), then <|endoftext|>.
-Tokenizer synthetic_tokenizer(int vocab) {
-  HH_CHECK(vocab >= 257 && vocab <= 256 + 65536 + 1, "--vocab-size=", vocab,
-           " must be in [257, 65793] for the synthetic benchmark tokenizer");
-  std::vector<uint8_t> identity(256);
-  for (int i = 0; i < 256; i++) identity[i] = static_cast<uint8_t>(i);
-  std::vector<std::pair<int32_t, int32_t>> merges;
-  for (int r = 0; r < vocab - 257; r++) merges.push_back({r % 256, (r / 256) % 256});
-  return Tokenizer::from_parts(identity, merges, {kEndOfText});
-}
-
 // Raw user text becomes "\n\nHuman: <text>\n\nAssistant:"; text that already has HH
 // markers is a dialogue, completed with "\n\nAssistant:" if it does not end in one.
 std::string as_dialogue(const std::string& prompt) {
@@ -377,7 +365,7 @@ int main(int argc, char** argv) {
       tok = std::make_unique<hh::Tokenizer>(hh::load_any_tokenizer(tok_path));
     } else if (!random_preset.empty() && f.get_int("vocab-size") > 0) {
       tok = std::make_unique<hh::Tokenizer>(
-          hh::synthetic_tokenizer(static_cast<int>(f.get_int("vocab-size"))));
+          hh::synthetic_tokenizer(static_cast<int>(f.get_int("vocab-size")), {hh::kEndOfText}));
     }
 
     hh::LoadedModel loaded;

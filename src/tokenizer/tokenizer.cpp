@@ -432,4 +432,15 @@ void Tokenizer::save(const std::string& path) const {
   write_file_atomic(path, bytes.data(), bytes.size());
 }
 
+Tokenizer synthetic_tokenizer(int vocab, const std::vector<std::string>& specials) {
+  const int fixed = 256 + static_cast<int>(specials.size());
+  HH_CHECK(vocab >= fixed && vocab <= fixed + 65536, "vocabulary ", vocab, " must be in [", fixed,
+           ", ", fixed + 65536, "] for the synthetic benchmark tokenizer");
+  std::vector<uint8_t> identity(256);
+  for (int i = 0; i < 256; i++) identity[i] = static_cast<uint8_t>(i);
+  std::vector<std::pair<int32_t, int32_t>> merges;
+  for (int r = 0; r < vocab - fixed; r++) merges.push_back({r % 256, (r / 256) % 256});
+  return Tokenizer::from_parts(identity, merges, specials);
+}
+
 }  // namespace hh

@@ -82,4 +82,8 @@ class Tokenizer {
 inline constexpr const char* kEndOfText = "<|endoftext|>";
 inline constexpr const char* kEndOfContext = "<|endofcontext|>";  // the PM scores here
 
+// A stand-in tokenizer of exactly `vocab` tokens for benchmarks of random models: the 256
+// bytes, merges of byte pairs (each decodes to 2 bytes), then `specials` (the last ids).
+Tokenizer synthetic_tokenizer(int vocab, const std::vector<std::string>& specials);
+
 }  // namespace hh
