@@ -100,8 +100,8 @@ bool any_rank(Communicator& comm, bool flag);
 // ranks that differ from rank 0 and says what `what` is ("the flags", "the dataset").
 void check_same_on_all_ranks(Communicator& comm, uint64_t value, const std::string& what);
 
-// Rank 0's error context for messages ("rank 1 of 4"), installed into run_main's error
-// printing and its abort hook by make_communicator when the world is above 1.
+// "rank 1 of 4": make_communicator hands it to run_main (set_run_main_rank) with MPI_Abort
+// as the abort hook when the world is above 1, so errors name their rank and end the job.
 std::string rank_label(const Communicator& comm);
 
 }  // namespace hh
