@@ -109,10 +109,16 @@ __device__ __forceinline__ uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
+// As the CPU's (src/ops/cpu/decode.cpp): u stops below 1. The logs run in double and round
+// to float, matching the CPU's correctly rounded logf; --use_fast_math would otherwise
+// make logf the approximate lg2, whose absolute error (~2^-21) swamps −log(u) for u near
+// 1, exactly the largest noise values that decide the draw.
 __device__ __forceinline__ float gumbel(uint64_t seed, int v) {
   const uint64_t bits = mix64(seed + 0x9e3779b97f4a7c15ull * (static_cast<uint64_t>(v) + 1));
-  const float u = (static_cast<float>(bits >> 40) + 0.5f) * (1.0f / 16777216.0f);
-  return -logf(-logf(u));
+  const float u = fminf((static_cast<float>(bits >> 40) + 0.5f) * (1.0f / 16777216.0f),
+                        1.0f - 1.0f / 16777216.0f);
+  const float inner = static_cast<float>(log(static_cast<double>(u)));
+  return -static_cast<float>(log(static_cast<double>(-inner)));
 }
 
 constexpr int kSampleThreads = 512;
@@ -141,7 +147,7 @@ __global__ void sample_rows_kernel(int32_t* tokens, float* logprobs, const float
     if (x > run_max) {
       run_sum = run_sum * expf(run_max - x) + 1.0f;
       run_max = x;
-    } else {
+    } else if (x > -INFINITY) {  // exp(−∞ − max) = 0; −∞ − (−∞) would be NaN
       run_sum += expf(x - run_max);
     }
   }
@@ -225,8 +231,9 @@ void attention_decode(Context& ctx, float* out, const float* qkv, const float* k
   HH_CHECK(NH > 0 && C % NH == 0, "attention_decode: width C=", C, " is not a multiple of NH=", NH);
   const int hs = C / NH;
   const size_t shared_bytes = sizeof(float) * (static_cast<size_t>(max_len) + hs);
-  HH_CHECK(shared_bytes <= 48 * 1024, "attention_decode: max_len ", max_len, " + head size ", hs,
-           " floats exceed the 48 KiB of shared memory per block");
+  // Dynamic plus the kernel's static reduce[32] must fit the 48 KiB a block gets by default.
+  HH_CHECK(shared_bytes + 32 * sizeof(float) <= 48 * 1024, "attention_decode: max_len ", max_len,
+           " + head size ", hs, " floats exceed the 48 KiB of shared memory per block");
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   attention_decode_kernel<<<dim3(M, NH), kDecodeThreads, shared_bytes, ctx.stream>>>(
       out, qkv, kcache, vcache, slots, positions, max_len, C, NH, scale);

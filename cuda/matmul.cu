@@ -149,9 +149,16 @@ bool matmul_forward_lt(Context& ctx, float* out, const float* inp, const float* 
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                               sizeof(bias)));
   const float one = 1.0f, zero = 0.0f;
-  CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt, plan->desc, &one, weight, plan->a, inp, plan->b, &zero,
-                              out, plan->c, out, plan->c, &plan->algo, ctx.cublas_workspace,
-                              ctx.cublas_workspace_bytes, ctx.stream));
+  const cublasStatus_t status = cublasLtMatmul(
+      ctx.cublaslt, plan->desc, &one, weight, plan->a, inp, plan->b, &zero, out, plan->c, out,
+      plan->c, &plan->algo, ctx.cublas_workspace, ctx.cublas_workspace_bytes, ctx.stream);
+  // An algorithm the heuristic offered may still refuse an odd shape: remember it and let
+  // the caller take the cuBLAS path (nothing was written).
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    plan->ok = false;
+    return false;
+  }
+  CUBLAS_CHECK(status);
   return true;
 }
 

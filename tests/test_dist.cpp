@@ -386,12 +386,29 @@ TEST(GradientSync, OverlappedBucketsCarryFinalGradientsAndCoverTheBuffer) {
   }
   for (size_t i = 0; i < covered.size(); ++i) ASSERT_EQ(covered[i], 1) << "offset " << i;
 
-  // Without arm(): one call over the whole buffer.
+  // Without arm() (a rank with nothing to train on in this step), or armed without a
+  // backward pass: the same collectives in the same order, all sent by finish(), as NCCL
+  // needs every rank to issue them alike.
+  auto sequence = [](const RecordingComm& rc) {
+    std::vector<std::pair<size_t, size_t>> out;
+    for (const auto& call : rc.calls) out.emplace_back(call.begin, call.end);
+    return out;
+  };
+  const auto armed_sequence = sequence(comm);
   comm.calls.clear();
   sync.finish();
-  ASSERT_EQ(comm.calls.size(), 1u);
-  EXPECT_FALSE(comm.calls[0].async);
-  EXPECT_EQ(comm.calls[0].end - comm.calls[0].begin, model.grads().size());
+  EXPECT_EQ(sequence(comm), armed_sequence);
+  comm.calls.clear();
+  sync.arm();
+  sync.finish();
+  EXPECT_EQ(sequence(comm), armed_sequence);
+  EXPECT_EQ(comm.waits, 3);
+  // A second backward pass after one arm() is a bug in the caller, reported as such.
+  model.forward(b);
+  sync.arm();
+  model.backward();
+  model.forward(b);
+  EXPECT_THROW(model.backward(), hh::Error);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -30,10 +30,21 @@ GradientSync::~GradientSync() {
   if (overlap_) model_->set_layer_backward_hook(nullptr);
 }
 
-void GradientSync::arm() { armed_ = active_ && overlap_; }
+void GradientSync::arm() {
+  if (!active_ || !overlap_) return;
+  armed_ = true;
+  next_layer_ = model_->config().n_layer - 1;
+}
 
 void GradientSync::send(int layer) {
   if (!armed_) return;
+  HH_CHECK(layer == next_layer_, "GradientSync: layer ", layer, " finished while layer ",
+           next_layer_, " was expected (one backward pass per arm())");
+  send_layer(layer);
+  --next_layer_;
+}
+
+void GradientSync::send_layer(int layer) {
   for (const auto& r : model_->layer_param_ranges(layer))
     comm_->all_reduce_device_async(model_->grads().data() + r.first, r.second - r.first);
 }
@@ -41,13 +52,15 @@ void GradientSync::send(int layer) {
 void GradientSync::finish() {
   if (!active_) return;
   float* g = model_->grads().data();
-  if (armed_) {
-    for (const auto& r : rest_) comm_->all_reduce_device_async(g + r.first, r.second - r.first);
-    comm_->wait_all();
-    armed_ = false;
-  } else {
+  if (!overlap_) {
     comm_->all_reduce_device(g, model_->grads().size());
+    return;
   }
+  if (!armed_) next_layer_ = model_->config().n_layer - 1;
+  for (; next_layer_ >= 0; --next_layer_) send_layer(next_layer_);
+  for (const auto& r : rest_) comm_->all_reduce_device_async(g + r.first, r.second - r.first);
+  comm_->wait_all();
+  armed_ = false;
 }
 
 void broadcast_parameters(Communicator& comm, GPT& model) {

@@ -16,7 +16,12 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <cstdio>
 #include <cstring>
+
+#if NCCL_VERSION_CODE < NCCL_VERSION(2, 14, 0)
+#error "hh needs NCCL >= 2.14 (non-blocking communicators, ncclCommFinalize)"
+#endif
 
 #include "core/fileio.h"
 #include "ops/ops.h"
@@ -80,9 +85,16 @@ class NcclCommunicator final : public Communicator {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     ncclResult_t rc = ncclCommInitRankConfig(&comm_, env.world, id, env.rank, &config);
-    HH_CHECK(rc == ncclSuccess || rc == ncclInProgress,
-             "NCCL: ncclCommInitRankConfig failed: ", ncclGetErrorString(rc));
-    settle("joining the NCCL communicator");
+    if (rc != ncclSuccess && rc != ncclInProgress) fail("ncclCommInitRankConfig", rc);
+    try {
+      settle("joining the NCCL communicator");
+    } catch (...) {
+      abort_comm();  // the destructor will not run: stop NCCL's init here
+      throw;
+    }
+    // Every rank has joined, so every rank has read the id: a later job must not find it.
+    if (env.rank == 0 && !o.nccl_id_file.empty() && env.world > 1)
+      std::remove(o.nccl_id_file.c_str());
     NCCL_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking));
     NCCL_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
     NCCL_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
@@ -90,19 +102,32 @@ class NcclCommunicator final : public Communicator {
 
   ~NcclCommunicator() override {
     if (comm_) {
-      // Finalize flushes outstanding work; a communicator in error is aborted instead.
+      // Finalize flushes outstanding work and waits for the other ranks' finalize (within
+      // the timeout); a communicator with work pending, in error, or whose finalize does
+      // not settle is aborted instead, so an exiting rank never blocks on a missing one.
       ncclResult_t async = ncclSuccess;
       ncclCommGetAsyncError(comm_, &async);
-      if (async == ncclSuccess) {
-        ncclCommFinalize(comm_);
-        for (int i = 0; i < 100000; ++i) {
-          ncclCommGetAsyncError(comm_, &async);
-          if (async != ncclInProgress) break;
+      bool clean = async == ncclSuccess && !pending_;
+      if (clean) {
+        ncclResult_t rc = ncclCommFinalize(comm_);
+        clean = rc == ncclSuccess || rc == ncclInProgress;
+        try {
+          if (clean)
+            wait_until(
+                [&] {
+                  ncclCommGetAsyncError(comm_, &async);
+                  return async != ncclInProgress;
+                },
+                timeout_s_, "finalizing the NCCL communicator");
+        } catch (...) {
+          clean = false;
         }
-        ncclCommDestroy(comm_);
-      } else {
-        ncclCommAbort(comm_);
+        clean = clean && async == ncclSuccess;
       }
+      if (clean)
+        ncclCommDestroy(comm_);
+      else
+        ncclCommAbort(comm_);
     }
     if (ready_) cudaEventDestroy(ready_);
     if (done_) cudaEventDestroy(done_);
@@ -112,7 +137,13 @@ class NcclCommunicator final : public Communicator {
 
   std::string name() const override { return "nccl"; }
 
+  // Every entry point first: after an abort (a timeout or an error) the communicator is gone.
+  void check_usable() const {
+    HH_CHECK(comm_ != nullptr, "NCCL: the communicator was aborted after an earlier error");
+  }
+
   void all_reduce_host(double* x, size_t n, ReduceOp op) override {
+    check_usable();
     double* d = scratch<double>(n * sizeof(double));
     NCCL_CUDA_CHECK(cudaMemcpyAsync(d, x, n * sizeof(double), cudaMemcpyHostToDevice, stream_));
     enqueue(
@@ -122,6 +153,7 @@ class NcclCommunicator final : public Communicator {
     NCCL_CUDA_CHECK(cudaMemcpy(x, d, n * sizeof(double), cudaMemcpyDeviceToHost));
   }
   void broadcast_host(void* data, size_t bytes, int root) override {
+    check_usable();
     void* d = scratch(bytes);
     NCCL_CUDA_CHECK(cudaMemcpyAsync(d, data, bytes, cudaMemcpyHostToDevice, stream_));
     enqueue(ncclBroadcast(d, d, bytes, ncclUint8, root, comm_, stream_), "ncclBroadcast");
@@ -129,14 +161,17 @@ class NcclCommunicator final : public Communicator {
     NCCL_CUDA_CHECK(cudaMemcpy(data, d, bytes, cudaMemcpyDeviceToHost));
   }
   void all_reduce_device(float* x, size_t n) override {
+    check_usable();
     enqueue(ncclAllReduce(x, x, n, ncclFloat, ncclSum, comm_, stream_), "ncclAllReduce");
     finish_on(stream_, "the gradient all-reduce");
   }
   void broadcast_device(float* x, size_t n, int root) override {
+    check_usable();
     enqueue(ncclBroadcast(x, x, n, ncclFloat, root, comm_, stream_), "ncclBroadcast");
     finish_on(stream_, "a broadcast of parameters");
   }
   void all_reduce_device_async(float* x, size_t n) override {
+    check_usable();
     NCCL_CUDA_CHECK(cudaEventRecord(ready_, stream_));
     NCCL_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, ready_, 0));
     enqueue(ncclAllReduce(x, x, n, ncclFloat, ncclSum, comm_, comm_stream_), "ncclAllReduce");

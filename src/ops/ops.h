@@ -143,8 +143,10 @@ class Backend {
   //               draw from softmax(logits[m,:V]/temperature)); temperature 0: argmax_v
   //               logits[m,v] (greedy). Ties go to the smallest v.
   //   logprobs[m] = logits[m,tokens[m]] - log Σ_v exp(logits[m,v])  (at temperature 1).
-  //   G(s, v) = -log(-log(u)), u = ((mix64(s + 0x9e3779b97f4a7c15·(v+1)) >> 40) + 0.5)/2^24,
-  //   mix64 = splitmix64's finaliser. seeds[M] (device) come from the caller's Rng.
+  //   G(s, v) = -log(-log(u)), u = min(((mix64(s + 0x9e3779b97f4a7c15·(v+1)) >> 40) + 0.5)/2^24,
+  //   1 − 2^-24) in float (the min: the top value would round to u = 1 and G = +∞),
+  //   each log correctly rounded to float; mix64 = splitmix64's finaliser. seeds[M]
+  //   (device) come from the caller's Rng.
   virtual void sample_rows(int32_t* tokens, float* logprobs, const float* logits,
                            const uint64_t* seeds, float temperature, int M, int V, int Vp) = 0;
 

@@ -97,10 +97,13 @@ inline uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
-// Gumbel noise -log(-log(u)) with u in (0, 1) from 24 hashed bits.
+// Gumbel noise -log(-log(u)) with u in (0, 1) from 24 hashed bits. For bits ≥ 2^23,
+// k + 0.5 rounds to an integer in float, and the top one, 2^24 − 1, to 2^24: u would be 1
+// and G = +∞, so u stops at the float just below 1.
 inline float gumbel(uint64_t seed, int v) {
   const uint64_t bits = mix64(seed + 0x9e3779b97f4a7c15ull * (static_cast<uint64_t>(v) + 1));
-  const float u = (static_cast<float>(bits >> 40) + 0.5f) * (1.0f / 16777216.0f);
+  const float u = std::min((static_cast<float>(bits >> 40) + 0.5f) * (1.0f / 16777216.0f),
+                           1.0f - 1.0f / 16777216.0f);
   return -std::log(-std::log(u));
 }
 }  // namespace
