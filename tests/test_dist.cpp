@@ -494,31 +494,12 @@ using hh::test::letter_fraction;
 TEST(Ranks, PpoMatchesOneProcess) {
   if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
   hh::Communicator& comm = world_comm(cpu());
-  TempDir tmp;
-  hh::Tokenizer tok = byte_tokenizer();
+  hh::test::PpoTask task(32, 6, 48);
+  const std::string dir = task.tmp.path();
   hh::PpoTrainOptions o;
-  o.tokenizer_path = tmp.path() + "/tok.bin";
-  tok.save(o.tokenizer_path);
-  hh::GPTConfig c = hh::GPTConfig::preset("tiny", tok.vocab_size());
-  c.max_seq_len = 48;
-  hh::GPT init(cpu(), c, false);
-  init.init_random(3);
-  o.policy_init = tmp.path() + "/sft.safetensors";
-  hh::save_model(o.policy_init, init,
-                 {{"stage", "sft"}, {"tokenizer", std::to_string(tok.fingerprint())}});
-  hh::TokenDataset ds;
-  ds.kind = hh::DatasetKind::Prompts;
-  ds.vocab_size = static_cast<uint32_t>(tok.vocab_size());
-  ds.tokenizer_fingerprint = tok.fingerprint();
-  hh::Rng rng(5);
-  for (int i = 0; i < 32; ++i) {
-    std::vector<int32_t> p(6), ref = {'o', 'k'};
-    for (auto& t : p) t = static_cast<int32_t>('A' + rng.below(26));
-    ds.add(p);
-    ds.add(ref);
-  }
-  o.prompts_path = tmp.path() + "/prompts.bin";
-  hh::save_dataset(o.prompts_path, ds);
+  o.tokenizer_path = task.tok_path;
+  o.policy_init = task.policy_path;
+  o.prompts_path = task.prompts_path;
   o.scorer = letter_fraction;
   o.iterations = 2;
   o.prompts_per_iter = 8;
@@ -534,9 +515,9 @@ TEST(Ranks, PpoMatchesOneProcess) {
   o.quiet = true;
   o.sample_every = 0;
 
-  o.run_dir = tmp.path() + "/one";
+  o.run_dir = dir + "/one";
   hh::PpoTrainResult one = hh::train_ppo(cpu(), o);
-  o.run_dir = tmp.path() + "/two";
+  o.run_dir = dir + "/two";
   o.parallel.comm = &comm;
   o.parallel.check_sync_every = 1;
   hh::PpoTrainResult two = hh::train_ppo(cpu(), o);
@@ -555,10 +536,10 @@ TEST(Ranks, PpoMatchesOneProcess) {
     EXPECT_NEAR(a.explained_variance, b.explained_variance, 1e-4) << "iteration " << i;
   }
   if (comm.is_root()) {
-    double d = relative_difference(load(cpu(), tmp.path() + "/one/model.safetensors"),
-                                   load(cpu(), tmp.path() + "/two/model.safetensors"));
-    double dv = relative_difference(load(cpu(), tmp.path() + "/one/value.safetensors"),
-                                    load(cpu(), tmp.path() + "/two/value.safetensors"));
+    double d = relative_difference(load(cpu(), dir + "/one/model.safetensors"),
+                                   load(cpu(), dir + "/two/model.safetensors"));
+    double dv = relative_difference(load(cpu(), dir + "/one/value.safetensors"),
+                                    load(cpu(), dir + "/two/value.safetensors"));
     EXPECT_LT(d, kTolerance);
     EXPECT_LT(dv, kTolerance);
     std::printf("ppo: 2 ranks vs 1 process, relative parameter difference policy %.3g value %.3g\n",

@@ -37,38 +37,9 @@ std::string fixture(const std::string& name) {
 using hh::test::byte_tokenizer;
 using hh::test::letter_fraction;
 
-// A task directory: tokenizer, a random tiny policy "SFT" checkpoint, prompts of random
-// uppercase letters and digits.
-struct Task {
-  TempDir tmp;
-  hh::Tokenizer tok = byte_tokenizer();
-  std::string tok_path, policy_path, prompts_path;
-  std::unique_ptr<hh::Backend> be = hh::make_cpu_backend();
-
-  explicit Task(int n_prompts = 64, int prompt_len = 8, int ctx = 64) {
-    tok_path = tmp.path() + "/tok.bin";
-    tok.save(tok_path);
-    hh::GPTConfig c = hh::GPTConfig::preset("tiny", tok.vocab_size());
-    c.max_seq_len = ctx;
-    hh::GPT policy(*be, c, false);
-    policy.init_random(3);
-    policy_path = tmp.path() + "/sft.safetensors";
-    hh::save_model(policy_path, policy,
-                   {{"stage", "sft"}, {"tokenizer", std::to_string(tok.fingerprint())}});
-    hh::TokenDataset ds;
-    ds.kind = hh::DatasetKind::Prompts;
-    ds.vocab_size = static_cast<uint32_t>(tok.vocab_size());
-    ds.tokenizer_fingerprint = tok.fingerprint();
-    hh::Rng rng(5);
-    for (int i = 0; i < n_prompts; ++i) {
-      std::vector<int32_t> p(prompt_len), ref = {'o', 'k'};
-      for (auto& t : p) t = static_cast<int32_t>('A' + rng.below(26));
-      ds.add(p);
-      ds.add(ref);
-    }
-    prompts_path = tmp.path() + "/prompts.bin";
-    hh::save_dataset(prompts_path, ds);
-  }
+// The task directory of test_util.h, with the options every test starts from.
+struct Task : hh::test::PpoTask {
+  using PpoTask::PpoTask;
 
   hh::PpoTrainOptions options(const std::string& run) const {
     hh::PpoTrainOptions o;

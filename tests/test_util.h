@@ -7,12 +7,16 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "core/rng.h"
 #include "data/dataset.h"
+#include "model/checkpoint.h"
+#include "model/gpt.h"
+#include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
 
 namespace hh::test {
@@ -94,5 +98,40 @@ inline std::vector<float> letter_fraction(const std::vector<std::vector<int32_t>
   }
   return out;
 }
+
+// A PPO task directory: the byte tokenizer, a random tiny policy saved as an "SFT"
+// checkpoint (context `ctx`), and n_prompts prompts of `prompt_len` random uppercase
+// letters (each with a reference answer "ok").
+struct PpoTask {
+  TempDir tmp;
+  Tokenizer tok = byte_tokenizer();
+  std::string tok_path, policy_path, prompts_path;
+  std::unique_ptr<Backend> be = make_cpu_backend();
+
+  explicit PpoTask(int n_prompts = 64, int prompt_len = 8, int ctx = 64) {
+    tok_path = tmp.file("tok.bin");
+    tok.save(tok_path);
+    GPTConfig c = GPTConfig::preset("tiny", tok.vocab_size());
+    c.max_seq_len = ctx;
+    GPT policy(*be, c, false);
+    policy.init_random(3);
+    policy_path = tmp.file("sft.safetensors");
+    save_model(policy_path, policy,
+               {{"stage", "sft"}, {"tokenizer", std::to_string(tok.fingerprint())}});
+    TokenDataset ds;
+    ds.kind = DatasetKind::Prompts;
+    ds.vocab_size = static_cast<uint32_t>(tok.vocab_size());
+    ds.tokenizer_fingerprint = tok.fingerprint();
+    Rng rng(5);
+    for (int i = 0; i < n_prompts; ++i) {
+      std::vector<int32_t> p(static_cast<size_t>(prompt_len)), ref = {'o', 'k'};
+      for (auto& t : p) t = static_cast<int32_t>('A' + rng.below(26));
+      ds.add(p);
+      ds.add(ref);
+    }
+    prompts_path = tmp.file("prompts.bin");
+    save_dataset(prompts_path, ds);
+  }
+};
 
 }  // namespace hh::test
