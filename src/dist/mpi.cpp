@@ -104,7 +104,8 @@ void mpi_init_checked(const DistEnv& env) {
   MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
   HH_CHECK(rank == env.rank && size == env.world, "MPI says this is rank ", rank, " of ", size,
            ", but the launcher's environment (", env.launcher, ") says rank ", env.rank, " of ",
-           env.world);
+           env.world, ": start CPU ranks with mpirun (RANK/WORLD_SIZE alone serve NCCL with ",
+           "--nccl-id-file)");
 }
 
 void mpi_broadcast_bytes(void* data, size_t bytes, int root, double timeout_s) {
