@@ -692,8 +692,9 @@ TEST(DistMpi, BinariesStopCleanlyOnBadJobs) {
   if (!have_mpirun()) GTEST_SKIP() << "hh was built without MPI, or mpirun is missing";
   TempDir tmp;
   std::string data = make_sft_dataset(tmp.path(), 16);
-  std::string common = binary("hh-sft") + " --device cpu --train " + data +
-                       " --steps 2 --batch 4 --seq 32 --ctx 64 --dist-timeout 20 --run-dir ";
+  std::string sft = binary("hh-sft") + " --device cpu --train " + data +
+                    " --steps 2 --seq 32 --ctx 64 --dist-timeout 20";
+  std::string common = sft + " --batch 4 --run-dir ";
   std::string log = tmp.path() + "/log.txt";
   auto t0 = std::chrono::steady_clock::now();
   int rc = run_shell(mpirun() + "-np 1 " + common + tmp.path() + "/a --lr 1e-3 : -np 1 " + common +
@@ -702,6 +703,14 @@ TEST(DistMpi, BinariesStopCleanlyOnBadJobs) {
   std::string out = hh::read_file_text(log);
   EXPECT_NE(out.find("the flags of rank(s) 1 differ from rank 0's"), std::string::npos) << out;
   EXPECT_NE(out.find("hh-sft (rank 0 of 2): error"), std::string::npos) << out;
+
+  // A global batch that does not split over the ranks.
+  rc = run_shell(mpirun() + "-np 2 " + sft + " --batch 5 --run-dir " + tmp.path() + "/c > " + log +
+                 " 2>&1");
+  EXPECT_NE(rc, 0);
+  out = hh::read_file_text(log);
+  EXPECT_NE(out.find("--batch=5 must be a multiple of the number of ranks (2)"), std::string::npos)
+      << out;
 
   // Rank 1 dies before it joins: mpirun ends the job, rank 0 does not wait forever.
   rc = run_shell(mpirun() + "-np 1 " + common + tmp.path() + "/b : -np 1 bash -c 'exit 3' > " +
