@@ -314,12 +314,13 @@ TEST(Nccl, WorldSizeOneOnTheGpu) {
 }
 
 namespace {
-// A one-rank communicator that calls itself "nccl" (so GradientSync overlaps) and records
+// A one-rank communicator that overlaps (as NCCL and MPI do) and records
 // what it is asked to reduce, with a copy of the data at the moment of the call.
 class RecordingComm final : public hh::Communicator {
  public:
   explicit RecordingComm(const float* base) : Communicator(0, 1, 0, 10), base_(base) {}
-  std::string name() const override { return "nccl"; }
+  std::string name() const override { return "recording"; }
+  bool overlaps() const override { return true; }
   void all_reduce_host(double*, size_t, hh::ReduceOp) override {}
   void broadcast_host(void*, size_t, int) override {}
   void all_reduce_device(float* x, size_t n) override { record(x, n, false); }
@@ -579,10 +580,11 @@ TEST(Ranks, ResumeMatchesAnUninterruptedRun) {
   o.resume = true;
   hh::LmTrainResult resumed = hh::train_lm(cpu(), o);
   EXPECT_EQ(resumed.steps_done, 3);
-  if (comm.is_root())
+  if (comm.is_root()) {
     EXPECT_EQ(relative_difference(load(cpu(), dir + "/full/model.safetensors"),
                                   load(cpu(), dir + "/part/model.safetensors")),
               0.0);
+  }
   hh::all_sum(comm, 0.0);  // rank 0 removes the directory only after every rank is done
 }
 

@@ -163,10 +163,10 @@ int bench_train(const hh::Flags& f) {
               config.describe().c_str(), params * 1e-6, static_cast<long long>(B),
               static_cast<long long>(T), tokens);
   if (allreduce)
-    std::printf("gradient all-reduce: %s, rank %d of %d, %.1f MB per step%s\n",
-                group.comm->name().c_str(), group.comm->rank(), group.comm->world(),
-                static_cast<double>(model.grads().bytes()) / 1e6,
-                group.comm->name() == "nccl" ? ", overlapped with the backward pass" : "");
+    std::printf(
+        "gradient all-reduce: %s, rank %d of %d, %.1f MB per step%s\n", group.comm->name().c_str(),
+        group.comm->rank(), group.comm->world(), static_cast<double>(model.grads().bytes()) / 1e6,
+        group.comm->overlaps() ? ", bucketed by layer, overlapped with the backward pass" : "");
   std::fflush(stdout);
 
   std::vector<double> step_seconds;

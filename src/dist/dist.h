@@ -59,10 +59,13 @@ class Communicator {
   virtual void all_reduce_device(float* x, size_t n) = 0;
   virtual void broadcast_device(float* x, size_t n, int root) = 0;
   // Starts Σ over ranks of x[0, n) and returns; wait_all() completes every started one.
-  // On a GPU the reduction runs on its own stream after the work already queued, so the
-  // backward pass can go on while earlier gradients travel. Elsewhere it reduces at once.
+  // NCCL runs it on its own stream after the work already queued; MPI as a non-blocking
+  // request that later calls drive. Either way the backward pass goes on while earlier
+  // gradients travel. x must not be touched until wait_all().
   virtual void all_reduce_device_async(float* x, size_t n) { all_reduce_device(x, n); }
   virtual void wait_all() {}
+  // True when all_reduce_device_async really overlaps (GradientSync then buckets by layer).
+  virtual bool overlaps() const { return false; }
 
   double timeout_s() const { return timeout_s_; }
 

@@ -11,7 +11,7 @@ GradientSync::GradientSync(Communicator& comm, GPT& model)
     : comm_(&comm),
       model_(&model),
       active_(comm.name() != "single"),
-      overlap_(comm.name() == "nccl") {
+      overlap_(active_ && comm.overlaps()) {
   // The complement of the layer ranges in [0, size): the tensors the last bucket carries.
   std::vector<std::pair<size_t, size_t>> layers;
   for (int l = 0; l < model.config().n_layer; ++l)

@@ -11,14 +11,14 @@
 
 namespace hh {
 
-// Σ over ranks of a model's gradient buffer, bucketed by layer. With NCCL the buckets
-// overlap the backward pass: arm() before the backward of a step's last micro-batch, and
+// Σ over ranks of a model's gradient buffer, bucketed by layer. With NCCL (and MPI) the
+// buckets overlap the backward pass: arm() before the backward of a step's last micro-batch, and
 // each layer's gradient leaves as soon as that pass has finished it (on NCCL's stream);
 // finish() sends the layers not sent yet, then the rest (embeddings, final LayerNorm,
 // head), and waits for everything. Every rank therefore issues the same collectives in the
 // same order (layer L-1 … 0, then the rest) whether or not it armed or ran a backward pass
-// this step (a PPO rank may have no sequence in a minibatch): NCCL needs that. On the CPU
-// (MPI), finish() reduces the whole buffer in one call.
+// this step (a PPO rank may have no sequence in a minibatch): collectives must match.
+// With a communicator that cannot overlap, finish() reduces the whole buffer in one call.
 //
 // Trainers scale each rank's loss by the GLOBAL count (tokens, pairs) before backward, so
 // the sum over ranks is the gradient one process would compute for the whole batch.

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <vector>
 #endif
 
 namespace hh {
@@ -87,6 +88,34 @@ class MpiCommunicator final : public Communicator {
   void broadcast_device(float* x, size_t n, int root) override {
     mpi_broadcast_bytes(x, n * sizeof(float), root, timeout_s_);
   }
+  // A non-blocking request per chunk; testing all of them at each new one lets MPI move
+  // the earlier ones along (Open MPI progresses non-blocking collectives inside MPI calls).
+  void all_reduce_device_async(float* x, size_t n) override {
+    for (size_t i = 0; i < n; i += kMaxCount) {
+      pending_.emplace_back();
+      MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, x + i, static_cast<int>(std::min(kMaxCount, n - i)),
+                               MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &pending_.back()));
+    }
+    int done = 0;
+    MPI_CHECK(MPI_Testall(static_cast<int>(pending_.size()), pending_.data(), &done,
+                          MPI_STATUSES_IGNORE));
+  }
+  void wait_all() override {
+    if (pending_.empty()) return;
+    wait_until(
+        [&] {
+          int done = 0;
+          MPI_CHECK(MPI_Testall(static_cast<int>(pending_.size()), pending_.data(), &done,
+                                MPI_STATUSES_IGNORE));
+          return done != 0;
+        },
+        timeout_s_, "the gradient all-reduce");
+    pending_.clear();
+  }
+  bool overlaps() const override { return true; }
+
+ private:
+  std::vector<MPI_Request> pending_;
 };
 
 }  // namespace

@@ -136,6 +136,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   std::string name() const override { return "nccl"; }
+  bool overlaps() const override { return true; }
 
   // Every entry point first: after an abort (a timeout or an error) the communicator is gone.
   void check_usable() const {
