@@ -492,8 +492,9 @@ TEST(Ranks, PreferenceModelMatchesOneProcess) {
 using hh::test::byte_tokenizer;
 using hh::test::letter_fraction;
 
-TEST(Ranks, PpoMatchesOneProcess) {
-  if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
+namespace {
+// hh-ppo as one process and over the ranks, with `minibatch` sequences per update.
+void ppo_one_and_two(int64_t minibatch, const char* what) {
   hh::Communicator& comm = world_comm(cpu());
   hh::test::PpoTask task(32, 6, 48);
   const std::string dir = task.tmp.path();
@@ -505,7 +506,7 @@ TEST(Ranks, PpoMatchesOneProcess) {
   o.iterations = 2;
   o.prompts_per_iter = 8;
   o.epochs = 2;
-  o.minibatch = 4;
+  o.minibatch = minibatch;
   o.sampling.max_new_tokens = 8;
   o.sampling.stop_strings.clear();
   o.policy_adamw.lr = 1e-3f;
@@ -543,9 +544,22 @@ TEST(Ranks, PpoMatchesOneProcess) {
                                     load(cpu(), dir + "/two/value.safetensors"));
     EXPECT_LT(d, kTolerance);
     EXPECT_LT(dv, kTolerance);
-    std::printf("ppo: 2 ranks vs 1 process, relative parameter difference policy %.3g value %.3g\n",
-                d, dv);
+    std::printf("%s: 2 ranks vs 1 process, relative parameter difference policy %.3g value %.3g\n",
+                what, d, dv);
   }
+}
+}  // namespace
+
+TEST(Ranks, PpoMatchesOneProcess) {
+  if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
+  ppo_one_and_two(4, "ppo");
+}
+
+// One sequence per minibatch: every update is one rank's alone, and the other rank joins
+// its all-reduce without a backward pass (the bucket sequence must still match).
+TEST(Ranks, PpoWithMinibatchesOnOneRankMatchesOneProcess) {
+  if (!under_mpirun()) GTEST_SKIP() << "runs under mpirun (see DistMpi)";
+  ppo_one_and_two(1, "ppo, minibatch 1");
 }
 
 // A data-parallel run stopped after 3 steps and resumed to 6 ends bit-identical to one run
