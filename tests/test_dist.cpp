@@ -696,7 +696,11 @@ TEST(Ranks, AStalledRankIsATimeoutError) {
 
 TEST(DistMpi, TwoRanksMatchOneProcessForEveryTrainer) {
   if (under_mpirun()) GTEST_SKIP() << "this is the launcher";
-  if (!have_mpirun()) GTEST_SKIP() << "hh was built without MPI, or mpirun is missing";
+  if (!have_mpirun()) {
+    // CI sets HH_REQUIRE_MPI: there, a missing MPI must fail instead of skipping.
+    ASSERT_EQ(std::getenv("HH_REQUIRE_MPI"), nullptr) << "HH_REQUIRE_MPI is set but MPI is not";
+    GTEST_SKIP() << "hh was built without MPI, or mpirun is missing";
+  }
   std::string self = fs::read_symlink("/proc/self/exe").string();
   int rc = run_shell(mpirun() + "-np 2 " + self + " --gtest_filter='Ranks.*'");
   EXPECT_EQ(rc, 0) << "a rank failed (its output is above)";
@@ -705,7 +709,11 @@ TEST(DistMpi, TwoRanksMatchOneProcessForEveryTrainer) {
 // The real binaries: different flags on the two ranks, and a rank that dies.
 TEST(DistMpi, BinariesStopCleanlyOnBadJobs) {
   if (under_mpirun()) GTEST_SKIP() << "this is the launcher";
-  if (!have_mpirun()) GTEST_SKIP() << "hh was built without MPI, or mpirun is missing";
+  if (!have_mpirun()) {
+    // CI sets HH_REQUIRE_MPI: there, a missing MPI must fail instead of skipping.
+    ASSERT_EQ(std::getenv("HH_REQUIRE_MPI"), nullptr) << "HH_REQUIRE_MPI is set but MPI is not";
+    GTEST_SKIP() << "hh was built without MPI, or mpirun is missing";
+  }
   TempDir tmp;
   std::string data = make_sft_dataset(tmp.path(), 16);
   std::string sft = binary("hh-sft") + " --device cpu --train " + data +

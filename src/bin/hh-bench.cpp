@@ -309,8 +309,10 @@ int bench_ppo(const hh::Flags& f) {
   hh::PpoTrainOptions o;
   o.tokenizer_path = dir + "/tok.bin";
   tok.save(o.tokenizer_path);
+  size_t parameters = 0;
   {
     hh::GPT policy(*backend, config, false), pm(*backend, config, true);
+    parameters = policy.num_parameters();
     policy.init_random(1);
     pm.init_random(2);
     o.policy_init = dir + "/policy.safetensors";
@@ -345,7 +347,7 @@ int bench_ppo(const hh::Flags& f) {
 
   std::printf("hh-bench ppo: device %s; policy, PM and value model %s, %.1fM parameters each\n",
               backend->name().c_str(), config.describe().c_str(),
-              static_cast<double>(hh::GPT(*backend, config, false).num_parameters()) * 1e-6);
+              static_cast<double>(parameters) * 1e-6);
   std::printf(
       "iteration: %lld prompts x %lld tokens, +%lld new tokens; %lld epochs of "
       "minibatches of %lld\n",

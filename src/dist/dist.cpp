@@ -2,9 +2,9 @@
 #include "dist/dist.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
-#include <cstring>
 #include <thread>
 
 #include "core/error.h"
@@ -125,8 +125,7 @@ std::unique_ptr<Communicator> make_communicator(const std::string& kind, Backend
 // ---- helpers ----
 
 void all_sum(Communicator& comm, std::vector<double>* values) {
-  if (comm.world() > 1 && !values->empty())
-    comm.all_reduce_host(values->data(), values->size(), ReduceOp::Sum);
+  if (!values->empty()) comm.all_reduce_host(values->data(), values->size(), ReduceOp::Sum);
 }
 
 double all_sum(Communicator& comm, double value) {

@@ -89,10 +89,7 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
   LoopSetup setup;
   setup.program = "hh-sft";
   setup.stage = o.stage;
-  setup.init = o.init;
-  setup.model = o.model;
   setup.raw = &train.raw();
-  setup.train_path = o.train_path;
   setup.n_items = train.size();
   setup.items_name = "train seqs";
   setup.dev_items = dev ? dev->size() : 0;
@@ -110,7 +107,7 @@ LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
     Json rec;
     rec["step"] = step;
     rec["val_loss"] = result.last_dev_loss;
-    loop.run().metrics().log(rec);
+    loop.run_dir().metrics().log(rec);
     if (!loop.quiet())
       std::fprintf(stderr, "step %lld | val_loss %.4f\n", static_cast<long long>(step),
                    result.last_dev_loss);

@@ -20,12 +20,9 @@ namespace hh {
 
 struct LmTrainOptions : TrainLoopOptions {
   LmTrainOptions() { run_dir = "runs/sft"; }
-  std::string train_path, dev_path;  // sft datasets from hh-prepare (dev may be "")
-  std::string init;                  // hh checkpoint or HF GPT-2 safetensors; "" = random
-  bool masked = true;                // true: SFT (assistant tokens); false: every token
-  GPTConfig model;                   // used for random init (vocab taken from the data)
-  int64_t eval_batches = 0;          // dev batches per evaluation (0: all)
-  std::string stage = "sft";         // recorded in checkpoint metadata
+  bool masked = true;         // true: SFT (assistant tokens); false: every token
+  int64_t eval_batches = 0;   // dev batches per evaluation (0: all)
+  std::string stage = "sft";  // recorded in checkpoint metadata
 };
 
 struct LmTrainResult {

@@ -15,9 +15,9 @@ int64_t rank_batch_of(Communicator& comm, const TrainLoopOptions& o, const LoopS
   HH_CHECK(o.steps > 0, "--steps must be > 0");
   HH_CHECK(o.batch > 0 && o.micro_batch > 0, "--batch and --micro-batch must be > 0");
   HH_CHECK(o.seq >= 2, "--seq must be >= 2");
-  HH_CHECK(s.raw != nullptr && s.n_items > 0, s.train_path, ": no training data");
+  HH_CHECK(s.raw != nullptr && s.n_items > 0, o.train_path, ": no training data");
   const int64_t rank_batch = per_rank_batch(o.batch, comm, "batch");
-  check_same_job(comm, o.config_json, dataset_hash(*s.raw), s.train_path);
+  check_same_job(comm, o.config_json, dataset_hash(*s.raw), o.train_path);
   return rank_batch;
 }
 
@@ -31,9 +31,8 @@ TrainLoop::TrainLoop(Backend& backend, const TrainLoopOptions& o, const LoopSetu
       micro_batch_(std::min(o.micro_batch, rank_batch_)),
       quiet_(o.quiet || !comm_.is_root()),
       run_(o.run_dir, o.resume, comm_.is_root()),
-      start_(find_starting_point(run_, o.resume, setup.init, setup.model,
-                                 setup.raw->tokenizer_fingerprint, setup.raw->vocab_size,
-                                 setup.train_path, o.seq)),
+      start_(find_starting_point(run_, o.resume, o.init, o.model, setup.raw->tokenizer_fingerprint,
+                                 setup.raw->vocab_size, o.train_path, o.seq)),
       model_(build_model(backend, start_, setup.scalar_head, o.seed)),
       opt_(model_, o.adamw),
       sampler_(setup.n_items, static_cast<size_t>(rank_batch_), o.seed, comm_.rank(),
@@ -131,7 +130,8 @@ LoopResult TrainLoop::run(const std::function<StepOutcome(const std::vector<size
       run_.metrics().log(rec);
       if (!quiet_)
         std::fprintf(stderr, "%s | loss %.4f%s | lr %.2e | norm %.3f\n",
-                     progress.line(setup_.unit.c_str()).c_str(), out.loss, extras.c_str(), lr, norm);
+                     progress.line(setup_.unit.c_str()).c_str(), out.loss, extras.c_str(), lr,
+                     norm);
     }
     check_sync(o_.parallel, model_, done);
     if (evaluate && o_.eval_every > 0 && done % o_.eval_every == 0 && done != o_.steps)

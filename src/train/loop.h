@@ -31,15 +31,12 @@ struct LoopSetup {
   std::string program;  // "hh-sft": start-up line
   std::string stage;    // checkpoint metadata "stage"
   bool scalar_head = false;
-  std::string init;                   // --init ("" = random)
-  GPTConfig model;                    // the flags' architecture (random / HF init)
   const TokenDataset* raw = nullptr;  // the training data (tokenizer, hash)
-  std::string train_path;
-  size_t n_items = 0;      // sequences or pairs to sample from
-  std::string items_name;  // "train seqs": start-up line
-  size_t dev_items = 0;    // 0: no dev set
-  std::string unit;        // "tok" / "pairs": progress line and metrics key (unit + "_per_s")
-  std::string counter;     // "tokens" / "pairs": metrics key; "<counter>_seen" in checkpoints
+  size_t n_items = 0;                 // sequences or pairs to sample from
+  std::string items_name;             // "train seqs": start-up line
+  size_t dev_items = 0;               // 0: no dev set
+  std::string unit;     // "tok" / "pairs": progress line and metrics key (unit + "_per_s")
+  std::string counter;  // "tokens" / "pairs": metrics key; "<counter>_seen" in checkpoints
 };
 
 // One step, over all ranks. A non-finite loss skips the step (or stops, --on-nan=stop).
@@ -63,7 +60,7 @@ class TrainLoop {
 
   GPT& model() { return model_; }
   Communicator& comm() { return comm_; }
-  RunDir& run() { return run_; }
+  RunDir& run_dir() { return run_; }
   bool quiet() const { return quiet_; }
   // This rank's micro-batch: --micro-batch, at most the rank's share of --batch.
   int64_t micro_batch() const { return micro_batch_; }

@@ -281,10 +281,7 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
   setup.stage = "pm";
   // An LM checkpoint gives the trunk (the head stays random); a PM or our resume, all of it.
   setup.scalar_head = true;
-  setup.init = o.init;
-  setup.model = o.model;
   setup.raw = &train.raw();
-  setup.train_path = o.train_path;
   setup.n_items = train.size();
   setup.items_name = "train pairs";
   setup.dev_items = dev ? dev->size() : 0;
@@ -305,12 +302,12 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
     rec["val_accuracy"] = result.last_dev.accuracy;
     rec["val_margin"] = result.last_dev.mean_margin;
     rec["val_ece"] = result.last_dev.calibration.ece;
-    loop.run().metrics().log(rec);
+    loop.run_dir().metrics().log(rec);
     if (final_eval && comm.is_root()) {
       Json j = result.last_dev.to_json();
       j["step"] = step;
       j["data"] = o.dev_path;
-      write_file_atomic(loop.run().file("eval.json"), j.dump() + "\n");
+      write_file_atomic(loop.run_dir().file("eval.json"), j.dump() + "\n");
     }
     if (!loop.quiet())
       std::fprintf(stderr, "step %lld | val_loss %.4f | val_acc %.4f | val_margin %.4f\n",

@@ -119,10 +119,6 @@ struct PmTrainOptions : TrainLoopOptions {  // batch and micro_batch count pairs
     batch = micro_batch = 16;
     run_dir = "runs/pm";
   }
-  std::string train_path, dev_path;  // pm datasets from hh-prepare (dev may be "")
-  std::string init;        // hh checkpoint (an hh-sft LM: the trunk; a PM: all of it), HF GPT-2
-                           // safetensors, or "" = random
-  GPTConfig model;         // used for random / HF init (vocab taken from the data)
   int64_t eval_pairs = 0;  // dev pairs per evaluation (0: all)
 };
 

@@ -519,17 +519,12 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
     state.extra["reward_count"] = moments.count;
     state.extra["reward_mean"] = moments.mean;
     state.extra["reward_m2"] = moments.m2;
-    char name[32];
-    std::snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(it));
-    // The value model goes into the directory first; `latest` names it only after
-    // save_checkpoint has written the policy, so the directory is complete when named.
-    const std::string dir = run.path() + "/checkpoints/" + name;
-    if (comm.is_root()) {
-      make_dirs(dir);
-      save_model(dir + "/value.safetensors", *value, metadata(it));
-      save_optimizer(dir + "/value_optim.safetensors", vopt, TrainState{});
-    }
-    run.save_checkpoint(it, policy, popt, state, metadata(it), o.keep_ckpts);
+    // The value model joins the policy's directory before `latest` names it.
+    run.save_checkpoint(it, policy, popt, state, metadata(it), o.keep_ckpts,
+                        [&](const std::string& dir) {
+                          save_model(dir + "/value.safetensors", *value, metadata(it));
+                          save_optimizer(dir + "/value_optim.safetensors", vopt, TrainState{});
+                        });
   };
 
   PpoTrainResult result;

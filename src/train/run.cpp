@@ -240,7 +240,8 @@ std::string RunDir::latest_checkpoint() const {
 
 void RunDir::save_checkpoint(int64_t step, const GPT& model, const AdamW& opt,
                              const TrainState& state,
-                             const std::map<std::string, std::string>& metadata, int keep) const {
+                             const std::map<std::string, std::string>& metadata, int keep,
+                             const std::function<void(const std::string&)>& extra) const {
   if (!writer_) return;
   char name[32];
   std::snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(step));
@@ -248,6 +249,7 @@ void RunDir::save_checkpoint(int64_t step, const GPT& model, const AdamW& opt,
   make_dirs(dir);
   save_model(dir + "/model.safetensors", model, metadata);
   save_optimizer(dir + "/optim.safetensors", opt, state);
+  if (extra) extra(dir);
   write_file_atomic(file("latest"), std::string(name) + "\n");
   // Prune: keep the newest `keep` step directories (names sort by step).
   std::vector<std::string> dirs;

@@ -12,6 +12,7 @@
 // crash or Ctrl-C at any moment leaves the previous checkpoint loadable.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -91,8 +92,13 @@ std::string describe_ranks(const Communicator& comm);
 enum class NanPolicy { Skip, Stop };
 NanPolicy nan_policy_from_flags(const Flags& flags);
 
-// What every trainer's options share: the run, the schedule, the optimizer, bookkeeping.
+// What the step-loop trainers (hh-sft, hh-pm) share: the data and starting point, the run,
+// the schedule, the optimizer, bookkeeping.
 struct TrainLoopOptions {
+  std::string train_path, dev_path;  // datasets from hh-prepare (dev may be "")
+  std::string
+      init;         // hh checkpoint (a PM takes an LM's trunk) or HF GPT-2 safetensors; "" = random
+  GPTConfig model;  // used for random / HF init (vocab taken from the data)
   int64_t steps = 100, batch = 8, micro_batch = 8, seq = 256;
   AdamWConfig adamw;
   float min_lr_frac = 0.1f;
@@ -126,8 +132,11 @@ class RunDir {
   std::string latest_checkpoint() const;
   // Saves model + optimizer state as checkpoints/step-N, points `latest` at it, and
   // removes older checkpoint directories beyond `keep`.
+  // `extra` (when given) writes further files into the directory before `latest` names it
+  // (PPO's value model and its optimizer).
   void save_checkpoint(int64_t step, const GPT& model, const AdamW& opt, const TrainState& state,
-                       const std::map<std::string, std::string>& metadata, int keep) const;
+                       const std::map<std::string, std::string>& metadata, int keep,
+                       const std::function<void(const std::string& dir)>& extra = {}) const;
   // Writes <run>/model.safetensors (atomic).
   void save_final(const GPT& model, const std::map<std::string, std::string>& metadata) const;
 
