@@ -5,9 +5,10 @@
 #   0. machine and tools            4. compute-sanitizer memcheck on a small subset
 #   1. GoogleTest (built from source if the machine has none)
 #   2. configure + build for sm_90  5. hh-bench train --device cuda (GPT-2 124M, batch
-#   3. ctest (all tests, NCCL at       8 x 1024) and PyTorch on the same model/step
-#      world size 1 included)       5b. the step with the NCCL gradient all-reduce (w=1)
-#                                   5c. generation vs HF generate; PM pairs/s; PPO phases
+#   3. the GPU test suites (CUDA       8 x 1024) and PyTorch on the same model/step
+#      parity, generation, NCCL     5b. the step with the NCCL gradient all-reduce (w=1)
+#      at world size 1)             5c. generation vs HF generate; PM pairs/s; PPO phases
+#                                   5d. HF GPT-2 interop; the whole ctest if time is left
 #   6. one short table (also written to $OUT/gpu_check_summary.txt when $OUT is set)
 # Logs of every step go to build-gpu/check; with $OUT set (the remote GPU tool) the summary
 # and one file holding the tail of every log are copied there. Environment:
@@ -31,7 +32,7 @@ in_budget() {
   echo "skipped: past the time budget (HH_GPU_BUDGET_S=${HH_GPU_BUDGET_S:-540} s)"; return 1
 }
 # Table rows, filled as the steps finish.
-BUILD_STATUS="not run"; TEST_STATUS="not run"; SANITIZER_STATUS="not run"
+BUILD_STATUS="not run"; TEST_STATUS="not run"; SANITIZER_STATUS="not run"; GPU_FAILS=0; GPU_RUN=0
 HH_TOKS="n/a"; HH_PEAK="n/a"; TORCH_TOKS="n/a"; TORCH_PEAK="n/a"; RATIO="n/a"
 FLASH_TOKS="n/a"; FLASH_PEAK="n/a"; FLASH_RATIO="n/a"
 SINGLE_MS="n/a"; NCCL1_MS="n/a"; NCCL1_PCT="n/a"
@@ -81,6 +82,18 @@ else
   echo "zlib: not found (configure will fail; run scripts/gpu_deps.sh and carry build-gpu-deps)"
 fi
 
+# NCCL: the toolkit's, else the one PyTorch's wheels bring (nvidia/nccl: lib/libnccl.so.2).
+if ! ls /usr/local/cuda/include/nccl.h /usr/include/nccl.h >/dev/null 2>&1; then
+  NCCL_DIR=$(find /opt /usr/local/lib /usr/lib -path '*nvidia/nccl/include/nccl.h' 2>/dev/null | head -1)
+  if [ -n "$NCCL_DIR" ]; then
+    NCCL_DIR=$(dirname "$(dirname "$NCCL_DIR")")
+    echo "NCCL: using $NCCL_DIR"; CMAKE_EXTRA+=("-DNCCL_ROOT=$NCCL_DIR")
+    export LD_LIBRARY_PATH="$NCCL_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  else
+    echo "NCCL: not found (the NCCL test and step 5b will skip)"
+  fi
+fi
+
 step "2. configure + build (sm_90, -j$JOBS)"
 # Keep going past a broken target (so whatever built can still be tested).
 GEN=(); KEEP_GOING=(-k)
@@ -96,20 +109,26 @@ fi
 grep -ci "warning" "$LOGDIR/build.log" | sed 's/^/build warnings: /' || true
 echo "build: $BUILD_STATUS"
 
-step "3. ctest (all tests)"
-if [ -d "$BUILD" ]; then
+step "3. the GPU tests (CUDA parity, generation on the GPU, NCCL at world size 1)"
+# The suites that touch the GPU run first, each on its own; the whole ctest (the CPU tests
+# CI runs anyway) comes last, in whatever time is left.
+
+run_gtest() {  # name, binary, filter
+  local log="$LOGDIR/$1.log"
+  if [ ! -x "$BUILD/$2" ]; then echo "$1: $2 not built"; GPU_FAILS=$((GPU_FAILS + 1)); return; fi
   set +e
-  (cd "$BUILD" && timeout 150 ctest --output-on-failure -j8 --timeout 120) >"$LOGDIR/ctest.log" 2>&1
+  timeout 150 "$BUILD/$2" --gtest_filter="$3" >"$log" 2>&1; local rc=$?
   set -e
-  grep -E "tests passed|tests failed|Failed|\*\*\*" "$LOGDIR/ctest.log" | tail -20 || true
-  TEST_STATUS=$(grep -Eo "[0-9]+% tests passed, [0-9]+ tests failed out of [0-9]+" "$LOGDIR/ctest.log" || echo "no summary (see ctest.log)")
-  # The CUDA parity suite on its own, with per-test results (its skips would mean no GPU).
-  if [ -x "$BUILD/test_ops_cuda" ]; then
-    set +e
-    timeout 120 "$BUILD/test_ops_cuda" >"$LOGDIR/test_ops_cuda.log" 2>&1
-    set -e
-    grep -E "^\[  (PASSED|FAILED|SKIPPED)|^\[==========\]" "$LOGDIR/test_ops_cuda.log" | head -30 || true
-  fi
+  GPU_RUN=$((GPU_RUN + 1))
+  [ $rc -eq 0 ] || GPU_FAILS=$((GPU_FAILS + 1))
+  echo "$1 (rc $rc): $(grep -E '^\[  PASSED  \]|^\[  FAILED  \] [0-9]+|^\[  SKIPPED \] [0-9]+' "$log" | tr '\n' ' ')"
+  grep -E '^\[  FAILED  \] [A-Z]|^\[  SKIPPED \] [A-Z]' "$log" | grep -v ' ms)$' | sort -u | head -20 || true
+}
+if [ -d "$BUILD" ]; then
+  run_gtest test_ops_cuda test_ops_cuda '*'
+  run_gtest test_generate_gpu test_generate '*Cuda*:*HostAndDevice*:SampleRows*'
+  run_gtest test_dist_nccl test_dist 'Nccl*'
+  TEST_STATUS="GPU suites: $GPU_FAILS of $GPU_RUN failed"
 fi
 
 step "4. compute-sanitizer memcheck (op subset + the small scalar-head model test)"
@@ -179,12 +198,34 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && in_budget
   : "${GEN_HH:=n/a}" "${GEN_HF:=n/a}" "${PM_PAIRS:=n/a}" "${PPO_PHASES:=n/a}"
 fi
 
+step "5d. GPT-2 interop (Hugging Face transformers on the same tokens), then the whole ctest"
+HF_INTEROP="not run"; CTEST_STATUS="not run"
+if [ -x "$BUILD/hh-chat" ] && in_budget; then
+  set +e
+  timeout 60 python3 scripts/reference/check_hf_gpt2.py "$BUILD/hh-chat" --device cuda \
+    >"$LOGDIR/check_hf_gpt2.log" 2>&1
+  set -e
+  tail -4 "$LOGDIR/check_hf_gpt2.log"
+  HF_INTEROP=$(grep -Eo "max \|[^=]*= [0-9.e+-]+" "$LOGDIR/check_hf_gpt2.log" | grep -Eo "[0-9.]+e[+-][0-9]+" | tr '\n' ' ' || true)
+  : "${HF_INTEROP:=failed (see check_hf_gpt2.log)}"
+fi
+if [ -d "$BUILD" ] && in_budget; then
+  set +e
+  (cd "$BUILD" && OMP_NUM_THREADS=2 timeout 120 ctest --output-on-failure -j8 --timeout 100) \
+    >"$LOGDIR/ctest.log" 2>&1
+  set -e
+  grep -E "tests passed|tests failed|\*\*\*Failed|\*\*\*Timeout" "$LOGDIR/ctest.log" | tail -12 || true
+  CTEST_STATUS=$(grep -Eo "[0-9]+% tests passed, [0-9]+ tests failed out of [0-9]+" "$LOGDIR/ctest.log" || echo "no summary (see ctest.log)")
+fi
+
 step "6. summary"
 {
   echo "| check                         | result"
   echo "|-------------------------------|-------------------------------"
   echo "| build (sm_90)                 | $BUILD_STATUS"
-  echo "| ctest                         | $TEST_STATUS"
+  echo "| GPU test suites               | $TEST_STATUS"
+  echo "| whole ctest (CPU + GPU)       | $CTEST_STATUS"
+  echo "| HF GPT-2 import / export err  | $HF_INTEROP"
   echo "| compute-sanitizer memcheck    | $SANITIZER_STATUS"
   echo "| hh tokens/s (124M, 8x1024)    | $HH_TOKS   peak $HH_PEAK GiB"
   echo "| torch tokens/s (fp32/TF32)    | $TORCH_TOKS   peak $TORCH_PEAK GiB"
@@ -202,16 +243,17 @@ if [ -n "${OUT:-}" ]; then
   cp "$LOGDIR/gpu_check_summary.txt" "$OUT/"
   {
     echo "==================== test failures (gtest 'Failure' blocks, all logs)"
-    grep -h -A12 -E "Failure$|: Failure" "$LOGDIR"/test_ops_cuda.log "$LOGDIR"/ctest.log 2>/dev/null | head -400 || true
+    grep -h -B2 -A14 -E "Failure$|: Failure" "$LOGDIR"/*.log 2>/dev/null | head -600 || true
     for f in "$LOGDIR"/*.log; do
       echo "==================== $(basename "$f") (last 300 lines)"
       tail -300 "$f"
     done
   } >"$OUT/gpu_check_logs.txt"
+  tar -czf "$OUT/gpu_check_logs.tar.gz" -C "$LOGDIR" . 2>/dev/null || true
 fi
 
-# Exit status: 0 only when the build, every test and the sanitizer run were clean.
-if [ "$BUILD_STATUS" = "ok" ] && [[ "$TEST_STATUS" == *" 0 tests failed"* ]] &&
+# Exit status: 0 only when the build, every GPU test and the sanitizer run were clean.
+if [ "$BUILD_STATUS" = "ok" ] && [ "$GPU_FAILS" = 0 ] && [ "$GPU_RUN" -gt 0 ] &&
    [ "$SANITIZER_STATUS" = "clean" ]; then
   exit 0
 fi
