@@ -4,12 +4,18 @@
 // qkv (row stride 3C, head h at column h·hs) and scale = 1/√hs:
 //   forward:  S = scale·Q·Kᵀ;  P[t,s] = softmax_{s≤t}(S[t,:]) for t < L, P = 0 elsewhere
 //             (s > t, or padded rows t ≥ L);  out = P·V   (padded rows: P row 0 → out 0)
-//   backward: dP = dout·Vᵀ;  dV = Pᵀ·dout
+//             lse[t] = log Σ_{s≤t} exp(S[t,s])  (0 for padded rows)
+//   backward: P = exp(S − lse) recomputed from Q, K;  dP = dout·Vᵀ;  dV = Pᵀ·dout
 //             dS[t,s] = scale·P[t,s]·(dP[t,s] − Σ_j P[t,j]·dP[t,j])
 //             dQ = dS·K;  dK = dSᵀ·Q
-// saved = P for all (b, h): B·NH·T·T floats (this is the simple, obviously-correct path;
-// it materialises the T×T matrices). With HH_CUDA_FLASH=1 both passes go to the fused
-// kernels of attention_flash.cu instead, which keep only the row log-sum-exp.
+// saved = lse[B][NH][T], as in the fused kernels of attention_flash.cu (HH_CUDA_FLASH=1),
+// so neither path keeps a T×T matrix per layer: the products here run through cuBLAS on
+// a chunk of heads of one sequence at a time, their scores in scratch shared by every
+// layer. Recomputing S in the backward costs one more QKᵀ product (about 1% of a GPT-2
+// 124M step) and saves B·NH·T·T floats per layer (4.8 GB at 124M, batch 8 x 1024).
+// A chunk holds as many heads as keep its T×T scores (two regions in the backward)
+// within kChunkBytes, so they can stay in L2 between the product that writes them and
+// the kernels and products that read them; HH_CUDA_ATTN_HEADS=n sets the chunk instead.
 //
 // The products run through cuBLAS strided-batched GEMMs, one call per sequence b over
 // its NH heads (head h's slices sit hs floats apart, the next head's P T·T floats
@@ -24,6 +30,7 @@
 // Masked entries of P and dS are exactly 0, so padded rows' q/k/v/dout (finite values)
 // add exact zeros: padding never changes a real position's result, and every padded
 // row of out and dqkv comes out exactly 0.
+#include <algorithm>
 #include <cmath>
 
 #include "common.cuh"
@@ -32,19 +39,29 @@
 namespace hh::cuda {
 namespace {
 
-constexpr int kRowsPerBlock = 8;  // one warp per row of P
+constexpr int kRowsPerBlock = 8;                  // one warp per row of P
+constexpr size_t kChunkBytes = size_t(16) << 20;  // one region of scores per chunk of heads
 
-// In place on the scores of rows [B][NH][T]: causal + length masked softmax.
-__global__ void attention_softmax_kernel(float* att, const int32_t* lengths, int B, int NH, int T) {
+// Heads per chunk: ctx.attn_heads when set, else as many as fit kChunkBytes (at least 1).
+int heads_per_chunk(const Context& ctx, int NH, int T) {
+  if (ctx.attn_heads > 0) return std::min(ctx.attn_heads, NH);
+  const size_t per_head = sizeof(float) * static_cast<size_t>(T) * T;
+  return static_cast<int>(std::clamp<size_t>(kChunkBytes / per_head, 1, NH));
+}
+
+// In place on the scores of sequence b, rows [NH][T]: causal + length masked softmax,
+// and the row log-sum-exp into lse[NH][T] (0 for padded rows).
+__global__ void attention_softmax_kernel(float* att, float* lse, const int32_t* lengths, int b,
+                                         int NH, int T) {
   const int lane = threadIdx.x % 32;
   const size_t row = static_cast<size_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
-  if (row >= static_cast<size_t>(B) * NH * T) return;
-  const int b = static_cast<int>(row / (static_cast<size_t>(NH) * T));
+  if (row >= static_cast<size_t>(NH) * T) return;
   const int t = static_cast<int>(row % T);
   const int L = min(max(lengths[b], 0), T);
   float* p = att + row * T;
   if (t >= L) {
     for (int s = lane; s < T; s += 32) p[s] = 0.0f;
+    if (lane == 0) lse[row] = 0.0f;
     return;
   }
   float max_score = -INFINITY;
@@ -56,11 +73,27 @@ __global__ void attention_softmax_kernel(float* att, const int32_t* lengths, int
     p[s] = e;
     sum += e;
   }
-  const float inv_sum = 1.0f / warp_sum(sum);
+  sum = warp_sum(sum);
+  const float inv_sum = 1.0f / sum;
   for (int s = lane; s < T; s += 32) p[s] = s <= t ? p[s] * inv_sum : 0.0f;
+  if (lane == 0) lse[row] = max_score + logf(sum);
 }
 
-// In place on dP of one sequence b, rows [NH][T]: dS = scale·P·(dP − Σ P·dP), 0 where masked.
+// In place on the recomputed scores of sequence b, rows [NH][T]: P = exp(S − lse), 0 where
+// masked.
+__global__ void attention_probs_kernel(float* att, const float* lse, const int32_t* lengths, int b,
+                                       int NH, int T) {
+  const int lane = threadIdx.x % 32;
+  const size_t row = static_cast<size_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  if (row >= static_cast<size_t>(NH) * T) return;
+  const int t = static_cast<int>(row % T);
+  const int L = min(max(lengths[b], 0), T);
+  float* p = att + row * T;
+  const float row_lse = t < L ? lse[row] : 0.0f;
+  for (int s = lane; s < T; s += 32) p[s] = (t < L && s <= t) ? expf(p[s] - row_lse) : 0.0f;
+}
+
+// In place on dP of sequence b, rows [NH][T]: dS = scale·P·(dP − Σ P·dP), 0 where masked.
 __global__ void attention_softmax_backward_kernel(float* dp, const float* p_all,
                                                   const int32_t* lengths, int b, int NH, int T,
                                                   float scale) {
@@ -70,7 +103,7 @@ __global__ void attention_softmax_backward_kernel(float* dp, const float* p_all,
   const int t = static_cast<int>(row % T);
   const int L = min(max(lengths[b], 0), T);
   float* d = dp + row * T;
-  const float* p = p_all + static_cast<size_t>(b) * NH * T * T + row * T;
+  const float* p = p_all + row * T;
   if (t >= L) {
     for (int s = lane; s < T; s += 32) d[s] = 0.0f;
     return;
@@ -92,8 +125,8 @@ void gemm_heads(Context& ctx, cublasOperation_t op_a, cublasOperation_t op_b, in
 }  // namespace
 
 size_t attention_saved_floats(const Context& ctx, int B, int T, int NH) {
-  if (ctx.flash) return attention_flash_saved_floats(B, T, NH);
-  return static_cast<size_t>(B) * NH * T * T;
+  (void)ctx;  // both paths keep only the row log-sum-exp
+  return attention_flash_saved_floats(B, T, NH);
 }
 
 void attention_forward(Context& ctx, float* out, float* saved, const float* qkv,
@@ -106,25 +139,27 @@ void attention_forward(Context& ctx, float* out, float* saved, const float* qkv,
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const long long TT = static_cast<long long>(T) * T;
   const size_t seq_stride = static_cast<size_t>(T) * 3 * C;
-  // Scores S = scale·Q·Kᵀ into saved (the softmax then turns them into P in place).
+  // A chunk of n heads of one sequence at a time: S = scale·Q·Kᵀ into scratch, softmax in
+  // place (→ P, lse), out = P·V written per head into its hs columns of out (row stride C).
+  const int hc = heads_per_chunk(ctx, NH, T);
+  float* p = static_cast<float*>(ctx.scratch(sizeof(float) * hc * TT));
   for (int b = 0; b < B; b++) {
-    const float* q = qkv + b * seq_stride;
-    const float* k = q + C;
-    float* s = saved + b * NH * TT;
-    gemm_heads(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, scale, k, 3 * C, hs, q, 3 * C, hs, 0.0f, s,
-               T, TT, NH);
-  }
-  const size_t rows = static_cast<size_t>(B) * NH * T;
-  attention_softmax_kernel<<<ceil_div(rows, kRowsPerBlock), 32 * kRowsPerBlock, 0, ctx.stream>>>(
-      saved, lengths, B, NH, T);
-  CUDA_CHECK_LAUNCH();
-  // out = P·V, written per head into its hs columns of out (row stride C).
-  for (int b = 0; b < B; b++) {
-    const float* v = qkv + b * seq_stride + 2 * C;
-    const float* p = saved + b * NH * TT;
-    float* o = out + static_cast<size_t>(b) * T * C;
-    gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, v, 3 * C, hs, p, T, TT, 0.0f, o, C,
-               hs, NH);
+    for (int h0 = 0; h0 < NH; h0 += hc) {
+      const int n = std::min(hc, NH - h0);
+      const float* q = qkv + b * seq_stride + h0 * hs;
+      const float* k = q + C;
+      const float* v = q + 2 * C;
+      const size_t rows = static_cast<size_t>(n) * T;
+      gemm_heads(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, scale, k, 3 * C, hs, q, 3 * C, hs, 0.0f,
+                 p, T, TT, n);
+      attention_softmax_kernel<<<ceil_div(rows, kRowsPerBlock), 32 * kRowsPerBlock, 0,
+                                 ctx.stream>>>(p, saved + (static_cast<size_t>(b) * NH + h0) * T,
+                                               lengths, b, n, T);
+      CUDA_CHECK_LAUNCH();
+      float* o = out + static_cast<size_t>(b) * T * C + h0 * hs;
+      gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, v, 3 * C, hs, p, T, TT, 0.0f, o, C,
+                 hs, n);
+    }
   }
 }
 
@@ -138,33 +173,44 @@ void attention_backward(Context& ctx, float* dqkv, const float* dout, const floa
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const long long TT = static_cast<long long>(T) * T;
   const size_t seq_stride = static_cast<size_t>(T) * 3 * C;
-  // dP (then dS, in place) for one sequence at a time: NH·T·T floats of scratch.
-  float* dp = static_cast<float*>(ctx.scratch(sizeof(float) * NH * TT));
+  // A chunk of n heads of one sequence at a time: P recomputed into one n·T·T region of
+  // scratch, dP (then dS, in place) into the other.
+  const int hc = heads_per_chunk(ctx, NH, T);
+  float* p = static_cast<float*>(ctx.scratch(2 * sizeof(float) * hc * TT));
+  float* dp = p + hc * TT;
   for (int b = 0; b < B; b++) {
-    const float* q = qkv + b * seq_stride;
-    const float* k = q + C;
-    const float* v = q + 2 * C;
-    float* dq = dqkv + b * seq_stride;
-    float* dk = dq + C;
-    float* dv = dq + 2 * C;
-    const float* p = saved + b * NH * TT;
-    const float* dy = dout + static_cast<size_t>(b) * T * C;
-    // dPᵀ = V·doutᵀ
-    gemm_heads(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f, v, 3 * C, hs, dy, C, hs, 0.0f, dp, T,
-               TT, NH);
-    // dVᵀ = doutᵀ·P
-    gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, dy, C, hs, p, T, TT, 0.0f, dv, 3 * C,
-               hs, NH);
-    const size_t rows = static_cast<size_t>(NH) * T;
-    attention_softmax_backward_kernel<<<ceil_div(rows, kRowsPerBlock), 32 * kRowsPerBlock, 0,
-                                        ctx.stream>>>(dp, saved, lengths, b, NH, T, scale);
-    CUDA_CHECK_LAUNCH();
-    // dQᵀ = Kᵀ·dSᵀ
-    gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, k, 3 * C, hs, dp, T, TT, 0.0f, dq,
-               3 * C, hs, NH);
-    // dKᵀ = Qᵀ·dS
-    gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, q, 3 * C, hs, dp, T, TT, 0.0f, dk,
-               3 * C, hs, NH);
+    for (int h0 = 0; h0 < NH; h0 += hc) {
+      const int n = std::min(hc, NH - h0);
+      const size_t rows = static_cast<size_t>(n) * T;
+      const float* q = qkv + b * seq_stride + h0 * hs;
+      const float* k = q + C;
+      const float* v = q + 2 * C;
+      float* dq = dqkv + b * seq_stride + h0 * hs;
+      float* dk = dq + C;
+      float* dv = dq + 2 * C;
+      const float* dy = dout + static_cast<size_t>(b) * T * C + h0 * hs;
+      // P = exp(scale·Q·Kᵀ − lse)
+      gemm_heads(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, scale, k, 3 * C, hs, q, 3 * C, hs, 0.0f,
+                 p, T, TT, n);
+      attention_probs_kernel<<<ceil_div(rows, kRowsPerBlock), 32 * kRowsPerBlock, 0, ctx.stream>>>(
+          p, saved + (static_cast<size_t>(b) * NH + h0) * T, lengths, b, n, T);
+      CUDA_CHECK_LAUNCH();
+      // dPᵀ = V·doutᵀ
+      gemm_heads(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f, v, 3 * C, hs, dy, C, hs, 0.0f, dp,
+                 T, TT, n);
+      // dVᵀ = doutᵀ·P
+      gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, dy, C, hs, p, T, TT, 0.0f, dv,
+                 3 * C, hs, n);
+      attention_softmax_backward_kernel<<<ceil_div(rows, kRowsPerBlock), 32 * kRowsPerBlock, 0,
+                                          ctx.stream>>>(dp, p, lengths, b, n, T, scale);
+      CUDA_CHECK_LAUNCH();
+      // dQᵀ = Kᵀ·dSᵀ
+      gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, k, 3 * C, hs, dp, T, TT, 0.0f, dq,
+                 3 * C, hs, n);
+      // dKᵀ = Qᵀ·dS
+      gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, q, 3 * C, hs, dp, T, TT, 0.0f, dk,
+                 3 * C, hs, n);
+    }
   }
 }
 

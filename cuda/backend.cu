@@ -6,7 +6,11 @@
 // Environment switches, read when the backend is made:
 //   HH_CUDA_TF32=0  exact fp32 matmuls (default 1: TF32 tensor cores)
 //   HH_CUDA_LT=0    plain cublasSgemm + bias kernel instead of the cuBLASLt bias epilogue
-//   HH_CUDA_FLASH=1 fused flash-style attention (saved = log-sum-exp, no T×T matrices)
+//   HH_CUDA_FLASH=1 fused flash-style attention (no tensor cores; the default runs the
+//                   attention products through cuBLAS; both save only the log-sum-exp)
+//   HH_CUDA_ATTN_HEADS=n  heads per cuBLAS attention chunk (default: what fits 16 MB)
+//   HH_CUDA_GRAPHS=0 no CUDA graphs (default 1: Backend::graph_* capture the stream's work
+//                   and replay it with one launch; generation's decode step uses them)
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -66,6 +70,8 @@ class CudaBackend : public Backend {
     ctx_.tf32 = env_flag("HH_CUDA_TF32", true);
     ctx_.use_lt = env_flag("HH_CUDA_LT", true);
     ctx_.flash = env_flag("HH_CUDA_FLASH", false);
+    if (const char* heads = std::getenv("HH_CUDA_ATTN_HEADS")) ctx_.attn_heads = std::atoi(heads);
+    graphs_ = env_flag("HH_CUDA_GRAPHS", true);
     ctx_.alloc = [this](size_t bytes) { return alloc_bytes(bytes); };
     ctx_.free = [this](void* p) { free_bytes(p); };
 
@@ -83,6 +89,11 @@ class CudaBackend : public Backend {
   ~CudaBackend() override {
     // Destructors must not throw: errors here are ignored (the process is ending or the
     // device is already in an error state that an earlier call reported).
+    if (capturing_) {  // an exception left a capture open: close it, drop what it recorded
+      cudaGraph_t graph = nullptr;
+      if (cudaStreamEndCapture(ctx_.stream, &graph) == cudaSuccess && graph)
+        cudaGraphDestroy(graph);
+    }
     cudaStreamSynchronize(ctx_.stream);
     if (ctx_.cublaslt) cublasLtDestroy(ctx_.cublaslt);
     if (ctx_.cublas) cublasDestroy(ctx_.cublas);
@@ -97,6 +108,8 @@ class CudaBackend : public Backend {
   // ---- memory ----
   void* alloc_bytes(size_t bytes) override {
     if (bytes == 0) return nullptr;
+    HH_CHECK(!capturing_, name_, ": alloc of ", bytes,
+             " bytes during a graph capture (run the ops once uncaptured first)");
     void* p = nullptr;
     cudaError_t err = cudaMalloc(&p, bytes);
     if (err != cudaSuccess) {
@@ -118,6 +131,8 @@ class CudaBackend : public Backend {
     if (!p) return;
     auto it = sizes_.find(p);
     HH_CHECK(it != sizes_.end(), name_, ": free_bytes of a pointer this backend did not allocate");
+    HH_CHECK(!capturing_, name_, ": free_bytes during a graph capture");
+    free_epoch_++;  // graphs captured before may point at p: graph_launch refuses them
     current_bytes_ -= it->second;
     sizes_.erase(it);
     CUDA_CHECK(cudaFree(p));  // waits for the device, so no kernel still uses p
@@ -127,10 +142,12 @@ class CudaBackend : public Backend {
   // caller may reuse host_src at once; the copy is ordered on our stream.
   void copy_to_device(void* dst, const void* host_src, size_t bytes) override {
     if (bytes == 0) return;
+    HH_CHECK(!capturing_, name_, ": copy_to_device during a graph capture");
     CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
   }
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
+    HH_CHECK(!capturing_, name_, ": copy_to_host during a graph capture");
     CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
     CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
   }
@@ -144,6 +161,40 @@ class CudaBackend : public Backend {
   }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(ctx_.stream)); }
   void* native_stream() override { return ctx_.stream; }
+
+  // ---- graphs (see ops.h): stream capture on our stream, one executable graph each ----
+  bool graphs_enabled() const override { return graphs_; }
+  void graph_begin_capture() override {
+    HH_CHECK(graphs_, name_, ": graph capture with graphs off (HH_CUDA_GRAPHS=0)");
+    HH_CHECK(!capturing_, name_, ": graph capture already in progress");
+    // Thread-local mode: an unsafe call (cudaMalloc, a synchronising copy) on this thread
+    // fails the capture instead of silently leaving the graph.
+    CUDA_CHECK(cudaStreamBeginCapture(ctx_.stream, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+  }
+  void* graph_end_capture() override {
+    HH_CHECK(capturing_, name_, ": graph_end_capture without graph_begin_capture");
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamEndCapture(ctx_.stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+    CUDA_CHECK(cudaGraphDestroy(graph));  // the executable graph is independent of it
+    CUDA_CHECK(instantiated);
+    return new CapturedGraph{exec, free_epoch_};
+  }
+  bool graph_launch(void* graph) override {
+    const CapturedGraph* g = static_cast<const CapturedGraph*>(graph);
+    HH_CHECK(g, name_, ": graph_launch of a null graph");
+    HH_CHECK(!capturing_, name_, ": graph_launch during a graph capture");
+    if (g->free_epoch != free_epoch_) return false;  // memory was freed since its capture
+    CUDA_CHECK(cudaGraphLaunch(g->exec, ctx_.stream));
+    return true;
+  }
+  void graph_destroy(void* graph) override {
+    std::unique_ptr<CapturedGraph> g(static_cast<CapturedGraph*>(graph));
+    if (g) CUDA_CHECK(cudaGraphExecDestroy(g->exec));
+  }
   size_t peak_bytes() const override { return peak_bytes_; }
 
   // ---- ops: forward to cuda/<op>.cu ----
@@ -200,6 +251,10 @@ class CudaBackend : public Backend {
                              const float* dlosses, int N, int V, int Vp) override {
     cuda::crossentropy_backward(ctx_, dlogits, logits, targets, dlosses, N, V, Vp);
   }
+  void softmax_entropy(float* entropy, const float* logits, const int32_t* targets, int N, int V,
+                       int Vp) override {
+    cuda::softmax_entropy(ctx_, entropy, logits, targets, N, V, Vp);
+  }
   void gather_rows(float* out, const float* inp, const int32_t* rows, int M, int C) override {
     cuda::gather_rows(ctx_, out, inp, rows, M, C);
   }
@@ -235,8 +290,17 @@ class CudaBackend : public Backend {
   }
 
  private:
+  // What graph_end_capture hands out: the executable graph and free_epoch_ at capture.
+  struct CapturedGraph {
+    cudaGraphExec_t exec;
+    uint64_t free_epoch;
+  };
+
   Context ctx_;
   std::string name_;
+  bool graphs_ = true;       // HH_CUDA_GRAPHS
+  bool capturing_ = false;   // between graph_begin_capture and graph_end_capture
+  uint64_t free_epoch_ = 0;  // free_bytes calls so far
   std::unordered_map<void*, size_t> sizes_;
   size_t current_bytes_ = 0;
   size_t peak_bytes_ = 0;

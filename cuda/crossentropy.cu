@@ -7,6 +7,7 @@
 // the reduction before any thread writes (a __syncthreads() separates them), and then
 // each thread reads and writes only its own columns, so dlogits may alias logits: no
 // second logits-sized buffer. Targets must be < V (the caller checks them on the host).
+// softmax_entropy: H[i] = −Σ_c p_c log p_c from the same (max, Σexp), for PPO's entropy.
 #include <cfloat>
 
 #include "common.cuh"
@@ -97,7 +98,41 @@ __global__ void crossentropy_backward_kernel(float* dlogits, const float* logits
   }
 }
 
+// H = log Σ e − Σ e·(x − m)/Σ e,  e = exp(x − m): one more pass over the row.
+__global__ void softmax_entropy_kernel(float* entropy, const float* logits, const int32_t* targets,
+                                       int V, int Vp) {
+  __shared__ float shared_weighted[32];
+  const int i = blockIdx.x;
+  if (targets[i] < 0) {
+    if (threadIdx.x == 0) entropy[i] = 0.0f;
+    return;
+  }
+  const float* x = logits + static_cast<size_t>(i) * Vp;
+  const MaxSum ms = row_max_sum(x, V);
+  float weighted = 0.0f;
+  for (int c = threadIdx.x; c < V; c += blockDim.x) {
+    const float d = x[c] - ms.max;
+    weighted += expf(d) * d;
+  }
+  weighted = warp_sum(weighted);
+  if (threadIdx.x % 32 == 0) shared_weighted[threadIdx.x / 32] = weighted;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); w++) total += shared_weighted[w];
+    entropy[i] = logf(ms.sum) - total / ms.sum;
+  }
+}
+
 }  // namespace
+
+void softmax_entropy(Context& ctx, float* entropy, const float* logits, const int32_t* targets,
+                     int N, int V, int Vp) {
+  if (N <= 0) return;
+  HH_CHECK(V > 0 && V <= Vp, "softmax_entropy: vocabulary ", V, " not in 1..", Vp);
+  softmax_entropy_kernel<<<N, kThreads, 0, ctx.stream>>>(entropy, logits, targets, V, Vp);
+  CUDA_CHECK_LAUNCH();
+}
 
 void crossentropy_forward(Context& ctx, float* losses, const float* logits, const int32_t* targets,
                           int N, int V, int Vp) {

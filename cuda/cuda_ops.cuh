@@ -52,6 +52,8 @@ void crossentropy_forward(Context& ctx, float* losses, const float* logits, cons
                           int N, int V, int Vp);
 void crossentropy_backward(Context& ctx, float* dlogits, const float* logits,
                            const int32_t* targets, const float* dlosses, int N, int V, int Vp);
+void softmax_entropy(Context& ctx, float* entropy, const float* logits, const int32_t* targets,
+                     int N, int V, int Vp);
 // rows.cu
 void gather_rows(Context& ctx, float* out, const float* inp, const int32_t* rows, int M, int C);
 void scatter_add_rows(Context& ctx, float* dinp, const float* dout, const int32_t* rows, int M,

@@ -49,7 +49,7 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
     const float x = inp[i];
     const float u = kGeluScale * (x + kGeluCubic * x * x * x);
     const float th = accurate_tanh(u);
-    const float sech2 = 1.0f - th * th;
+    const float sech2 = (1.0f - th) * (1.0f + th);  // as on the CPU (see cpu/gelu.cpp)
     const float local =
         0.5f * (1.0f + th) + 0.5f * x * sech2 * kGeluScale * (1.0f + 3.0f * kGeluCubic * x * x);
     dinp[i] = dout[i] * local;

@@ -200,6 +200,126 @@ TEST_F(GenerateTest, CudaDecodingMatchesCpu) {
 #endif
 }
 
+// Options under which the sequences of a batch stop at different steps: a few single bytes
+// are stop strings (a few percent per step), the rest run to max_new_tokens.
+SamplingOptions staggered_stops(uint64_t seed) {
+  SamplingOptions opt;
+  opt.max_new_tokens = 32;
+  opt.stop_strings = {"a", "e", "i", "o", "u", "A", "E", "I"};
+  opt.stop_at_eot = true;
+  opt.seed = seed;
+  return opt;
+}
+
+// n prompts of 1..9 tokens.
+std::vector<std::vector<int32_t>> random_prompts(Rng& rng, int n, int V) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < n; i++)
+    prompts.push_back(random_tokens(rng, 1 + static_cast<int>(rng.below(9)), V));
+  return prompts;
+}
+
+// CUDA graphs of the decode step (HH_CUDA_GRAPHS, read when a backend is made) replay the
+// same kernels on the same buffers: ids, log-probs and logits are bit-identical to running
+// each step's ops one by one, while the number of rows shrinks as sequences finish (several
+// row counts, each captured on its second step), after a batch of another size (the graphs
+// of the old buffers are dropped), and on the public prefill/decode path.
+TEST_F(GenerateTest, CudaGraphsMatchEagerBitForBit) {
+#ifdef HH_WITH_CUDA
+  if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+  const char* saved = std::getenv("HH_CUDA_GRAPHS");
+  const std::string saved_value = saved ? saved : "";
+  std::unique_ptr<Backend> be[2];  // [0] graphs off, [1] on
+  for (int g = 0; g < 2; g++) {
+    setenv("HH_CUDA_GRAPHS", g ? "1" : "0", 1);
+    be[g] = make_backend("cuda");
+  }
+  if (saved)
+    setenv("HH_CUDA_GRAPHS", saved_value.c_str(), 1);
+  else
+    unsetenv("HH_CUDA_GRAPHS");
+  ASSERT_FALSE(be[0]->graphs_enabled());
+  ASSERT_TRUE(be[1]->graphs_enabled());
+  std::vector<std::unique_ptr<GPT>> models;
+  std::vector<std::unique_ptr<Generator>> gens;
+  for (int g = 0; g < 2; g++) {
+    models.push_back(std::make_unique<GPT>(*be[g], model_.config(), false));
+    for (const ParamTensor& t : model_.param_tensors())
+      models[g]->set_param(t.name, model_.get_param(t.name));
+    gens.push_back(std::make_unique<Generator>(*models[g], tok_));
+  }
+  Generator &off = *gens[0], &on = *gens[1];
+  const int V = tok_.vocab_size();
+  Rng rng(17);
+
+  // Sampling on the device (temperature 1, greedy) and on the host (top-k: the graph ends
+  // at the logits), batches of 12, 16 (larger: every buffer moves) and 5.
+  std::vector<SamplingOptions> options = {staggered_stops(1), staggered_stops(2),
+                                          staggered_stops(3)};
+  options[1].temperature = 0.0f;
+  options[2].top_k = 20;
+  int call = 0;
+  for (int batch : {12, 16, 5}) {
+    for (const SamplingOptions& opt : options) {
+      const std::string what =
+          "call " + std::to_string(call++) + " (batch " + std::to_string(batch) + ")";
+      const auto prompts = random_prompts(rng, batch, V);
+      const int64_t replays = on.graph_replays();
+      const auto want = off.generate(prompts, opt);
+      const auto got = on.generate(prompts, opt);
+      ASSERT_EQ(got.size(), want.size());
+      std::vector<size_t> lengths;
+      for (int b = 0; b < batch; b++) {
+        EXPECT_EQ(got[b].generated_ids, want[b].generated_ids) << what << " sequence " << b;
+        EXPECT_EQ(got[b].generated_logprobs, want[b].generated_logprobs)
+            << what << " sequence " << b;
+        EXPECT_EQ(got[b].response_text, want[b].response_text) << what << " sequence " << b;
+        EXPECT_EQ(got[b].finish_reason, want[b].finish_reason) << what << " sequence " << b;
+        lengths.push_back(want[b].generated_ids.size());
+      }
+      // The batch shrank (several row counts) and some count ran long enough to replay.
+      std::sort(lengths.begin(), lengths.end());
+      lengths.erase(std::unique(lengths.begin(), lengths.end()), lengths.end());
+      EXPECT_GE(lengths.size(), 2u) << what << ": every sequence stopped at the same step";
+      EXPECT_GT(on.graph_replays(), replays) << what << ": no decode step was replayed";
+    }
+  }
+  EXPECT_EQ(off.graph_replays(), 0);
+
+  // The public path: logits after each step, rows 5,5,5,4,4,4,3,2,2,2,1,1,1 (and the
+  // leftover sequences in another order), then a second batch of another size.
+  for (int batch : {5, 3}) {
+    const auto prompts = random_prompts(rng, batch, V);
+    const std::vector<float> a = off.prefill(prompts, 40), b = on.prefill(prompts, 40);
+    EXPECT_EQ(b, a) << "prefill of " << batch;
+    const int64_t replays = on.graph_replays();
+    int step = 0;
+    for (int M : {5, 5, 5, 4, 4, 4, 3, 2, 2, 2, 1, 1, 1}) {
+      if (M > batch) continue;
+      std::vector<int32_t> seqs, tokens;
+      for (int i = 0; i < M; i++) {
+        seqs.push_back(step % 2 ? M - 1 - i : i);
+        tokens.push_back(static_cast<int32_t>(rng.below(V)));
+      }
+      EXPECT_EQ(on.decode(seqs, tokens), off.decode(seqs, tokens))
+          << "batch " << batch << " step " << step;
+      step++;
+    }
+    EXPECT_GT(on.graph_replays(), replays) << "batch " << batch;
+    EXPECT_EQ(on.lengths(), off.lengths());
+  }
+  // Freed buffers take the graphs with them; the next call still matches.
+  on.release_memory();
+  off.release_memory();
+  const auto prompts = random_prompts(rng, 4, V);
+  const auto want = off.generate(prompts, staggered_stops(4));
+  const auto got = on.generate(prompts, staggered_stops(4));
+  for (int b = 0; b < 4; b++) EXPECT_EQ(got[b].generated_ids, want[b].generated_ids);
+#else
+  GTEST_SKIP() << "hh was built without CUDA";
+#endif
+}
+
 TEST_F(GenerateTest, DecodeRejectsBadInput) {
   Generator gen(model_, tok_);
   gen.prefill({{1, 2, 3}, {4}}, 8);

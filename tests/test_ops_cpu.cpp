@@ -488,6 +488,11 @@ TEST_F(OpsCpu, CrossEntropyMatchesPyTorch) {
                             Vp);
   EXPECT_EQ(in_place, dlogits);
 
+  Floats entropy(N, 7.0f);
+  be->softmax_entropy(entropy.data(), logits.data(), targets.data(), N, V, Vp);
+  expect_close(entropy, f.read_f32("entropy"), "entropy");
+  EXPECT_EQ(entropy[1], 0.0f);  // target -1
+
   Ints bad = targets;
   bad[2] = V;  // a padded column is not a valid target
   EXPECT_THROW(be->crossentropy_forward(losses.data(), logits.data(), bad.data(), N, V, Vp),

@@ -136,9 +136,13 @@ def crossentropy(out_dir):
     valid = targets >= 0
     losses[valid] = F.cross_entropy(logits[valid, :V], targets[valid].long(), reduction="none")
     (losses * dlosses).sum().backward()
+    # softmax_entropy: −Σ p log p over the first V columns, 0 on rows without a target.
+    with torch.no_grad():
+        logp = F.log_softmax(logits[:, :V], dim=1)
+        entropy = -(logp.exp() * logp).sum(dim=1) * valid
     write_safetensors(os.path.join(out_dir, "ops_crossentropy.safetensors"), {
         "logits": logits, "targets": targets, "losses": losses.detach(), "dlosses": dlosses,
-        "dlogits": logits.grad}, {"N": N, "V": V, "Vp": Vp})
+        "dlogits": logits.grad, "entropy": entropy}, {"N": N, "V": V, "Vp": Vp})
 
 
 def rows(out_dir):

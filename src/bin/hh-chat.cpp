@@ -302,6 +302,7 @@ int run_bench(Generator& gen, const GPT& model, const SamplingOptions& opt, int 
   j["new_tokens"] = tokens;
   j["seconds"] = seconds;
   j["tokens_per_s"] = seconds > 0 ? tokens / seconds : 0.0;
+  j["graph_replays"] = gen.graph_replays();  // decode steps replayed as CUDA graphs
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -15,9 +16,13 @@ namespace hh {
 namespace {
 
 // Grow-only device buffer: reallocates (contents lost) only when n exceeds its size.
+// Returns whether it did (the buffer moved).
 template <typename T>
-void grow(Buffer<T>& buf, Backend& be, size_t n) {
-  if (buf.size() < n) buf = Buffer<T>(be, n);
+bool grow(Buffer<T>& buf, Backend& be, size_t n) {
+  if (buf.size() >= n) return false;
+  buf = Buffer<T>();  // free first: the peak never holds both
+  buf = Buffer<T>(be, n);
+  return true;
 }
 
 // Length of the longest suffix of `text` that is a proper prefix of some stop string:
@@ -172,10 +177,27 @@ Generator::Generator(GPT& model, const Tokenizer& tokenizer)
            " (a checkpoint trained with another tokenizer?)");
 }
 
+Generator::~Generator() {
+  try {
+    drop_graphs();
+  } catch (...) {  // destructors must not throw; the device reported its error before
+  }
+}
+
+void Generator::drop_graphs() {
+  Backend& be = model_.backend();
+  std::map<StepKey, StepGraph> graphs;
+  graphs.swap(step_graphs_);  // emptied even if a destroy throws
+  for (auto& kv : graphs) be.graph_destroy(kv.second.graph);
+}
+
 void Generator::plan_prefill(int B, int T) {
   Backend& be = model_.backend();
   const GPTConfig& cfg = model_.config();
   const size_t N = static_cast<size_t>(B) * T, C = cfg.n_embd;
+  grow(step_in_dev_, be, step_in_words(B));  // the first sample's seeds
+  grow(sampled_dev_, be, 2 * static_cast<size_t>(B));
+  grow(logits_, be, static_cast<size_t>(B) * cfg.padded_vocab_size);
   grow(tokens_dev_, be, N);
   grow(positions_dev_, be, N);
   grow(slots_dev_, be, N);
@@ -195,46 +217,106 @@ void Generator::plan_prefill(int B, int T) {
   grow(last_, be, B * C);
 }
 
+// Every buffer a decode step touches, so that nothing allocates inside a graph capture;
+// a buffer that moves takes the graphs (which hold its old address) with it.
 void Generator::plan_decode(int M) {
   Backend& be = model_.backend();
-  const size_t C = model_.config().n_embd;
-  grow(step_ints_dev_, be, 3 * static_cast<size_t>(M));
-  grow(x_, be, M * C);
-  grow(x2_, be, M * C);
-  grow(ln_, be, M * C);
-  grow(mean_, be, M);
-  grow(rstd_, be, M);
-  grow(qkv_, be, M * 3 * C);
-  grow(atty_, be, M * C);
-  grow(proj_, be, M * C);
-  grow(fch_, be, M * 4 * C);
-  grow(fch_gelu_, be, M * 4 * C);
+  const size_t C = model_.config().n_embd, Vp = model_.config().padded_vocab_size;
+  bool moved = grow(step_in_dev_, be, step_in_words(M));
+  moved |= grow(sampled_dev_, be, 2 * static_cast<size_t>(M));
+  moved |= grow(x_, be, M * C);
+  moved |= grow(x2_, be, M * C);
+  moved |= grow(ln_, be, M * C);
+  moved |= grow(mean_, be, M);
+  moved |= grow(rstd_, be, M);
+  moved |= grow(qkv_, be, M * 3 * C);
+  moved |= grow(atty_, be, M * C);
+  moved |= grow(proj_, be, M * C);
+  moved |= grow(fch_, be, M * 4 * C);
+  moved |= grow(fch_gelu_, be, M * 4 * C);
+  moved |= grow(logits_, be, M * Vp);
+  if (moved) drop_graphs();
 }
 
 void Generator::release_memory() {
+  drop_graphs();
   cache_.release();
-  for (Buffer<int32_t>* b : {&tokens_dev_, &positions_dev_, &slots_dev_, &lengths_dev_, &rows_dev_,
-                             &step_ints_dev_, &sampled_dev_})
+  for (Buffer<int32_t>* b :
+       {&tokens_dev_, &positions_dev_, &slots_dev_, &lengths_dev_, &rows_dev_, &sampled_dev_})
     b->reset();
   for (Buffer<float>* b : {&x_, &x2_, &ln_, &mean_, &rstd_, &qkv_, &atty_, &proj_, &fch_,
-                           &fch_gelu_, &att_saved_, &last_, &logits_, &sampled_logprobs_dev_})
+                           &fch_gelu_, &att_saved_, &last_, &logits_})
     b->reset();
-  seeds_dev_.reset();
+  step_in_dev_.reset();
   lengths_.clear();
   max_len_ = 0;
 }
 
-// logits_ = ln_f(hidden) · wteᵀ for M rows, [M, Vp] on the device.
+// logits_ = ln_f(hidden) · wteᵀ for M rows, [M, Vp] on the device (plan_* sized logits_).
 void Generator::compute_logits(const float* hidden, int M) {
   Backend& be = model_.backend();
   const GPTConfig& cfg = model_.config();
   const int C = cfg.n_embd, Vp = cfg.padded_vocab_size;
-  grow(logits_, be, static_cast<size_t>(M) * Vp);
   be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), hidden,
                        model_.param_data("transformer.ln_f.weight"),
                        model_.param_data("transformer.ln_f.bias"), M, C);
   be.matmul_forward(logits_.data(), ln_.data(), model_.param_data("transformer.wte.weight"),
                     nullptr, M, C, Vp);
+}
+
+void Generator::sample_device(int M, float temperature) {
+  const GPTConfig& cfg = model_.config();
+  model_.backend().sample_rows(sampled_dev_.data(),
+                               reinterpret_cast<float*>(sampled_dev_.data() + M), logits_.data(),
+                               seeds_dev(), temperature, M, cfg.vocab_size, cfg.padded_vocab_size);
+}
+
+void Generator::fetch_samples(int M, std::vector<int32_t>* ids, std::vector<float>* logprobs) {
+  sampled_host_.resize(2 * static_cast<size_t>(M));
+  model_.backend().copy_to_host(sampled_host_.data(), sampled_dev_.data(),
+                                sampled_host_.size() * sizeof(int32_t));
+  ids->assign(sampled_host_.begin(), sampled_host_.begin() + M);
+  logprobs->resize(M);
+  std::memcpy(logprobs->data(), sampled_host_.data() + M, M * sizeof(float));
+}
+
+// A decode step's device work. Without graphs: run it. With graphs: a key's first step runs
+// eagerly (it sizes the backend's scratch and fills cuBLASLt's plan cache, so the capture
+// allocates nothing), the second is captured and launched, later ones are replays. A graph
+// the backend calls stale (memory freed since its capture) takes all the graphs with it and
+// the step runs eagerly.
+void Generator::run_step(const StepKey& key, const std::function<void()>& ops) {
+  Backend& be = model_.backend();
+  if (!be.graphs_enabled()) {
+    ops();
+    return;
+  }
+  auto it = step_graphs_.find(key);
+  if (it != step_graphs_.end() && it->second.graph) {
+    if (be.graph_launch(it->second.graph)) {
+      graph_replays_++;
+      return;
+    }
+    drop_graphs();
+  }
+  StepGraph& g = step_graphs_[key];
+  if (g.seen++ == 0) {
+    ops();
+    return;
+  }
+  be.graph_begin_capture();
+  try {
+    ops();
+  } catch (...) {
+    try {  // close the capture so the stream works again; the error that matters is ops'
+      be.graph_destroy(be.graph_end_capture());
+    } catch (...) {
+    }
+    throw;
+  }
+  g.graph = be.graph_end_capture();
+  HH_CHECK(be.graph_launch(g.graph), "generator: a decode-step graph is stale right after capture");
+  graph_replays_++;
 }
 
 // The first vocab_size columns of the M rows of logits_, on the host.
@@ -319,6 +401,7 @@ void Generator::prefill_device(const std::vector<std::vector<int32_t>>& prompts,
     rows[b] = b * T + len - 1;
   }
   max_len_ = max_len;
+  drop_graphs();  // a new batch: new cache layout (slots, max_len), maybe new buffers
   cache_.reserve(be, cfg.n_layer, B, max_len, C);
   plan_prefill(B, T);
   be.copy_to_device(tokens_dev_.data(), tokens.data(), N * sizeof(int32_t));
@@ -353,13 +436,15 @@ void Generator::prefill_device(const std::vector<std::vector<int32_t>>& prompts,
 
 // One token for each listed sequence at its next position: the same layer sequence as
 // prefill on M rows, with kv_cache_write + attention_decode in place of attention_forward.
-void Generator::decode_device(const std::vector<int32_t>& seqs,
-                              const std::vector<int32_t>& tokens) {
+void Generator::decode_device(const std::vector<int32_t>& seqs, const std::vector<int32_t>& tokens,
+                              const std::vector<uint64_t>* seeds, float temperature) {
   const GPTConfig& cfg = model_.config();
   Backend& be = model_.backend();
   const int M = static_cast<int>(seqs.size()), C = cfg.n_embd, NH = cfg.n_head;
   HH_CHECK(M >= 1 && tokens.size() == seqs.size(), "generator: decode got ", seqs.size(),
            " sequences and ", tokens.size(), " tokens");
+  HH_CHECK(!seeds || seeds->size() == seqs.size(), "generator: decode got ", seqs.size(),
+           " sequences and ", seeds ? seeds->size() : 0, " seeds");
   // One upload: tokens | positions | slots.
   std::vector<int32_t>& ints = step_ints_;
   ints.resize(3 * static_cast<size_t>(M));
@@ -378,34 +463,51 @@ void Generator::decode_device(const std::vector<int32_t>& seqs,
     for (int j = 0; j < i; j++)
       HH_CHECK(seqs[i] != seqs[j], "generator: sequence ", seqs[i], " listed twice in decode");
   plan_decode(M);
-  be.copy_to_device(step_ints_dev_.data(), ints.data(), ints.size() * sizeof(int32_t));
-  const int32_t* tokens_dev = step_ints_dev_.data();
-  const int32_t* positions_dev = tokens_dev + M;
-  const int32_t* slots_dev = tokens_dev + 2 * M;
-
-  const size_t MC = static_cast<size_t>(M) * C;
-  be.embedding_forward_at(x_.data(), tokens_dev, positions_dev,
-                          model_.param_data("transformer.wte.weight"),
-                          model_.param_data("transformer.wpe.weight"), M, C);
-  for (int l = 0; l < cfg.n_layer; l++) {
-    const LayerParams p = layer_params(model_, l);
-    be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x_.data(), p.ln1_w, p.ln1_b, M, C);
-    be.matmul_forward(qkv_.data(), ln_.data(), p.qkv_w, p.qkv_b, M, C, 3 * C);
-    be.kv_cache_write(cache_.keys(l), cache_.values(l), qkv_.data(), slots_dev, positions_dev, M,
-                      max_len_, C);
-    be.attention_decode(atty_.data(), qkv_.data(), cache_.keys(l), cache_.values(l), slots_dev,
-                        positions_dev, M, max_len_, C, NH);
-    be.matmul_forward(proj_.data(), atty_.data(), p.proj_w, p.proj_b, M, C, C);
-    be.residual_forward(x2_.data(), x_.data(), proj_.data(), MC);
-    be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x2_.data(), p.ln2_w, p.ln2_b, M,
-                         C);
-    be.matmul_forward(fch_.data(), ln_.data(), p.fc_w, p.fc_b, M, C, 4 * C);
-    be.gelu_forward(fch_gelu_.data(), fch_.data(), MC * 4);
-    be.matmul_forward(proj_.data(), fch_gelu_.data(), p.fcproj_w, p.fcproj_b, M, 4 * C, C);
-    be.residual_forward(x_.data(), x2_.data(), proj_.data(), MC);
+  // One upload of everything that changes from step to step: [seeds |] tokens | positions |
+  // slots. The step's ops read them from these fixed addresses (never as launch
+  // arguments), so a graph captured for M replays any later step of M rows.
+  if (seeds) {
+    step_in_.resize(step_in_words(M));
+    std::copy(seeds->begin(), seeds->end(), step_in_.begin());
+    std::memcpy(step_in_.data() + M, ints.data(), ints.size() * sizeof(int32_t));
+    be.copy_to_device(seeds_dev(), step_in_.data(),
+                      M * sizeof(uint64_t) + ints.size() * sizeof(int32_t));
+  } else {
+    be.copy_to_device(step_ints_dev(M), ints.data(), ints.size() * sizeof(int32_t));
   }
+
+  uint32_t temperature_bits = 0;
+  if (seeds) std::memcpy(&temperature_bits, &temperature, sizeof(temperature_bits));
+  run_step(StepKey{M, seeds != nullptr, temperature_bits}, [&] {
+    const int32_t* tokens_dev = step_ints_dev(M);
+    const int32_t* positions_dev = tokens_dev + M;
+    const int32_t* slots_dev = tokens_dev + 2 * M;
+    const size_t MC = static_cast<size_t>(M) * C;
+    be.embedding_forward_at(x_.data(), tokens_dev, positions_dev,
+                            model_.param_data("transformer.wte.weight"),
+                            model_.param_data("transformer.wpe.weight"), M, C);
+    for (int l = 0; l < cfg.n_layer; l++) {
+      const LayerParams p = layer_params(model_, l);
+      be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x_.data(), p.ln1_w, p.ln1_b, M,
+                           C);
+      be.matmul_forward(qkv_.data(), ln_.data(), p.qkv_w, p.qkv_b, M, C, 3 * C);
+      be.kv_cache_write(cache_.keys(l), cache_.values(l), qkv_.data(), slots_dev, positions_dev, M,
+                        max_len_, C);
+      be.attention_decode(atty_.data(), qkv_.data(), cache_.keys(l), cache_.values(l), slots_dev,
+                          positions_dev, M, max_len_, C, NH);
+      be.matmul_forward(proj_.data(), atty_.data(), p.proj_w, p.proj_b, M, C, C);
+      be.residual_forward(x2_.data(), x_.data(), proj_.data(), MC);
+      be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x2_.data(), p.ln2_w, p.ln2_b, M,
+                           C);
+      be.matmul_forward(fch_.data(), ln_.data(), p.fc_w, p.fc_b, M, C, 4 * C);
+      be.gelu_forward(fch_gelu_.data(), fch_.data(), MC * 4);
+      be.matmul_forward(proj_.data(), fch_gelu_.data(), p.fcproj_w, p.fcproj_b, M, 4 * C, C);
+      be.residual_forward(x_.data(), x2_.data(), proj_.data(), MC);
+    }
+    compute_logits(x_.data(), M);
+    if (seeds) sample_device(M, temperature);
+  });
   for (int i = 0; i < M; i++) lengths_[seqs[i]]++;
-  compute_logits(x_.data(), M);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -472,27 +574,26 @@ std::vector<GeneratedSample> Generator::generate(const std::vector<std::vector<i
   std::vector<std::pair<float, int32_t>> scratch;
   std::vector<float> logits, sampled_logprobs;
   std::vector<int32_t> sampled;
+  // On the device, each step's draw uses one seed per sequence from its own stream; a decode
+  // step samples its new logits right away (inside the step's graph), the prefill's logits
+  // are sampled here.
   std::vector<uint64_t> seeds;
-  Backend& be = model_.backend();
+  auto draw_seeds = [&](const std::vector<int32_t>& seqs) {
+    seeds.resize(seqs.size());
+    for (size_t i = 0; i < seqs.size(); i++) seeds[i] = state[seqs[i]].rng.next_u64();
+  };
+  if (on_device) {
+    draw_seeds(active);
+    model_.backend().copy_to_device(seeds_dev(), seeds.data(), seeds.size() * sizeof(uint64_t));
+    sample_device(B, device_temperature);
+  }
 
   while (!active.empty()) {
     const int M = static_cast<int>(active.size());
-    if (on_device) {
-      seeds.resize(M);
-      for (int i = 0; i < M; i++) seeds[i] = state[active[i]].rng.next_u64();
-      grow(seeds_dev_, be, M);
-      grow(sampled_dev_, be, M);
-      grow(sampled_logprobs_dev_, be, M);
-      be.copy_to_device(seeds_dev_.data(), seeds.data(), M * sizeof(uint64_t));
-      be.sample_rows(sampled_dev_.data(), sampled_logprobs_dev_.data(), logits_.data(),
-                     seeds_dev_.data(), device_temperature, M, V, cfg.padded_vocab_size);
-      sampled.resize(M);
-      sampled_logprobs.resize(M);
-      be.copy_to_host(sampled.data(), sampled_dev_.data(), M * sizeof(int32_t));
-      be.copy_to_host(sampled_logprobs.data(), sampled_logprobs_dev_.data(), M * sizeof(float));
-    } else {
+    if (on_device)
+      fetch_samples(M, &sampled, &sampled_logprobs);
+    else
       logits = host_logits(M);
-    }
     std::vector<int32_t> next_seqs, next_tokens;
     for (int i = 0; i < M; i++) {
       const int b = active[i];
@@ -557,7 +658,13 @@ std::vector<GeneratedSample> Generator::generate(const std::vector<std::vector<i
       }
     }
     active = next_seqs;
-    if (!active.empty()) decode_device(next_seqs, next_tokens);
+    if (active.empty()) break;
+    if (on_device) {
+      draw_seeds(active);
+      decode_device(active, next_tokens, &seeds, device_temperature);
+    } else {
+      decode_device(active, next_tokens);
+    }
   }
   last_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return out;

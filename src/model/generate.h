@@ -20,6 +20,11 @@
 // Rng(mix(seed, b)), so a seed reproduces every sample exactly and a sequence's sample does
 // not depend on when the other sequences of its batch finish.
 //
+// On a backend with graphs (CUDA; HH_CUDA_GRAPHS=0 turns them off) a decode step -- the
+// layers, the logits and, when sampling on the device, sample_rows -- is captured once per
+// row count M and replayed with one launch; the per-step inputs (tokens, positions, slots,
+// seeds) are uploaded to fixed buffers first. Graphs give bit-identical results.
+//
 // Stops, per sequence: <|endoftext|> sampled ("eot"), a stop string appearing in the
 // decoded response ("stop"; the response is cut before it), max_new_tokens ("length").
 // Prompts longer than max_seq_len - max_new_tokens lose their oldest tokens (a warning on
@@ -28,7 +33,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "model/gpt.h"
@@ -106,6 +113,9 @@ class Generator {
  public:
   // Keeps references to both. The model's vocab_size must equal the tokenizer's (throws).
   Generator(GPT& model, const Tokenizer& tokenizer);
+  ~Generator();
+  Generator(const Generator&) = delete;
+  Generator& operator=(const Generator&) = delete;
 
   // Samples a response for each prompt (token ids, e.g. tokenized with
   // tokenize_dialogue and ending in "\n\nAssistant:"). One call = one batch.
@@ -131,15 +141,36 @@ class Generator {
   // Generated tokens and the time of the last generate() (prefill included), for tokens/s.
   int64_t last_new_tokens() const { return last_new_tokens_; }
   double last_seconds() const { return last_seconds_; }
+  // Decode steps run as a graph replay so far (0 without graphs), for tests and benchmarks.
+  int64_t graph_replays() const { return graph_replays_; }
 
  private:
   // prefill/decode up to the device logits_ [rows, Vp]; host_logits copies them out.
+  // With seeds (one per row), decode_device also samples the new logits on the device
+  // (sample_rows into sampled_dev_, see fetch_samples).
   void prefill_device(const std::vector<std::vector<int32_t>>& prompts, int max_len);
-  void decode_device(const std::vector<int32_t>& seqs, const std::vector<int32_t>& tokens);
+  void decode_device(const std::vector<int32_t>& seqs, const std::vector<int32_t>& tokens,
+                     const std::vector<uint64_t>* seeds = nullptr, float temperature = 0.0f);
   void plan_prefill(int B, int T);
   void plan_decode(int M);
   void compute_logits(const float* hidden, int M);
   std::vector<float> host_logits(int M);
+  // sample_rows over the M rows of logits_ with the seeds at seeds_dev() (uploaded before).
+  void sample_device(int M, float temperature);
+  // The last sample_device's ids and log-probs, on the host (one copy).
+  void fetch_samples(int M, std::vector<int32_t>* ids, std::vector<float>* logprobs);
+  // Runs a decode step's device work (`ops`): eagerly, or through the graph cached for key.
+  using StepKey = std::tuple<int, bool, uint32_t>;  // M, samples, temperature's bits
+  void run_step(const StepKey& key, const std::function<void()>& ops);
+  // Destroys every cached graph (they bake in buffer pointers and the cache's layout).
+  void drop_graphs();
+  // Device layout of a step's inputs for M rows, in 64-bit words of step_in_dev_:
+  // seeds [M] | tokens [M] positions [M] slots [M] (int32).
+  static size_t step_in_words(int M) {
+    return static_cast<size_t>(M) + (3 * static_cast<size_t>(M) + 1) / 2;
+  }
+  uint64_t* seeds_dev() { return step_in_dev_.data(); }
+  int32_t* step_ints_dev(int M) { return reinterpret_cast<int32_t*>(step_in_dev_.data() + M); }
 
   GPT& model_;
   const Tokenizer& tokenizer_;
@@ -149,16 +180,25 @@ class Generator {
 
   // Device scratch, grow-only. Prefill uses [B*T] rows, decode [M] rows.
   Buffer<int32_t> tokens_dev_, positions_dev_, slots_dev_, lengths_dev_, rows_dev_;
-  Buffer<int32_t> step_ints_dev_, sampled_dev_;  // decode: tokens|positions|slots; samples
-  Buffer<uint64_t> seeds_dev_;
-  Buffer<float> sampled_logprobs_dev_;
-  std::vector<int32_t> step_ints_;
+  Buffer<uint64_t> step_in_dev_;  // a step's inputs, see step_in_words
+  Buffer<int32_t> sampled_dev_;   // ids [M] | log-probs [M] (floats) of sample_device
+  std::vector<int32_t> step_ints_, sampled_host_;
+  std::vector<uint64_t> step_in_;
   Buffer<float> x_, x2_, ln_, mean_, rstd_, qkv_, atty_, proj_, fch_, fch_gelu_, att_saved_;
   Buffer<float> last_, logits_;
   std::vector<float> host_logits_;
 
   int64_t last_new_tokens_ = 0;
   double last_seconds_ = 0;
+
+  // Decode-step graphs: a key's first step runs eagerly (sizing every buffer, filling
+  // cuBLASLt's plan cache), its second is captured; later ones replay.
+  struct StepGraph {
+    int seen = 0;
+    void* graph = nullptr;  // Backend::graph_end_capture's handle
+  };
+  std::map<StepKey, StepGraph> step_graphs_;
+  int64_t graph_replays_ = 0;
 };
 
 // Reads per-sequence random streams for seed and sequence index b (exposed for tests).

@@ -471,6 +471,19 @@ std::vector<float> GPT::token_losses() const {
   return host_losses_;
 }
 
+std::vector<float> GPT::token_entropies() {
+  HH_CHECK(mode_ == Mode::Loss,
+           "token_entropies(): needs a forward() with targets first (backward() overwrites the "
+           "logits)");
+  const size_t N = static_cast<size_t>(B_) * T_;
+  grow(entropies_, *backend_, N);
+  backend_->softmax_entropy(entropies_.data(), logits_.data(), targets_.data(), static_cast<int>(N),
+                            config_.vocab_size, config_.padded_vocab_size);
+  std::vector<float> out(N);
+  backend_->copy_to_host(out.data(), entropies_.data(), N * sizeof(float));
+  return out;
+}
+
 std::vector<float> GPT::logits_rows(const std::vector<int32_t>& rows) const {
   HH_CHECK(mode_ == Mode::Logits || mode_ == Mode::Loss,
            "logits_rows(): needs a forward()/forward_logits() first (backward() overwrites "

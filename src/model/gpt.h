@@ -115,6 +115,10 @@ class GPT {
   void forward_logits(const Batch& batch);
   // Per-token losses of the last forward() [B*T] (0 where there was no target).
   std::vector<float> token_losses() const;
+  // Entropy of the predicted distribution, −Σ p log p, at each position of the last
+  // forward() [B*T] (0 where there was no target); computed on the backend. Call it
+  // before backward(), which overwrites the logits.
+  std::vector<float> token_entropies();
   // Logits of the last forward at rows b*T+t, the first vocab_size columns of each:
   // [rows.size() * vocab_size]. Read them before backward(), which overwrites them.
   std::vector<float> logits_rows(const std::vector<int32_t>& rows) const;
@@ -205,7 +209,7 @@ class GPT {
   Buffer<int32_t> tokens_, targets_, lengths_, rows_;
   Buffer<float> encoded_, ln1_, ln1_mean_, ln1_rstd_, qkv_, atty_, att_saved_, attproj_, residual2_,
       ln2_, ln2_mean_, ln2_rstd_, fch_, fch_gelu_, fcproj_, residual3_;
-  Buffer<float> lnf_, lnf_mean_, lnf_rstd_, logits_, losses_, dlosses_;
+  Buffer<float> lnf_, lnf_mean_, lnf_rstd_, logits_, losses_, dlosses_, entropies_;
   Buffer<float> gathered_, scores_, dscores_, dgathered_;
   // Backward scratch: the residual stream's gradient and branch gradients.
   Buffer<float> dresidual_, dbuf_c_, dbuf_4c_a_, dbuf_4c_b_;

@@ -121,6 +121,10 @@ class CpuBackend final : public Backend {
                              const float* dlosses, int N, int V, int Vp) override {
     cpu::crossentropy_backward(dlogits, logits, targets, dlosses, N, V, Vp);
   }
+  void softmax_entropy(float* entropy, const float* logits, const int32_t* targets, int N, int V,
+                       int Vp) override {
+    cpu::softmax_entropy(entropy, logits, targets, N, V, Vp);
+  }
   void gather_rows(float* out, const float* inp, const int32_t* rows, int M, int C) override {
     cpu::gather_rows(out, inp, rows, M, C);
   }

@@ -59,6 +59,22 @@ class Backend {
   // libraries that queue work beside the ops (NCCL).
   virtual void* native_stream() { return nullptr; }
 
+  // ---- graphs: record a fixed sequence of ops once, replay it with one launch ----
+  // Between graph_begin_capture() and graph_end_capture() the ops are recorded, not run;
+  // they must not allocate, free, synchronise or copy to or from the host. end returns an
+  // opaque executable graph; graph_launch(g) queues a replay: the same ops with the same
+  // pointers and arguments, reading the buffers' contents as they are then (so per-step
+  // inputs are copied into fixed buffers before the launch). graph_launch returns false and
+  // queues nothing when g may be stale (memory was freed on this backend since its capture):
+  // the caller destroys it and runs the ops itself. graph_destroy(null) is a no-op.
+  // Only the CUDA backend has graphs (cudaStreamBeginCapture; HH_CUDA_GRAPHS=0 turns them
+  // off); elsewhere graphs_enabled() is false and callers just run the ops.
+  virtual bool graphs_enabled() const { return false; }
+  virtual void graph_begin_capture() {}
+  virtual void* graph_end_capture() { return nullptr; }
+  virtual bool graph_launch(void* /*graph*/) { return false; }
+  virtual void graph_destroy(void* /*graph*/) {}
+
   // ---- embedding: out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:] ----
   virtual void embedding_forward(float* out, const int32_t* tokens, const float* wte,
                                  const float* wpe, int B, int T, int C) = 0;
@@ -113,6 +129,10 @@ class Backend {
   // logits-sized buffer). The loss mask and the mean's 1/count live in dlosses.
   virtual void crossentropy_backward(float* dlogits, const float* logits, const int32_t* targets,
                                      const float* dlosses, int N, int V, int Vp) = 0;
+  // entropy[i] = −Σ_j p_j·log p_j, p = softmax(logits[i,:V]), on rows with targets[i] ≥ 0
+  // (0 elsewhere): PPO's policy entropy without copying logits to the host.
+  virtual void softmax_entropy(float* entropy, const float* logits, const int32_t* targets, int N,
+                               int V, int Vp) = 0;
 
   // ---- rows, for the scalar head: out[m,:] = inp[rows[m],:] ----
   virtual void gather_rows(float* out, const float* inp, const int32_t* rows, int M, int C) = 0;

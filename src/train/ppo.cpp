@@ -241,22 +241,6 @@ std::vector<std::vector<float>> batch_logprobs(GPT& model, const ActionBatch& ab
   return out;
 }
 
-// Mean entropy −Σ p log p of the softmax over the vocabulary at each row (host, double).
-double sum_entropy(const std::vector<float>& logits, int V, size_t rows) {
-  double total = 0;
-  for (size_t r = 0; r < rows; ++r) {
-    const float* x = logits.data() + r * V;
-    double mx = *std::max_element(x, x + V), z = 0, s = 0;
-    for (int v = 0; v < V; ++v) {
-      double e = std::exp(x[v] - mx);
-      z += e;
-      s += e * (x[v] - mx);
-    }
-    total += std::log(z) - s / z;
-  }
-  return total;
-}
-
 // Every rank's values in global order: rank r's `local` lands at [first, first + n) of a
 // zero vector of n·world entries, and the vectors are summed over ranks.
 std::vector<double> gather_global(Communicator& comm, const std::vector<double>& local,
@@ -528,7 +512,6 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
   };
 
   PpoTrainResult result;
-  const int V = cfg.vocab_size;
   for (int64_t it = start_iter; it < o.iterations; ++it) {
     if (stop_requested(comm)) {
       if (!quiet)
@@ -602,8 +585,8 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
       ActionBatch ab = make_action_batch(ro.prompts, ro.actions, idx, cfg.max_seq_len, "policy");
       if (ab.flat_rows.empty()) continue;
       auto lp = batch_logprobs(policy, ab);
-      std::vector<float> logits = policy.logits_rows(ab.flat_rows);
-      entropy_sum += sum_entropy(logits, V, ab.flat_rows.size());
+      const std::vector<float> entropies = policy.token_entropies();
+      for (int32_t row : ab.flat_rows) entropy_sum += entropies[row];
       auto lr = batch_logprobs(reference, ab);
       std::vector<float> v = value->forward_scores(ab.batch, ab.flat_rows);
       size_t pos = 0;

@@ -44,6 +44,8 @@ void crossentropy_forward(float* losses, const float* logits, const int32_t* tar
                           int Vp);
 void crossentropy_backward(float* dlogits, const float* logits, const int32_t* targets,
                            const float* dlosses, int N, int V, int Vp);
+void softmax_entropy(float* entropy, const float* logits, const int32_t* targets, int N, int V,
+                     int Vp);
 // rows.cpp
 void gather_rows(float* out, const float* inp, const int32_t* rows, int M, int C);
 void scatter_add_rows(float* dinp, const float* dout, const int32_t* rows, int M, int C);

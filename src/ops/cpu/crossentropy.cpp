@@ -3,6 +3,7 @@
 //   loss_i = -log softmax(x)_y = log Σ_j exp(x_j - m) + m - x_y
 //   dx_j = dloss_i·(exp(x_j - m)/Σ - [j == y])  for j < V,  dx_j = 0 for j >= V
 // Rows with y < 0 have no loss: loss_i = 0, dx_i = 0.
+// softmax_entropy reuses the same row statistics for H_i = −Σ_j p_j log p_j (PPO's entropy).
 // Subtracting the max keeps every exp in (0, 1], so logits of any size (1e4, ...) are safe.
 // The sum of exps is accumulated in double: all terms are positive (no cancellation), but
 // with V ~ 50k float partial sums would lose ~log2(V/8) bits; double makes the loss exact
@@ -94,6 +95,28 @@ void crossentropy_backward(float* dlogits, const float* logits, const int32_t* t
     for (int j = 0; j < V; j++) dx[j] = fast_exp(x[j] - stats.max) * scale;
     dx[target] -= dloss;
     for (int j = V; j < Vp; j++) dx[j] = 0.0f;
+  }
+}
+
+// H = −Σ p_j log p_j = log Σ_j e_j − Σ_j e_j·(x_j − m) / Σ_j e_j,  e_j = exp(x_j − m).
+void softmax_entropy(float* entropy, const float* logits, const int32_t* targets, int N, int V,
+                     int Vp) {
+  check_targets(targets, N, V, Vp);
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < N; i++) {
+    if (targets[i] < 0) {
+      entropy[i] = 0.0f;
+      continue;
+    }
+    const float* x = logits + static_cast<int64_t>(i) * Vp;
+    const RowStats stats = row_stats(x, V);
+    double weighted = 0.0;
+#pragma omp simd reduction(+ : weighted)
+    for (int j = 0; j < V; j++) {
+      const float d = x[j] - stats.max;
+      weighted += fast_exp(d) * d;
+    }
+    entropy[i] = static_cast<float>(std::log(stats.sum_exp) - weighted / stats.sum_exp);
   }
 }
 
