@@ -10,12 +10,10 @@
 //             dQ = dS·K;  dK = dSᵀ·Q
 // saved = lse[B][NH][T], as in the fused kernels of attention_flash.cu (HH_CUDA_FLASH=1),
 // so neither path keeps a T×T matrix per layer: the products here run through cuBLAS on
-// a chunk of heads of one sequence at a time, their scores in scratch shared by every
-// layer. Recomputing S in the backward costs one more QKᵀ product (about 1% of a GPT-2
-// 124M step) and saves B·NH·T·T floats per layer (4.8 GB at 124M, batch 8 x 1024).
-// A chunk holds as many heads as keep its T×T scores (two regions in the backward)
-// within kChunkBytes, so they can stay in L2 between the product that writes them and
-// the kernels and products that read them; HH_CUDA_ATTN_HEADS=n sets the chunk instead.
+// the heads of one sequence at a time (HH_CUDA_ATTN_HEADS=n: n heads at a time), their
+// scores in scratch shared by every layer. Recomputing S in the backward saves
+// B·NH·T·T floats per layer (4.8 GB at 124M, batch 8 x 1024) for one more QKᵀ product
+// and one more pass over the scores per layer.
 //
 // The products run through cuBLAS strided-batched GEMMs, one call per sequence b over
 // its NH heads (head h's slices sit hs floats apart, the next head's P T·T floats
@@ -39,14 +37,83 @@
 namespace hh::cuda {
 namespace {
 
-constexpr int kRowsPerBlock = 8;                  // one warp per row of P
-constexpr size_t kChunkBytes = size_t(16) << 20;  // one region of scores per chunk of heads
+constexpr int kRowsPerBlock = 8;     // one warp per row of P
+constexpr int kMaxRegisterT = 1024;  // rows up to this long are held in registers
 
-// Heads per chunk: ctx.attn_heads when set, else as many as fit kChunkBytes (at least 1).
-int heads_per_chunk(const Context& ctx, int NH, int T) {
-  if (ctx.attn_heads > 0) return std::min(ctx.attn_heads, NH);
-  const size_t per_head = sizeof(float) * static_cast<size_t>(T) * T;
-  return static_cast<int>(std::clamp<size_t>(kChunkBytes / per_head, 1, NH));
+// Heads per chunk: ctx.attn_heads when set, else all NH heads of the sequence (on the H100,
+// 124M at 8 x 1024: 2 heads 90.5 ms/step, 4 heads 72.2, 12 heads 67.3).
+int heads_per_chunk(const Context& ctx, int NH) {
+  return ctx.attn_heads > 0 ? std::min(ctx.attn_heads, NH) : NH;
+}
+
+// Register-held rows (T ≤ 32·N): each lane keeps the N entries s = lane + 32·i of its row,
+// so the row is read once and written once (the loops below read it up to three times).
+template <int N>
+__global__ void attention_softmax_regs_kernel(float* att, float* lse, const int32_t* lengths, int b,
+                                              int NH, int T) {
+  const int lane = threadIdx.x % 32;
+  const size_t row = static_cast<size_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  if (row >= static_cast<size_t>(NH) * T) return;
+  const int t = static_cast<int>(row % T);
+  const int L = min(max(lengths[b], 0), T);
+  float* p = att + row * T;
+  if (t >= L) {
+#pragma unroll
+    for (int i = 0; i < N; i++)
+      if (lane + 32 * i < T) p[lane + 32 * i] = 0.0f;
+    if (lane == 0) lse[row] = 0.0f;
+    return;
+  }
+  float v[N];
+  float max_score = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+    const int s = lane + 32 * i;
+    v[i] = s <= t ? p[s] : -INFINITY;
+    max_score = fmaxf(max_score, v[i]);
+  }
+  max_score = warp_max(max_score);
+  float sum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+    v[i] = lane + 32 * i <= t ? expf(v[i] - max_score) : 0.0f;
+    sum += v[i];
+  }
+  sum = warp_sum(sum);
+  const float inv_sum = 1.0f / sum;
+#pragma unroll
+  for (int i = 0; i < N; i++)
+    if (lane + 32 * i < T) p[lane + 32 * i] = v[i] * inv_sum;
+  if (lane == 0) lse[row] = max_score + logf(sum);
+}
+
+template <int N>
+__global__ void attention_softmax_backward_regs_kernel(float* dp, const float* p_all,
+                                                       const int32_t* lengths, int b, int NH, int T,
+                                                       float scale) {
+  const int lane = threadIdx.x % 32;
+  const size_t row = static_cast<size_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  if (row >= static_cast<size_t>(NH) * T) return;
+  const int t = static_cast<int>(row % T);
+  const int L = min(max(lengths[b], 0), T);
+  float* d = dp + row * T;
+  const float* p = p_all + row * T;
+  float pv[N], dv[N];
+  float dot = 0.0f;
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+    const int s = lane + 32 * i;
+    const bool live = t < L && s <= t;
+    pv[i] = live ? p[s] : 0.0f;
+    dv[i] = live ? d[s] : 0.0f;
+    dot += pv[i] * dv[i];
+  }
+  dot = warp_sum(dot);
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+    const int s = lane + 32 * i;
+    if (s < T) d[s] = (t < L && s <= t) ? scale * pv[i] * (dv[i] - dot) : 0.0f;
+  }
 }
 
 // In place on the scores of sequence b, rows [NH][T]: causal + length masked softmax,
@@ -114,6 +181,48 @@ __global__ void attention_softmax_backward_kernel(float* dp, const float* p_all,
   for (int s = lane; s < T; s += 32) d[s] = s <= t ? scale * p[s] * (d[s] - dot) : 0.0f;
 }
 
+// The softmax kernels over n·T rows of sequence b: held in registers when T ≤ 1024 (the
+// smallest N with 32·N ≥ T), else the loops over the row in memory.
+void softmax_forward(Context& ctx, float* att, float* lse, const int32_t* lengths, int b, int n,
+                     int T) {
+  const int grid = ceil_div(static_cast<size_t>(n) * T, kRowsPerBlock);
+  const int block = 32 * kRowsPerBlock;
+  cudaStream_t st = ctx.stream;
+  if (T <= 128)
+    attention_softmax_regs_kernel<4><<<grid, block, 0, st>>>(att, lse, lengths, b, n, T);
+  else if (T <= 256)
+    attention_softmax_regs_kernel<8><<<grid, block, 0, st>>>(att, lse, lengths, b, n, T);
+  else if (T <= 512)
+    attention_softmax_regs_kernel<16><<<grid, block, 0, st>>>(att, lse, lengths, b, n, T);
+  else if (T <= kMaxRegisterT)
+    attention_softmax_regs_kernel<32><<<grid, block, 0, st>>>(att, lse, lengths, b, n, T);
+  else
+    attention_softmax_kernel<<<grid, block, 0, st>>>(att, lse, lengths, b, n, T);
+  CUDA_CHECK_LAUNCH();
+}
+
+void softmax_backward(Context& ctx, float* dp, const float* p, const int32_t* lengths, int b, int n,
+                      int T, float scale) {
+  const int grid = ceil_div(static_cast<size_t>(n) * T, kRowsPerBlock);
+  const int block = 32 * kRowsPerBlock;
+  cudaStream_t st = ctx.stream;
+  if (T <= 128)
+    attention_softmax_backward_regs_kernel<4>
+        <<<grid, block, 0, st>>>(dp, p, lengths, b, n, T, scale);
+  else if (T <= 256)
+    attention_softmax_backward_regs_kernel<8>
+        <<<grid, block, 0, st>>>(dp, p, lengths, b, n, T, scale);
+  else if (T <= 512)
+    attention_softmax_backward_regs_kernel<16>
+        <<<grid, block, 0, st>>>(dp, p, lengths, b, n, T, scale);
+  else if (T <= kMaxRegisterT)
+    attention_softmax_backward_regs_kernel<32>
+        <<<grid, block, 0, st>>>(dp, p, lengths, b, n, T, scale);
+  else
+    attention_softmax_backward_kernel<<<grid, block, 0, st>>>(dp, p, lengths, b, n, T, scale);
+  CUDA_CHECK_LAUNCH();
+}
+
 // C = op(A)·op(B) for NH heads of one sequence; alpha/beta as given. Strides in floats.
 void gemm_heads(Context& ctx, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
                 float alpha, const float* a, int lda, long long stride_a, const float* b, int ldb,
@@ -141,7 +250,7 @@ void attention_forward(Context& ctx, float* out, float* saved, const float* qkv,
   const size_t seq_stride = static_cast<size_t>(T) * 3 * C;
   // A chunk of n heads of one sequence at a time: S = scale·Q·Kᵀ into scratch, softmax in
   // place (→ P, lse), out = P·V written per head into its hs columns of out (row stride C).
-  const int hc = heads_per_chunk(ctx, NH, T);
+  const int hc = heads_per_chunk(ctx, NH);
   float* p = static_cast<float*>(ctx.scratch(sizeof(float) * hc * TT));
   for (int b = 0; b < B; b++) {
     for (int h0 = 0; h0 < NH; h0 += hc) {
@@ -149,13 +258,9 @@ void attention_forward(Context& ctx, float* out, float* saved, const float* qkv,
       const float* q = qkv + b * seq_stride + h0 * hs;
       const float* k = q + C;
       const float* v = q + 2 * C;
-      const size_t rows = static_cast<size_t>(n) * T;
       gemm_heads(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, scale, k, 3 * C, hs, q, 3 * C, hs, 0.0f,
                  p, T, TT, n);
-      attention_softmax_kernel<<<ceil_div(rows, kRowsPerBlock), 32 * kRowsPerBlock, 0,
-                                 ctx.stream>>>(p, saved + (static_cast<size_t>(b) * NH + h0) * T,
-                                               lengths, b, n, T);
-      CUDA_CHECK_LAUNCH();
+      softmax_forward(ctx, p, saved + (static_cast<size_t>(b) * NH + h0) * T, lengths, b, n, T);
       float* o = out + static_cast<size_t>(b) * T * C + h0 * hs;
       gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, v, 3 * C, hs, p, T, TT, 0.0f, o, C,
                  hs, n);
@@ -175,7 +280,7 @@ void attention_backward(Context& ctx, float* dqkv, const float* dout, const floa
   const size_t seq_stride = static_cast<size_t>(T) * 3 * C;
   // A chunk of n heads of one sequence at a time: P recomputed into one n·T·T region of
   // scratch, dP (then dS, in place) into the other.
-  const int hc = heads_per_chunk(ctx, NH, T);
+  const int hc = heads_per_chunk(ctx, NH);
   float* p = static_cast<float*>(ctx.scratch(2 * sizeof(float) * hc * TT));
   float* dp = p + hc * TT;
   for (int b = 0; b < B; b++) {
@@ -201,9 +306,7 @@ void attention_backward(Context& ctx, float* dqkv, const float* dout, const floa
       // dVᵀ = doutᵀ·P
       gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, dy, C, hs, p, T, TT, 0.0f, dv,
                  3 * C, hs, n);
-      attention_softmax_backward_kernel<<<ceil_div(rows, kRowsPerBlock), 32 * kRowsPerBlock, 0,
-                                          ctx.stream>>>(dp, p, lengths, b, n, T, scale);
-      CUDA_CHECK_LAUNCH();
+      softmax_backward(ctx, dp, p, lengths, b, n, T, scale);
       // dQᵀ = Kᵀ·dSᵀ
       gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, k, 3 * C, hs, dp, T, TT, 0.0f, dq,
                  3 * C, hs, n);

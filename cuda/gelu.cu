@@ -17,6 +17,7 @@ constexpr float kGeluCubic = 0.044715f;
 // far above fp32 rounding.
 __device__ __forceinline__ float accurate_tanh(float x) {
   const float kClamp = 7.90531110763549805f;
+  if (fabsf(x) >= kClamp) return copysignf(1.0f, x);  // exactly ±1, as on the CPU
   x = fminf(fmaxf(x, -kClamp), kClamp);
   const float x2 = x * x;
   float p = -2.76076847742355e-16f;
@@ -49,7 +50,7 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
     const float x = inp[i];
     const float u = kGeluScale * (x + kGeluCubic * x * x * x);
     const float th = accurate_tanh(u);
-    const float sech2 = (1.0f - th) * (1.0f + th);  // as on the CPU (see cpu/gelu.cpp)
+    const float sech2 = 1.0f - th * th;
     const float local =
         0.5f * (1.0f + th) + 0.5f * x * sech2 * kGeluScale * (1.0f + 3.0f * kGeluCubic * x * x);
     dinp[i] = dout[i] * local;

@@ -5,7 +5,8 @@
 #   bash scripts/bench_gpu_vs_torch.sh [batch] [seq]        (defaults 8 1024)
 # Environment: HH_BENCH_BIN (build-gpu/hh-bench), PYTHON (python3: the GPU machine's
 # python3 holds PyTorch), HH_BENCH_STEPS (passed through when set).
-# hh runs twice: default attention and HH_CUDA_FLASH=1 (fused). Ends with key=value lines
+# hh runs twice: default attention and HH_CUDA_FLASH=1 (fused; HH_BENCH_FLASH=0 skips it).
+# Ends with key=value lines
 # (hh_tokens_per_s, hh_peak_gib, torch_tokens_per_s, torch_peak_gib, ratio, and the same
 # for flash: hh_flash_tokens_per_s, hh_flash_peak_gib, flash_ratio) for gpu_check.sh.
 set -uo pipefail
@@ -35,8 +36,11 @@ run_hh() {  # $1 = HH_CUDA_FLASH value
 }
 HH_OUT=$(run_hh 0)
 echo "$HH_OUT" | grep -Ev "^step |^\{" | tail -8
-HH_FLASH_OUT=$(run_hh 1)
-echo "$HH_FLASH_OUT" | grep -Ev "^step |^\{" | tail -8
+HH_FLASH_OUT=""
+if [ "${HH_BENCH_FLASH:-1}" != "0" ]; then
+  HH_FLASH_OUT=$(run_hh 1)
+  echo "$HH_FLASH_OUT" | grep -Ev "^step |^\{" | tail -8
+fi
 
 echo "--- torch: $PY scripts/reference/bench_torch_train.py --device cuda ${MODEL[*]} ${STEPS[*]}"
 TORCH_OUT=""

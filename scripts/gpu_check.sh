@@ -12,7 +12,9 @@
 #   6. one short table (also written to $OUT/gpu_check_summary.txt when $OUT is set)
 # Logs of every step go to build-gpu/check; with $OUT set (the remote GPU tool) the summary
 # and one file holding the tail of every log are copied there. Environment:
-#   HH_GPU_JOBS (16) build jobs; HH_GPU_SKIP_BENCH=1 skips steps 5-5c; HH_GPU_SKIP_CTEST=1
+#   HH_GPU_JOBS (16) build jobs; HH_GPU_SKIP_BENCH=1 skips steps 5-5c; HH_GPU_SKIP lists
+#   steps to leave out (5a 5b flash hf-generate hf-interop); HH_GPU_PROFILE=1 adds
+#   scripts/gpu_profile.sh (per-kernel times); HH_GPU_SKIP_CTEST=1
 #   skips the whole ctest; HH_GPU_DEMO=1 runs make demo's GPU size (HH_GPU_DEMO_S, 240 s)
 #   with the data at HH_DATA_DIR/hh-rlhf; HH_GPU_BUDGET_S
 #   (540): a step that would start later than this is skipped, so one call fits the device
@@ -28,6 +30,11 @@ mkdir -p "$LOGDIR"
 JOBS="${HH_GPU_JOBS:-16}"
 START=$(date +%s)
 step() { echo; echo "=== [$(($(date +%s) - START))s] $* ==="; }
+# Steps named in HH_GPU_SKIP (e.g. "5a 5b hf-generate hf-interop") are left out.
+wanted() {
+  case " ${HH_GPU_SKIP:-} " in *" $1 "*) echo "skipped: HH_GPU_SKIP names $1"; return 1 ;; esac
+  return 0
+}
 # True while the time budget allows another step (each bench step takes 0.5-2 minutes).
 in_budget() {
   if [ $(($(date +%s) - START)) -lt "${HH_GPU_BUDGET_S:-540}" ]; then return 0; fi
@@ -155,7 +162,8 @@ fi
 step "5. benchmarks (GPT-2 124M, batch 8 x 1024, full training step)"
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && in_budget; then
   set +e
-  timeout 150 bash "$ROOT/scripts/bench_gpu_vs_torch.sh" \
+  FLASH=1; wanted flash || FLASH=0
+  HH_BENCH_FLASH=$FLASH timeout 150 bash "$ROOT/scripts/bench_gpu_vs_torch.sh" \
     >"$LOGDIR/bench.log" 2>&1
   set -e
   tail -40 "$LOGDIR/bench.log"
@@ -171,7 +179,7 @@ fi
 
 step "5a. attention: heads per cuBLAS chunk (HH_CUDA_ATTN_HEADS), 124M step"
 ATTN_SWEEP="n/a"
-if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && in_budget; then
+if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a && in_budget; then
   ATTN_SWEEP=""
   for h in 2 4 12; do
     ms=$(HH_CUDA_ATTN_HEADS=$h timeout 60 "$BUILD/hh-bench" train --device cuda --layers 12 \
@@ -183,7 +191,7 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && in_budget
 fi
 
 step "5b. data parallelism: the gradient all-reduce through NCCL at world size 1 (124M)"
-if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && in_budget; then
+if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5b && in_budget; then
   set +e
   HH_BENCH_BIN="$BUILD/hh-bench" HH_BENCH_STEPS=10 timeout 120 bash "$ROOT/scripts/bench_dist.sh" cuda \
     >"$LOGDIR/bench_dist.log" 2>&1
@@ -197,9 +205,17 @@ fi
 step "5c. generation (hh-chat --bench vs HF generate), PM pairs/s, PPO phases (124M)"
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && in_budget; then
   set +e
-  PYTHON=python3 timeout 150 bash "$ROOT/scripts/bench_generate.sh" cuda "$BUILD" >"$LOGDIR/bench_generate.log" 2>&1
+  if wanted hf-generate; then
+    PYTHON=python3 timeout 150 bash "$ROOT/scripts/bench_generate.sh" cuda "$BUILD" >"$LOGDIR/bench_generate.log" 2>&1
+  else
+    # hh alone (HF generate's numbers from an earlier run of this script).
+    timeout 60 "$BUILD/hh-chat" --random-model gpt2-124m --vocab-size 50257 --device cuda --bench \
+      --batch-size 64 --prompt-len 64 --max-new-tokens 128 --repeats 3 --temperature 1 --top-k 0 \
+      --top-p 1 --seed 1 2>/dev/null | sed 's/^/hh:  /' >"$LOGDIR/bench_generate.log"
+    GEN_HH=$(grep -Eo '"tokens_per_s":[0-9.]+' "$LOGDIR/bench_generate.log" | cut -d: -f2 | cut -d. -f1)
+  fi
   tail -6 "$LOGDIR/bench_generate.log"
-  GEN_HH=$(grep -E "^\| hh " "$LOGDIR/bench_generate.log" | awk -F'|' '{print $3}' | tr -d ' ')
+  wanted hf-generate >/dev/null && GEN_HH=$(grep -E "^\| hh " "$LOGDIR/bench_generate.log" | awk -F'|' '{print $3}' | tr -d ' ')
   GEN_HF=$(grep -E "^\| HF generate fp32" "$LOGDIR/bench_generate.log" | awk -F'|' '{print $3 "(" $4 ")"}' | tr -d ' ')
   # The same hh bench without CUDA graphs (eager decode steps), for the graphs' share.
   GEN_EAGER=$(HH_CUDA_GRAPHS=0 timeout 60 "$BUILD/hh-chat" --random-model gpt2-124m --vocab-size 50257 \
@@ -220,7 +236,7 @@ fi
 
 step "5d. GPT-2 interop (Hugging Face transformers on the same tokens), then the whole ctest"
 HF_INTEROP="not run"; CTEST_STATUS="not run"; DEMO_STATUS="not run"
-if [ -x "$BUILD/hh-chat" ] && in_budget; then
+if [ -x "$BUILD/hh-chat" ] && wanted hf-interop && in_budget; then
   set +e
   # Exact fp32 matmuls (HH_CUDA_TF32=0): the check is of the weight layout, to 1e-4.
   HH_CUDA_TF32=0 timeout 60 python3 scripts/reference/check_hf_gpt2.py "$BUILD/hh-chat" --device cuda \
@@ -251,6 +267,13 @@ if [ "${HH_GPU_DEMO:-0}" = "1" ] && [ -x "$BUILD/hh-ppo" ] && in_budget; then
   DEMO_STATUS=$(grep -Eo "demo finished in [0-9]+s" "$LOGDIR/demo_gpu.log" || echo "failed or timed out (rc $rc)")
 fi
 
+step "5f. per-kernel GPU time (HH_GPU_PROFILE=1: scripts/gpu_profile.sh, Nsight Compute)"
+if [ "${HH_GPU_PROFILE:-0}" = "1" ] && [ -x "$BUILD/hh-bench" ] && in_budget; then
+  set +e
+  HH_PROFILE_DIR="$LOGDIR" timeout 200 bash scripts/gpu_profile.sh "$BUILD" 2>&1 | tee "$LOGDIR/profile.log"
+  set -e
+fi
+
 step "6. summary"
 {
   echo "| check                         | result"
@@ -265,7 +288,7 @@ step "6. summary"
   echo "| torch tokens/s (fp32/TF32)    | $TORCH_TOKS   peak $TORCH_PEAK GiB"
   echo "| hh HH_CUDA_FLASH=1 tokens/s    | $FLASH_TOKS   peak $FLASH_PEAK GiB"
   echo "| hh / torch (default, flash)   | $RATIO, $FLASH_RATIO"
-  echo "| attention heads/chunk: step   |$ATTN_SWEEP (default: 4 at T=1024)"
+  echo "| attention heads/chunk: step   |$ATTN_SWEEP (default: all heads)"
   echo "| 124M step: single / NCCL w=1  | $SINGLE_MS ms / $NCCL1_MS ms (all-reduce +$NCCL1_PCT%)"
   echo "| generate 124M, 64x(64+128)    | hh $GEN_HH tok/s (no graphs ${GEN_EAGER:-n/a}); HF fp32 $GEN_HF"
   echo "| PM 124M, 8 pairs x 1024       | $PM_PAIRS pairs/s"

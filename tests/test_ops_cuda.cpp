@@ -326,6 +326,11 @@ TEST_F(CudaParity, AttentionExactFp32) {
     check_attention(*cpu_, *gpu, 3, 37, 3, 16, {37, 1, 20}, kExact,
                     std::string(" fp32 T=37, heads per chunk ") + heads);
   }
+  // Every softmax kernel: rows held in registers (N = 16 and 32 values per lane) and, past
+  // T = 1024, the loops over the row in memory.
+  check_attention(*cpu_, *gpu_, 1, 300, 2, 16, {300}, kExact, " fp32 T=300");
+  check_attention(*cpu_, *gpu_, 2, 1000, 1, 16, {1000, 517}, kExact, " fp32 T=1000");
+  check_attention(*cpu_, *gpu_, 1, 1100, 1, 16, {1030}, kExact, " fp32 T=1100");
 }
 
 TEST_F(CudaParity, AttentionTf32) {

@@ -166,6 +166,11 @@ TEST(KlController, FixedOrAdaptiveAsZiegler) {
   EXPECT_NEAR(ad.beta, 0.1 * 1.02 * 1.01, 1e-12);
   ad.update(0.0, 1000);  // error −1 → −0.2
   EXPECT_NEAR(ad.beta, 0.1 * 1.02 * 1.01 * 0.8, 1e-12);
+  // An unreachable target: β grows geometrically, but no further than kMaxBeta.
+  for (int i = 0; i < 200; i++) ad.update(100.0, 1000);
+  EXPECT_EQ(ad.beta, hh::KlController::kMaxBeta);
+  for (int i = 0; i < 400; i++) ad.update(0.0, 1000);
+  EXPECT_EQ(ad.beta, hh::KlController::kMinBeta);
 }
 
 TEST(RunningMoments, MergedBatchesEqualOnePass) {

@@ -151,6 +151,7 @@ void KlController::update(double kl, int64_t n_steps) {
   if (target <= 0) return;
   const double error = std::min(std::max(kl / target - 1.0, -0.2), 0.2);
   beta *= 1.0 + error * static_cast<double>(n_steps) / horizon;
+  beta = std::min(std::max(beta, kMinBeta), kMaxBeta);
 }
 
 // Merges the batch's (n, mean, M2) into the running ones (Chan et al. 1979).

@@ -34,9 +34,14 @@ inline float fast_exp(float x) {
 }
 
 // tanh(x) as a 13/6 rational function of x (Eigen's float tanh), clamped where
-// tanh(x) rounds to ±1 in float.
+// tanh(x) rounds to ±1 in float. Past the clamp the result is exactly ±1 by selection,
+// not by the rational function landing on it: an FMA-contracted evaluation (nvcc's, for
+// cuda/gelu.cu's copy) can miss ±1 by an ulp, and then GELU's gradient, which multiplies
+// 1 − tanh² by x³, is no longer exactly 0 there.
 inline float fast_tanh(float x) {
   const float kClamp = 7.90531110763549805f;
+  const float saturated = x < 0.0f ? -1.0f : 1.0f;
+  const bool outside = x <= -kClamp || x >= kClamp;
   x = x < -kClamp ? -kClamp : x;
   x = x > kClamp ? kClamp : x;
   float x2 = x * x;
@@ -52,7 +57,7 @@ inline float fast_tanh(float x) {
   q = q * x2 + 1.18534705686654e-04f;
   q = q * x2 + 2.26843463243900e-03f;
   q = q * x2 + 4.89352518554385e-03f;
-  return p / q;
+  return outside ? saturated : p / q;
 }
 
 }  // namespace hh::cpu
