@@ -8,7 +8,7 @@
 //   HH_CUDA_LT=0    plain cublasSgemm + bias kernel instead of the cuBLASLt bias epilogue
 //   HH_CUDA_FLASH=1 fused flash-style attention (no tensor cores; the default runs the
 //                   attention products through cuBLAS; both save only the log-sum-exp)
-//   HH_CUDA_ATTN_HEADS=n  heads per cuBLAS attention chunk (default: what fits 16 MB)
+//   HH_CUDA_ATTN_HEADS=n  heads per cuBLAS attention call (default: all heads of a sequence)
 //   HH_CUDA_GRAPHS=0 no CUDA graphs (default 1: Backend::graph_* capture the stream's work
 //                   and replay it with one launch; generation's decode step uses them)
 #include <cstdlib>
