@@ -30,6 +30,7 @@
 // row of out and dqkv comes out exactly 0.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "common.cuh"
 #include "cuda_ops.cuh"
@@ -181,45 +182,50 @@ __global__ void attention_softmax_backward_kernel(float* dp, const float* p_all,
   for (int s = lane; s < T; s += 32) d[s] = s <= t ? scale * p[s] * (d[s] - dot) : 0.0f;
 }
 
-// The softmax kernels over n·T rows of sequence b: held in registers when T ≤ 1024 (the
-// smallest N with 32·N ≥ T), else the loops over the row in memory.
+// Calls f(std::integral_constant<int, N>{}) with the smallest N of 4, 8, 16, 32 such that
+// 32·N ≥ T, or with N = 0 (the loops over the row in memory) past kMaxRegisterT.
+template <typename F>
+void with_values_per_lane(int T, F&& f) {
+  if (T <= 128)
+    f(std::integral_constant<int, 4>{});
+  else if (T <= 256)
+    f(std::integral_constant<int, 8>{});
+  else if (T <= 512)
+    f(std::integral_constant<int, 16>{});
+  else if (T <= kMaxRegisterT)
+    f(std::integral_constant<int, 32>{});
+  else
+    f(std::integral_constant<int, 0>{});
+}
+
+// The softmax kernels over the n·T rows of sequence b.
 void softmax_forward(Context& ctx, float* att, float* lse, const int32_t* lengths, int b, int n,
                      int T) {
   const int grid = ceil_div(static_cast<size_t>(n) * T, kRowsPerBlock);
-  const int block = 32 * kRowsPerBlock;
-  cudaStream_t st = ctx.stream;
-  if (T <= 128)
-    attention_softmax_regs_kernel<4><<<grid, block, 0, st>>>(att, lse, lengths, b, n, T);
-  else if (T <= 256)
-    attention_softmax_regs_kernel<8><<<grid, block, 0, st>>>(att, lse, lengths, b, n, T);
-  else if (T <= 512)
-    attention_softmax_regs_kernel<16><<<grid, block, 0, st>>>(att, lse, lengths, b, n, T);
-  else if (T <= kMaxRegisterT)
-    attention_softmax_regs_kernel<32><<<grid, block, 0, st>>>(att, lse, lengths, b, n, T);
-  else
-    attention_softmax_kernel<<<grid, block, 0, st>>>(att, lse, lengths, b, n, T);
+  with_values_per_lane(T, [&](auto values) {
+    constexpr int N = decltype(values)::value;
+    if constexpr (N == 0)
+      attention_softmax_kernel<<<grid, 32 * kRowsPerBlock, 0, ctx.stream>>>(att, lse, lengths, b, n,
+                                                                            T);
+    else
+      attention_softmax_regs_kernel<N>
+          <<<grid, 32 * kRowsPerBlock, 0, ctx.stream>>>(att, lse, lengths, b, n, T);
+  });
   CUDA_CHECK_LAUNCH();
 }
 
 void softmax_backward(Context& ctx, float* dp, const float* p, const int32_t* lengths, int b, int n,
                       int T, float scale) {
   const int grid = ceil_div(static_cast<size_t>(n) * T, kRowsPerBlock);
-  const int block = 32 * kRowsPerBlock;
-  cudaStream_t st = ctx.stream;
-  if (T <= 128)
-    attention_softmax_backward_regs_kernel<4>
-        <<<grid, block, 0, st>>>(dp, p, lengths, b, n, T, scale);
-  else if (T <= 256)
-    attention_softmax_backward_regs_kernel<8>
-        <<<grid, block, 0, st>>>(dp, p, lengths, b, n, T, scale);
-  else if (T <= 512)
-    attention_softmax_backward_regs_kernel<16>
-        <<<grid, block, 0, st>>>(dp, p, lengths, b, n, T, scale);
-  else if (T <= kMaxRegisterT)
-    attention_softmax_backward_regs_kernel<32>
-        <<<grid, block, 0, st>>>(dp, p, lengths, b, n, T, scale);
-  else
-    attention_softmax_backward_kernel<<<grid, block, 0, st>>>(dp, p, lengths, b, n, T, scale);
+  with_values_per_lane(T, [&](auto values) {
+    constexpr int N = decltype(values)::value;
+    if constexpr (N == 0)
+      attention_softmax_backward_kernel<<<grid, 32 * kRowsPerBlock, 0, ctx.stream>>>(
+          dp, p, lengths, b, n, T, scale);
+    else
+      attention_softmax_backward_regs_kernel<N>
+          <<<grid, 32 * kRowsPerBlock, 0, ctx.stream>>>(dp, p, lengths, b, n, T, scale);
+  });
   CUDA_CHECK_LAUNCH();
 }
 
