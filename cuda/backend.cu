@@ -196,6 +196,11 @@ class CudaBackend : public Backend {
     if (g) CUDA_CHECK(cudaGraphExecDestroy(g->exec));
   }
   size_t peak_bytes() const override { return peak_bytes_; }
+  size_t available_bytes() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return free_bytes;
+  }
 
   // ---- ops: forward to cuda/<op>.cu ----
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,

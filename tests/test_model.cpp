@@ -411,6 +411,44 @@ TEST(GPTInitTest, DeterministicGpt2Init) {
   for (float w : a.get_param("transformer.h.1.attn.c_attn.bias")) ASSERT_EQ(w, 0.0f);
 }
 
+// bytes_to_train is what a first step allocates (the CPU backend allocates nothing else
+// through alloc_bytes), and nothing once the buffers have that size.
+TEST(GPTMemoryTest, BytesToTrainIsWhatAStepAllocates) {
+  for (bool scalar_head : {false, true}) {
+    auto be = make_cpu_backend();
+    GPTConfig cfg = GPTConfig::preset("tiny", 100);
+    cfg.max_seq_len = 16;
+    GPT model(*be, cfg, scalar_head);
+    model.init_random(1);
+    const int B = 3, T = 12;
+    Batch b;
+    b.B = B, b.T = T;
+    b.tokens.assign(B * T, 1);
+    b.targets.assign(B * T, 2);
+    b.lengths = {12, 7, 1};
+    const std::vector<int32_t> rows = {11, T + 6, 2 * T};  // each sequence's last token
+    const size_t before = be->peak_bytes();
+    const size_t need = scalar_head ? model.bytes_to_train(B, T, static_cast<int>(rows.size()))
+                                    : model.bytes_to_train(B, T);
+    EXPECT_GT(need, 0u);
+    if (scalar_head) {
+      model.forward_scores(b, rows);
+      model.backward_scores({1.0f, -1.0f, 0.5f});
+    } else {
+      model.forward(b);
+      model.backward();
+    }
+    // The CPU backend rounds each allocation up to 64 bytes (about 30 buffers here).
+    const size_t used = be->peak_bytes() - before;
+    EXPECT_GE(used, need) << (scalar_head ? "scalar head" : "LM head");
+    EXPECT_LT(used, need + 64 * 32) << (scalar_head ? "scalar head" : "LM head");
+    EXPECT_EQ(scalar_head ? model.bytes_to_train(B, T, 3) : model.bytes_to_train(B, T), 0u);
+    // Forward only needs less; a larger batch needs more again.
+    EXPECT_GT(model.bytes_to_train(2 * B, T, scalar_head ? 3 : 0),
+              model.bytes_to_train(2 * B, T, scalar_head ? 3 : 0, /*with_backward=*/false));
+  }
+}
+
 TEST(GPTErrorTest, BadBatchesAreClearErrors) {
   auto be = make_cpu_backend();
   GPTConfig cfg = GPTConfig::preset("tiny", 100);

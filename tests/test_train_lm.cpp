@@ -124,6 +124,27 @@ TEST(TrainLm, ResumeIsBitExact) {
   for (size_t i = 0; i < 4; ++i) EXPECT_EQ(r2.train_losses[i], rf.train_losses[4 + i]) << i;
 }
 
+// A step whose activations cannot fit is refused before training, naming the sizes and the
+// flags that shrink it; nothing is written to the run directory.
+TEST(TrainLm, AModelThatDoesNotFitSaysSoBeforeTraining) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  std::string data = make_dataset(tmp.path(), 8, 3);
+  auto o = tiny_options(data, tmp.path() + "/run");
+  o.batch = o.micro_batch = 1 << 22;  // 4M sequences x 32 tokens: terabytes of activations
+  try {
+    hh::train_lm(*be, o);
+    FAIL() << "expected an error";
+  } catch (const hh::Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("does not fit"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("4194304 sequences x 32 tokens"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("--micro-batch"), std::string::npos) << msg;
+  }
+  EXPECT_FALSE(fs::exists(tmp.path() + "/run/config.json"));
+  EXPECT_FALSE(fs::exists(tmp.path() + "/run/latest"));
+}
+
 TEST(TrainLm, RefusesToOverwriteARun) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <map>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -289,34 +290,82 @@ void GPT::zero_grad() { backend_->fill_zero(grads_.data(), grads_.bytes()); }
 // ---------------------------------------------------------------------------------------
 // Activations
 
-void GPT::plan_activations(int B, int T) {
-  Backend& be = *backend_;
+// The activation buffers and their element counts, each list in one place: what a
+// forward over B×T allocates, what the backward adds, the LM head's logits, the scalar
+// head's M rows. plan_activations & co. grow them; bytes_to_train adds them up.
+template <typename F>
+void GPT::forward_buffers(int B, int T, F&& f) {
   const size_t N = static_cast<size_t>(B) * T, C = config_.n_embd, L = config_.n_layer;
-  att_saved_per_layer_ = be.attention_saved_floats(B, T, config_.n_head);
-  grow(tokens_, be, N);
-  grow(targets_, be, N);
-  grow(lengths_, be, B);
-  grow(encoded_, be, N * C);
-  grow(ln1_, be, L * N * C);
-  grow(ln1_mean_, be, L * N);
-  grow(ln1_rstd_, be, L * N);
-  grow(qkv_, be, L * N * 3 * C);
-  grow(atty_, be, L * N * C);
-  grow(att_saved_, be, L * att_saved_per_layer_);
-  grow(attproj_, be, L * N * C);
-  grow(residual2_, be, L * N * C);
-  grow(ln2_, be, L * N * C);
-  grow(ln2_mean_, be, L * N);
-  grow(ln2_rstd_, be, L * N);
-  grow(fch_, be, L * N * 4 * C);
-  grow(fch_gelu_, be, L * N * 4 * C);
-  grow(fcproj_, be, L * N * C);
-  grow(residual3_, be, L * N * C);
-  grow(lnf_, be, N * C);
-  grow(lnf_mean_, be, N);
-  grow(lnf_rstd_, be, N);
-  grow(losses_, be, N);
-  grow(dlosses_, be, N);
+  const size_t saved = backend_->attention_saved_floats(B, T, config_.n_head);
+  f(tokens_, N);
+  f(targets_, N);
+  f(lengths_, B);
+  f(encoded_, N * C);
+  f(ln1_, L * N * C);
+  f(ln1_mean_, L * N);
+  f(ln1_rstd_, L * N);
+  f(qkv_, L * N * 3 * C);
+  f(atty_, L * N * C);
+  f(att_saved_, L * saved);
+  f(attproj_, L * N * C);
+  f(residual2_, L * N * C);
+  f(ln2_, L * N * C);
+  f(ln2_mean_, L * N);
+  f(ln2_rstd_, L * N);
+  f(fch_, L * N * 4 * C);
+  f(fch_gelu_, L * N * 4 * C);
+  f(fcproj_, L * N * C);
+  f(residual3_, L * N * C);
+  f(lnf_, N * C);
+  f(lnf_mean_, N);
+  f(lnf_rstd_, N);
+  f(losses_, N);
+  f(dlosses_, N);
+}
+
+template <typename F>
+void GPT::backward_buffers(int B, int T, F&& f) {
+  const size_t N = static_cast<size_t>(B) * T, C = config_.n_embd;
+  f(dresidual_, N * C);
+  f(dbuf_c_, N * C);
+  f(dbuf_4c_a_, N * 4 * C);
+  f(dbuf_4c_b_, N * 4 * C);
+}
+
+template <typename F>
+void GPT::lm_head_buffers(int B, int T, F&& f) {
+  f(logits_, static_cast<size_t>(B) * T * config_.padded_vocab_size);
+}
+
+template <typename F>
+void GPT::score_buffers(int M, F&& f) {
+  const size_t C = config_.n_embd;
+  f(rows_, M);
+  f(gathered_, M * C);
+  f(dgathered_, M * C);
+  f(scores_, M);
+  f(dscores_, M);
+}
+
+void GPT::plan_activations(int B, int T) {
+  att_saved_per_layer_ = backend_->attention_saved_floats(B, T, config_.n_head);
+  forward_buffers(B, T, [this](auto& buf, size_t n) { grow(buf, *backend_, n); });
+}
+
+size_t GPT::bytes_to_train(int B, int T, int score_rows, bool with_backward) {
+  size_t bytes = 0;
+  // Bytes a buffer still has to grow by (grow() replaces it, but the old one is freed).
+  auto add = [&bytes](auto& buf, size_t n) {
+    using Elem = typename std::remove_reference_t<decltype(buf)>::value_type;
+    if (n > buf.size()) bytes += (n - buf.size()) * sizeof(Elem);
+  };
+  forward_buffers(B, T, add);
+  if (with_backward) backward_buffers(B, T, add);
+  if (score_rows > 0)
+    score_buffers(score_rows, add);
+  else
+    lm_head_buffers(B, T, add);
+  return bytes;
 }
 
 GPT::LayerActs GPT::layer_acts(int l) {
@@ -341,11 +390,7 @@ GPT::LayerActs GPT::layer_acts(int l) {
 }
 
 void GPT::ensure_grad_scratch() {
-  const size_t N = static_cast<size_t>(B_) * T_, C = config_.n_embd;
-  grow(dresidual_, *backend_, N * C);
-  grow(dbuf_c_, *backend_, N * C);
-  grow(dbuf_4c_a_, *backend_, N * 4 * C);
-  grow(dbuf_4c_b_, *backend_, N * 4 * C);
+  backward_buffers(B_, T_, [this](auto& buf, size_t n) { grow(buf, *backend_, n); });
 }
 
 // Validates a batch (naming the bad field and position) and copies it to the device.
@@ -443,7 +488,7 @@ void GPT::trunk_forward() {
 void GPT::forward_logits(const Batch& batch) {
   check_and_upload(batch, false);
   const size_t N = static_cast<size_t>(B_) * T_;
-  grow(logits_, *backend_, N * config_.padded_vocab_size);
+  lm_head_buffers(B_, T_, [this](auto& buf, size_t n) { grow(buf, *backend_, n); });
   trunk_forward();
   backend_->matmul_forward(logits_.data(), lnf_.data(), params_.data() + wte_, nullptr,
                            static_cast<int>(N), config_.n_embd, config_.padded_vocab_size);
@@ -611,11 +656,7 @@ std::vector<float> GPT::forward_scores(const Batch& batch, const std::vector<int
              ", t=", r % T_, ") is a padded position (length ", host_lengths_[r / T_], ")");
   }
   Backend& be = *backend_;
-  grow(rows_, be, M);
-  grow(gathered_, be, static_cast<size_t>(M) * C);
-  grow(dgathered_, be, static_cast<size_t>(M) * C);
-  grow(scores_, be, M);
-  grow(dscores_, be, M);
+  score_buffers(M, [this](auto& buf, size_t n) { grow(buf, *backend_, n); });
   host_rows_ = rows;
   num_rows_ = M;
   be.copy_to_device(rows_.data(), rows.data(), M * sizeof(int32_t));

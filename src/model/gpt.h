@@ -142,6 +142,11 @@ class GPT {
 
   void zero_grad();
 
+  // Bytes the backend still has to allocate for a step on B×T: activations, the backward's
+  // scratch (with_backward), and the LM head's logits (score_rows = 0) or a scalar head
+  // over score_rows rows. Backend scratch (attention's scores, cuBLAS workspace) is not in it.
+  size_t bytes_to_train(int B, int T, int score_rows = 0, bool with_backward = true);
+
   // ---- for data parallelism (src/dist/grad_sync.h) ----
   // Layer l's tensors as [begin, end) offsets into params()/grads(): one range in the
   // decayed part (its four weights), one in the rest (its biases and LayerNorms).
@@ -179,6 +184,14 @@ class GPT {
 
   void add_tensor(const std::string& name, std::vector<int64_t> shape, bool decay);
   void check_and_upload(const Batch& batch, bool need_targets);
+  template <typename F>
+  void forward_buffers(int B, int T, F&& f);
+  template <typename F>
+  void backward_buffers(int B, int T, F&& f);
+  template <typename F>
+  void lm_head_buffers(int B, int T, F&& f);
+  template <typename F>
+  void score_buffers(int M, F&& f);
   void plan_activations(int B, int T);
   LayerActs layer_acts(int l);
   void ensure_grad_scratch();

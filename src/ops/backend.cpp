@@ -3,9 +3,12 @@
 // CpuBackend is the reference backend: memory is 64-byte aligned host memory (so AVX
 // loads never split cache lines), copies are memcpy, and every op forwards to the plain
 // C++ implementation in src/ops/cpu/ (hh::cpu::...). make_backend picks a backend by name.
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 
 #include "core/error.h"
@@ -65,6 +68,16 @@ class CpuBackend final : public Backend {
   size_t peak_bytes() const override {
     std::lock_guard<std::mutex> lock(mutex_);
     return peak_bytes_;
+  }
+  size_t available_bytes() const override {
+    std::ifstream meminfo("/proc/meminfo");
+    std::string key;
+    size_t kib = 0;
+    while (meminfo >> key >> kib) {
+      if (key == "MemAvailable:") return kib * 1024;
+      meminfo.ignore(256, '\n');
+    }
+    return SIZE_MAX;
   }
 
   // ---- ops: see ops.h for the semantics, src/ops/cpu/ for the code ----

@@ -55,6 +55,9 @@ class Backend {
   virtual void fill_zero(void* p, size_t bytes) = 0;
   virtual void synchronize() = 0;
   virtual size_t peak_bytes() const = 0;  // high-water mark of alloc_bytes
+  // Memory free for new allocations now: CUDA's cudaMemGetInfo, the CPU's MemAvailable
+  // (/proc/meminfo; SIZE_MAX where that cannot be read).
+  virtual size_t available_bytes() const = 0;
   // The stream every op is queued on (a cudaStream_t on CUDA; null on the CPU), for
   // libraries that queue work beside the ops (NCCL).
   virtual void* native_stream() { return nullptr; }
@@ -196,6 +199,7 @@ int cuda_device_count();  // 0 when there is none (or no driver)
 template <typename T>
 class Buffer {
  public:
+  using value_type = T;
   Buffer() = default;
   Buffer(Backend& be, size_t n) : be_(&be), n_(n) {
     if (n) p_ = static_cast<T*>(be.alloc_bytes(n * sizeof(T)));

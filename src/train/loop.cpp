@@ -45,6 +45,9 @@ TrainLoop::TrainLoop(Backend& backend, const TrainLoopOptions& o, const LoopSetu
     seen_ = state_.extra.count(key) ? state_.extra[key] : 0;
   }
   sync_replicas(comm_, model_, opt_);
+  const int seqs = static_cast<int>(micro_batch_) * setup_.seqs_per_item;
+  check_training_fits(backend, model_.bytes_to_train(seqs, o.seq, setup_.scalar_head ? seqs : 0),
+                      seqs, o.seq, setup_.program);
   run_.write_config(o.config_json);
   if (!quiet_) {
     std::fprintf(stderr, "%s: %s | %zu params | %zu %s%s | %s from step %lld%s\n",

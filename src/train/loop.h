@@ -28,9 +28,10 @@ namespace hh {
 
 // What distinguishes a trainer to the loop.
 struct LoopSetup {
-  std::string program;  // "hh-sft": start-up line
-  std::string stage;    // checkpoint metadata "stage"
-  bool scalar_head = false;
+  std::string program;       // "hh-sft": start-up line
+  std::string stage;         // checkpoint metadata "stage"
+  bool scalar_head = false;  // scored at one row per sequence (the PM) instead of the LM head
+  int seqs_per_item = 1;     // sequences in one item: 2 for a pair
   const TokenDataset* raw = nullptr;  // the training data (tokenizer, hash)
   size_t n_items = 0;                 // sequences or pairs to sample from
   std::string items_name;             // "train seqs": start-up line

@@ -281,6 +281,7 @@ PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
   setup.stage = "pm";
   // An LM checkpoint gives the trunk (the head stays random); a PM or our resume, all of it.
   setup.scalar_head = true;
+  setup.seqs_per_item = 2;
   setup.raw = &train.raw();
   setup.n_items = train.size();
   setup.items_name = "train pairs";

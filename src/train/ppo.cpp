@@ -460,6 +460,18 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
   }
 
   AdamW popt(policy, o.policy_adamw), vopt(*value, o.value_adamw);
+  {
+    // Every model's step at one minibatch of the longest sequence the rollout can make.
+    size_t longest_prompt = 0;
+    for (size_t i = 0; i < prompts.size(); ++i)
+      longest_prompt = std::max(longest_prompt, std::min(prompt_length(i), max_prompt));
+    const int T = static_cast<int>(std::min<size_t>(cfg.max_seq_len, longest_prompt + max_new));
+    const int mb = static_cast<int>(o.minibatch);
+    size_t need = policy.bytes_to_train(mb, T) + value->bytes_to_train(mb, T, mb * T) +
+                  reference.bytes_to_train(mb, T, 0, /*with_backward=*/false);
+    if (pm) need += pm->bytes_to_train(mb, T, mb, /*with_backward=*/false);
+    check_training_fits(backend, need, mb, T, "hh-ppo");
+  }
   BatchSampler sampler(prompts.size(), rank_prompts, o.seed, comm.rank(), comm.world());
   Rng rng(o.seed);
   TrainState state;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -95,6 +96,23 @@ void sync_replicas(Communicator& comm, GPT& model, AdamW& opt) {
 void check_sync(const Parallelism& parallel, const GPT& model, int64_t step) {
   if (parallel.check_sync_every > 0 && step % parallel.check_sync_every == 0)
     check_replicas_identical(parallel.get(), model, str_cat("after step ", step));
+}
+
+void check_training_fits(Backend& backend, size_t need, int seqs, int seq,
+                         const std::string& program) {
+  const size_t available = backend.available_bytes();
+  const size_t margin = need / 20 + (size_t(64) << 20);  // scratch, workspace, fragmentation
+  if (available == SIZE_MAX || need + margin <= available) return;
+  auto gib = [](size_t bytes) {
+    char s[32];
+    std::snprintf(s, sizeof s, "%.2f GiB", static_cast<double>(bytes) / (1 << 30));
+    return std::string(s);
+  };
+  HH_FAIL(program, ": the model does not fit: a training step of ", seqs, " sequences x ", seq,
+          " tokens needs about ", gib(need), " more on ", backend.name(),
+          " (activations, their gradients, logits or scores) and ", gib(available),
+          " are free; lower --micro-batch (the step's activations scale with it, --batch can "
+          "stay) or --seq, or train a smaller model");
 }
 
 std::string describe_ranks(const Communicator& comm) {
@@ -204,7 +222,7 @@ void loop_options_from_flags(const Flags& f, TrainLoopOptions* o) {
 }
 
 RunDir::RunDir(const std::string& path, bool resume, bool is_writer)
-    : path_(path), writer_(is_writer) {
+    : path_(path), writer_(is_writer), resume_(resume) {
   HH_CHECK(!path.empty(), "--run-dir is empty");
   if (writer_) make_dirs(path_ + "/checkpoints");
   if (!resume && !latest_checkpoint().empty()) {
@@ -221,8 +239,10 @@ RunDir::RunDir(const std::string& path, bool resume, bool is_writer)
 
 void RunDir::write_config(const std::string& json) const {
   if (!writer_ || json.empty()) return;
+  // A fresh run replaces what an earlier attempt without a checkpoint left; a resumed run
+  // keeps the flags it started with.
   std::string p = file("config.json");
-  if (!file_exists(p)) write_file_atomic(p, json + "\n");
+  if (!resume_ || !file_exists(p)) write_file_atomic(p, json + "\n");
 }
 
 std::string RunDir::latest_checkpoint() const {

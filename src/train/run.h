@@ -88,6 +88,12 @@ void check_sync(const Parallelism& parallel, const GPT& model, int64_t step);
 // " | 4 ranks (nccl)" for a start-up line; "" for one process.
 std::string describe_ranks(const Communicator& comm);
 
+// Before the first step: `need` bytes (GPT::bytes_to_train for `seqs` sequences of `seq`
+// tokens), plus a margin for the backend's scratch, must fit in what the backend has free;
+// else an error that names both sizes and the flags that shrink the step.
+void check_training_fits(Backend& backend, size_t need, int seqs, int seq,
+                         const std::string& program);
+
 // What to do when the loss or the gradient norm is NaN/Inf.
 enum class NanPolicy { Skip, Stop };
 NanPolicy nan_policy_from_flags(const Flags& flags);
@@ -125,7 +131,7 @@ class RunDir {
   const std::string& path() const { return path_; }
   std::string file(const std::string& name) const { return path_ + "/" + name; }
   MetricsLogger& metrics() { return *metrics_; }
-  // Writes config.json (the flags as JSON) unless the run already has one.
+  // Writes config.json (the flags as JSON); a resumed run keeps the one it has.
   void write_config(const std::string& json) const;
 
   // The newest complete checkpoint directory, or "" when there is none.
@@ -143,6 +149,7 @@ class RunDir {
  private:
   std::string path_;
   bool writer_;
+  bool resume_;
   std::unique_ptr<MetricsLogger> metrics_;
 };
 
