@@ -13,7 +13,7 @@
 # Logs of every step go to build-gpu/check; with $OUT set (the remote GPU tool) the summary
 # and one file holding the tail of every log are copied there. Environment:
 #   HH_GPU_JOBS (16) build jobs; HH_GPU_SKIP_BENCH=1 skips steps 5-5c; HH_GPU_SKIP lists
-#   steps to leave out (5a 5b flash hf-generate hf-interop); HH_GPU_PROFILE=1 adds
+#   steps to leave out (5a shapes 5b flash hf-generate hf-interop); HH_GPU_PROFILE=1 adds
 #   scripts/gpu_profile.sh (per-kernel times); HH_GPU_SKIP_CTEST=1
 #   skips the whole ctest; HH_GPU_DEMO=1 runs make demo's GPU size (HH_GPU_DEMO_S, 240 s)
 #   with the data at HH_DATA_DIR/hh-rlhf; HH_GPU_BUDGET_S
@@ -190,6 +190,22 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a
   done
 fi
 
+step "5a'. batch 1 to 64, sequence 64 to 1024 (124M training step, 3 steps each)"
+SHAPES="n/a"
+if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted shapes && in_budget; then
+  SHAPES=""
+  for shape in "1 64" "64 64" "1 1024" "64 1024"; do
+    set -- $shape
+    out=$(timeout 90 "$BUILD/hh-bench" train --device cuda --layers 12 --heads 12 --width 768 \
+      --vocab 50304 --batch "$1" --seq "$2" --steps 3 --warmup 1 2>&1 || true)
+    ms=$(echo "$out" | grep -Eo "median [0-9.]+" | grep -Eo "[0-9.]+" || true)
+    gib=$(echo "$out" | grep -Eo "backend [0-9.]+ GiB" | grep -Eo "[0-9.]+" || true)
+    echo "batch $1 x $2: ${ms:-FAILED} ms/step, peak ${gib:-?} GiB"
+    [ -n "$ms" ] || echo "$out" | tail -3
+    SHAPES="$SHAPES $1x$2:${ms:-FAILED}ms/${gib:-?}GiB"
+  done
+fi
+
 step "5b. data parallelism: the gradient all-reduce through NCCL at world size 1 (124M)"
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5b && in_budget; then
   set +e
@@ -292,6 +308,7 @@ step "6. summary"
   echo "| hh HH_CUDA_FLASH=1 tokens/s    | $FLASH_TOKS   peak $FLASH_PEAK GiB"
   echo "| hh / torch (default, flash)   | $RATIO, $FLASH_RATIO"
   echo "| attention heads/chunk: step   |$ATTN_SWEEP (default: all heads)"
+  echo "| shapes (ms/step, peak)        |$SHAPES"
   echo "| 124M step: single / NCCL w=1  | $SINGLE_MS ms / $NCCL1_MS ms (all-reduce +$NCCL1_PCT%)"
   echo "| generate 124M, 64x(64+128)    | hh $GEN_HH tok/s (no graphs ${GEN_EAGER:-n/a}); HF fp32 $GEN_HF"
   echo "| PM 124M, 8 pairs x 1024       | $PM_PAIRS pairs/s"
