@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 #include "common.cuh"
 #include "cuda_ops.cuh"
@@ -47,22 +48,42 @@ int heads_per_chunk(const Context& ctx, int NH) {
   return ctx.attn_heads > 0 ? std::min(ctx.attn_heads, NH) : NH;
 }
 
+// Query rows [q0, q0 + nq) of every head of a chunk, whose keys are [0, width) with
+// width = q0 + nq: one causal row block (HH_CUDA_ATTN_BLOCKS; one block = all T rows).
+struct RowBlock {
+  int q0, nq, width;
+};
+
+// The row of P this warp handles (rows of the block, head-major): false past the last; else
+// its position t, its offset in the scores [heads][T][T] and in lse [heads][T].
+__device__ __forceinline__ bool warp_row(RowBlock blk, int heads, int T, int* t, size_t* offset,
+                                         size_t* stat) {
+  const size_t row = static_cast<size_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  if (row >= static_cast<size_t>(heads) * blk.nq) return false;
+  const size_t h = row / blk.nq;
+  *t = blk.q0 + static_cast<int>(row % blk.nq);
+  *stat = h * T + *t;
+  *offset = *stat * T;
+  return true;
+}
+
 // Register-held rows (T ≤ 32·N): each lane keeps the N entries s = lane + 32·i of its row,
 // so the row is read once and written once (the loops below read it up to three times).
+// Every kernel writes the block's columns [0, width): P and dS are 0 where masked.
 template <int N>
 __global__ void attention_softmax_regs_kernel(float* att, float* lse, const int32_t* lengths, int b,
-                                              int NH, int T) {
+                                              int heads, int T, RowBlock blk) {
   const int lane = threadIdx.x % 32;
-  const size_t row = static_cast<size_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
-  if (row >= static_cast<size_t>(NH) * T) return;
-  const int t = static_cast<int>(row % T);
+  int t;
+  size_t offset, stat;
+  if (!warp_row(blk, heads, T, &t, &offset, &stat)) return;
   const int L = min(max(lengths[b], 0), T);
-  float* p = att + row * T;
+  float* p = att + offset;
   if (t >= L) {
 #pragma unroll
     for (int i = 0; i < N; i++)
-      if (lane + 32 * i < T) p[lane + 32 * i] = 0.0f;
-    if (lane == 0) lse[row] = 0.0f;
+      if (lane + 32 * i < blk.width) p[lane + 32 * i] = 0.0f;
+    if (lane == 0) lse[stat] = 0.0f;
     return;
   }
   float v[N];
@@ -84,21 +105,21 @@ __global__ void attention_softmax_regs_kernel(float* att, float* lse, const int3
   const float inv_sum = 1.0f / sum;
 #pragma unroll
   for (int i = 0; i < N; i++)
-    if (lane + 32 * i < T) p[lane + 32 * i] = v[i] * inv_sum;
-  if (lane == 0) lse[row] = max_score + logf(sum);
+    if (lane + 32 * i < blk.width) p[lane + 32 * i] = v[i] * inv_sum;
+  if (lane == 0) lse[stat] = max_score + logf(sum);
 }
 
 template <int N>
 __global__ void attention_softmax_backward_regs_kernel(float* dp, const float* p_all,
-                                                       const int32_t* lengths, int b, int NH, int T,
-                                                       float scale) {
+                                                       const int32_t* lengths, int b, int heads,
+                                                       int T, RowBlock blk, float scale) {
   const int lane = threadIdx.x % 32;
-  const size_t row = static_cast<size_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
-  if (row >= static_cast<size_t>(NH) * T) return;
-  const int t = static_cast<int>(row % T);
+  int t;
+  size_t offset, stat;
+  if (!warp_row(blk, heads, T, &t, &offset, &stat)) return;
   const int L = min(max(lengths[b], 0), T);
-  float* d = dp + row * T;
-  const float* p = p_all + row * T;
+  float* d = dp + offset;
+  const float* p = p_all + offset;
   float pv[N], dv[N];
   float dot = 0.0f;
 #pragma unroll
@@ -113,23 +134,23 @@ __global__ void attention_softmax_backward_regs_kernel(float* dp, const float* p
 #pragma unroll
   for (int i = 0; i < N; i++) {
     const int s = lane + 32 * i;
-    if (s < T) d[s] = (t < L && s <= t) ? scale * pv[i] * (dv[i] - dot) : 0.0f;
+    if (s < blk.width) d[s] = (t < L && s <= t) ? scale * pv[i] * (dv[i] - dot) : 0.0f;
   }
 }
 
-// In place on the scores of sequence b, rows [NH][T]: causal + length masked softmax,
-// and the row log-sum-exp into lse[NH][T] (0 for padded rows).
+// In place on the scores of sequence b: causal + length masked softmax, and the row
+// log-sum-exp into lse (0 for padded rows).
 __global__ void attention_softmax_kernel(float* att, float* lse, const int32_t* lengths, int b,
-                                         int NH, int T) {
+                                         int heads, int T, RowBlock blk) {
   const int lane = threadIdx.x % 32;
-  const size_t row = static_cast<size_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
-  if (row >= static_cast<size_t>(NH) * T) return;
-  const int t = static_cast<int>(row % T);
+  int t;
+  size_t offset, stat;
+  if (!warp_row(blk, heads, T, &t, &offset, &stat)) return;
   const int L = min(max(lengths[b], 0), T);
-  float* p = att + row * T;
+  float* p = att + offset;
   if (t >= L) {
-    for (int s = lane; s < T; s += 32) p[s] = 0.0f;
-    if (lane == 0) lse[row] = 0.0f;
+    for (int s = lane; s < blk.width; s += 32) p[s] = 0.0f;
+    if (lane == 0) lse[stat] = 0.0f;
     return;
   }
   float max_score = -INFINITY;
@@ -143,43 +164,42 @@ __global__ void attention_softmax_kernel(float* att, float* lse, const int32_t* 
   }
   sum = warp_sum(sum);
   const float inv_sum = 1.0f / sum;
-  for (int s = lane; s < T; s += 32) p[s] = s <= t ? p[s] * inv_sum : 0.0f;
-  if (lane == 0) lse[row] = max_score + logf(sum);
+  for (int s = lane; s < blk.width; s += 32) p[s] = s <= t ? p[s] * inv_sum : 0.0f;
+  if (lane == 0) lse[stat] = max_score + logf(sum);
 }
 
-// In place on the recomputed scores of sequence b, rows [NH][T]: P = exp(S − lse), 0 where
-// masked.
+// In place on the recomputed scores of sequence b: P = exp(S − lse), 0 where masked.
 __global__ void attention_probs_kernel(float* att, const float* lse, const int32_t* lengths, int b,
-                                       int NH, int T) {
+                                       int heads, int T, RowBlock blk) {
   const int lane = threadIdx.x % 32;
-  const size_t row = static_cast<size_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
-  if (row >= static_cast<size_t>(NH) * T) return;
-  const int t = static_cast<int>(row % T);
+  int t;
+  size_t offset, stat;
+  if (!warp_row(blk, heads, T, &t, &offset, &stat)) return;
   const int L = min(max(lengths[b], 0), T);
-  float* p = att + row * T;
-  const float row_lse = t < L ? lse[row] : 0.0f;
-  for (int s = lane; s < T; s += 32) p[s] = (t < L && s <= t) ? expf(p[s] - row_lse) : 0.0f;
+  float* p = att + offset;
+  const float row_lse = t < L ? lse[stat] : 0.0f;
+  for (int s = lane; s < blk.width; s += 32) p[s] = (t < L && s <= t) ? expf(p[s] - row_lse) : 0.0f;
 }
 
-// In place on dP of sequence b, rows [NH][T]: dS = scale·P·(dP − Σ P·dP), 0 where masked.
+// In place on dP of sequence b: dS = scale·P·(dP − Σ P·dP), 0 where masked.
 __global__ void attention_softmax_backward_kernel(float* dp, const float* p_all,
-                                                  const int32_t* lengths, int b, int NH, int T,
-                                                  float scale) {
+                                                  const int32_t* lengths, int b, int heads, int T,
+                                                  RowBlock blk, float scale) {
   const int lane = threadIdx.x % 32;
-  const size_t row = static_cast<size_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
-  if (row >= static_cast<size_t>(NH) * T) return;
-  const int t = static_cast<int>(row % T);
+  int t;
+  size_t offset, stat;
+  if (!warp_row(blk, heads, T, &t, &offset, &stat)) return;
   const int L = min(max(lengths[b], 0), T);
-  float* d = dp + row * T;
-  const float* p = p_all + row * T;
+  float* d = dp + offset;
+  const float* p = p_all + offset;
   if (t >= L) {
-    for (int s = lane; s < T; s += 32) d[s] = 0.0f;
+    for (int s = lane; s < blk.width; s += 32) d[s] = 0.0f;
     return;
   }
   float dot = 0.0f;
   for (int s = lane; s <= t; s += 32) dot += p[s] * d[s];
   dot = warp_sum(dot);
-  for (int s = lane; s < T; s += 32) d[s] = s <= t ? scale * p[s] * (d[s] - dot) : 0.0f;
+  for (int s = lane; s < blk.width; s += 32) d[s] = s <= t ? scale * p[s] * (d[s] - dot) : 0.0f;
 }
 
 // Calls f(std::integral_constant<int, N>{}) with the smallest N of 4, 8, 16, 32 such that
@@ -198,35 +218,59 @@ void with_values_per_lane(int T, F&& f) {
     f(std::integral_constant<int, 0>{});
 }
 
-// The softmax kernels over the n·T rows of sequence b.
+// The row kernels over the rows of block blk of the n heads of sequence b.
+int row_grid(int n, RowBlock blk) {
+  return ceil_div(static_cast<size_t>(n) * blk.nq, kRowsPerBlock);
+}
+
 void softmax_forward(Context& ctx, float* att, float* lse, const int32_t* lengths, int b, int n,
-                     int T) {
-  const int grid = ceil_div(static_cast<size_t>(n) * T, kRowsPerBlock);
+                     int T, RowBlock blk) {
+  const int grid = row_grid(n, blk);
   with_values_per_lane(T, [&](auto values) {
     constexpr int N = decltype(values)::value;
     if constexpr (N == 0)
       attention_softmax_kernel<<<grid, 32 * kRowsPerBlock, 0, ctx.stream>>>(att, lse, lengths, b, n,
-                                                                            T);
+                                                                            T, blk);
     else
       attention_softmax_regs_kernel<N>
-          <<<grid, 32 * kRowsPerBlock, 0, ctx.stream>>>(att, lse, lengths, b, n, T);
+          <<<grid, 32 * kRowsPerBlock, 0, ctx.stream>>>(att, lse, lengths, b, n, T, blk);
   });
   CUDA_CHECK_LAUNCH();
 }
 
+void probs_forward(Context& ctx, float* att, const float* lse, const int32_t* lengths, int b, int n,
+                   int T, RowBlock blk) {
+  attention_probs_kernel<<<row_grid(n, blk), 32 * kRowsPerBlock, 0, ctx.stream>>>(att, lse, lengths,
+                                                                                  b, n, T, blk);
+  CUDA_CHECK_LAUNCH();
+}
+
 void softmax_backward(Context& ctx, float* dp, const float* p, const int32_t* lengths, int b, int n,
-                      int T, float scale) {
-  const int grid = ceil_div(static_cast<size_t>(n) * T, kRowsPerBlock);
+                      int T, RowBlock blk, float scale) {
+  const int grid = row_grid(n, blk);
   with_values_per_lane(T, [&](auto values) {
     constexpr int N = decltype(values)::value;
     if constexpr (N == 0)
       attention_softmax_backward_kernel<<<grid, 32 * kRowsPerBlock, 0, ctx.stream>>>(
-          dp, p, lengths, b, n, T, scale);
+          dp, p, lengths, b, n, T, blk, scale);
     else
       attention_softmax_backward_regs_kernel<N>
-          <<<grid, 32 * kRowsPerBlock, 0, ctx.stream>>>(dp, p, lengths, b, n, T, scale);
+          <<<grid, 32 * kRowsPerBlock, 0, ctx.stream>>>(dp, p, lengths, b, n, T, blk, scale);
   });
   CUDA_CHECK_LAUNCH();
+}
+
+// The causal row blocks of T rows: ctx.attn_blocks of them (≥ 1), of ⌈T/blocks⌉ rows each.
+// Block r's queries see keys [0, width): the products skip the masked keys past it.
+std::vector<RowBlock> row_blocks(const Context& ctx, int T) {
+  const int count = std::max(1, std::min(ctx.attn_blocks, T));
+  const int rows = (T + count - 1) / count;
+  std::vector<RowBlock> blocks;
+  for (int q0 = 0; q0 < T; q0 += rows) {
+    const int nq = std::min(rows, T - q0);
+    blocks.push_back({q0, nq, q0 + nq});
+  }
+  return blocks;
 }
 
 // C = op(A)·op(B) for NH heads of one sequence; alpha/beta as given. Strides in floats.
@@ -254,9 +298,11 @@ void attention_forward(Context& ctx, float* out, float* saved, const float* qkv,
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const long long TT = static_cast<long long>(T) * T;
   const size_t seq_stride = static_cast<size_t>(T) * 3 * C;
-  // A chunk of n heads of one sequence at a time: S = scale·Q·Kᵀ into scratch, softmax in
-  // place (→ P, lse), out = P·V written per head into its hs columns of out (row stride C).
+  // A chunk of n heads of one sequence at a time, one causal row block [q0, q0 + nq) at a
+  // time: S = scale·Q·Kᵀ over its keys [0, w) into the block's rows of the scratch scores,
+  // softmax in place (→ P, lse), out = P·V into its hs columns of out (row stride C).
   const int hc = heads_per_chunk(ctx, NH);
+  const std::vector<RowBlock> blocks = row_blocks(ctx, T);
   float* p = static_cast<float*>(ctx.scratch(sizeof(float) * hc * TT));
   for (int b = 0; b < B; b++) {
     for (int h0 = 0; h0 < NH; h0 += hc) {
@@ -264,12 +310,16 @@ void attention_forward(Context& ctx, float* out, float* saved, const float* qkv,
       const float* q = qkv + b * seq_stride + h0 * hs;
       const float* k = q + C;
       const float* v = q + 2 * C;
-      gemm_heads(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, scale, k, 3 * C, hs, q, 3 * C, hs, 0.0f,
-                 p, T, TT, n);
-      softmax_forward(ctx, p, saved + (static_cast<size_t>(b) * NH + h0) * T, lengths, b, n, T);
+      float* lse = saved + (static_cast<size_t>(b) * NH + h0) * T;
       float* o = out + static_cast<size_t>(b) * T * C + h0 * hs;
-      gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, v, 3 * C, hs, p, T, TT, 0.0f, o, C,
-                 hs, n);
+      for (const RowBlock& blk : blocks) {
+        const size_t q0 = blk.q0;
+        gemm_heads(ctx, CUBLAS_OP_T, CUBLAS_OP_N, blk.width, blk.nq, hs, scale, k, 3 * C, hs,
+                   q + q0 * 3 * C, 3 * C, hs, 0.0f, p + q0 * T, T, TT, n);
+        softmax_forward(ctx, p, lse, lengths, b, n, T, blk);
+        gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_N, hs, blk.nq, blk.width, 1.0f, v, 3 * C, hs,
+                   p + q0 * T, T, TT, 0.0f, o + q0 * C, C, hs, n);
+      }
     }
   }
 }
@@ -284,15 +334,16 @@ void attention_backward(Context& ctx, float* dqkv, const float* dout, const floa
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const long long TT = static_cast<long long>(T) * T;
   const size_t seq_stride = static_cast<size_t>(T) * 3 * C;
-  // A chunk of n heads of one sequence at a time: P recomputed into one n·T·T region of
-  // scratch, dP (then dS, in place) into the other.
+  // A chunk of n heads of one sequence at a time, its causal row blocks from the last (all
+  // keys: it sets dK and dV) to the first (adds into the keys it sees): P recomputed into
+  // one n·T·T region of scratch, dP (then dS, in place) into the other.
   const int hc = heads_per_chunk(ctx, NH);
+  const std::vector<RowBlock> blocks = row_blocks(ctx, T);
   float* p = static_cast<float*>(ctx.scratch(2 * sizeof(float) * hc * TT));
   float* dp = p + hc * TT;
   for (int b = 0; b < B; b++) {
     for (int h0 = 0; h0 < NH; h0 += hc) {
       const int n = std::min(hc, NH - h0);
-      const size_t rows = static_cast<size_t>(n) * T;
       const float* q = qkv + b * seq_stride + h0 * hs;
       const float* k = q + C;
       const float* v = q + 2 * C;
@@ -300,25 +351,32 @@ void attention_backward(Context& ctx, float* dqkv, const float* dout, const floa
       float* dk = dq + C;
       float* dv = dq + 2 * C;
       const float* dy = dout + static_cast<size_t>(b) * T * C + h0 * hs;
-      // P = exp(scale·Q·Kᵀ − lse)
-      gemm_heads(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, scale, k, 3 * C, hs, q, 3 * C, hs, 0.0f,
-                 p, T, TT, n);
-      attention_probs_kernel<<<ceil_div(rows, kRowsPerBlock), 32 * kRowsPerBlock, 0, ctx.stream>>>(
-          p, saved + (static_cast<size_t>(b) * NH + h0) * T, lengths, b, n, T);
-      CUDA_CHECK_LAUNCH();
-      // dPᵀ = V·doutᵀ
-      gemm_heads(ctx, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f, v, 3 * C, hs, dy, C, hs, 0.0f, dp,
-                 T, TT, n);
-      // dVᵀ = doutᵀ·P
-      gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, dy, C, hs, p, T, TT, 0.0f, dv,
-                 3 * C, hs, n);
-      softmax_backward(ctx, dp, p, lengths, b, n, T, scale);
-      // dQᵀ = Kᵀ·dSᵀ
-      gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, k, 3 * C, hs, dp, T, TT, 0.0f, dq,
-                 3 * C, hs, n);
-      // dKᵀ = Qᵀ·dS
-      gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, q, 3 * C, hs, dp, T, TT, 0.0f, dk,
-                 3 * C, hs, n);
+      const float* lse = saved + (static_cast<size_t>(b) * NH + h0) * T;
+      for (size_t r = blocks.size(); r-- > 0;) {
+        const RowBlock& blk = blocks[r];
+        const size_t q0 = blk.q0;
+        const int nq = blk.nq, w = blk.width;
+        const float beta = r + 1 == blocks.size() ? 0.0f : 1.0f;  // the last block sees all keys
+        float* pb = p + q0 * T;
+        float* dpb = dp + q0 * T;
+        // P = exp(scale·Q·Kᵀ − lse)
+        gemm_heads(ctx, CUBLAS_OP_T, CUBLAS_OP_N, w, nq, hs, scale, k, 3 * C, hs, q + q0 * 3 * C,
+                   3 * C, hs, 0.0f, pb, T, TT, n);
+        probs_forward(ctx, p, lse, lengths, b, n, T, blk);
+        // dPᵀ = V·doutᵀ
+        gemm_heads(ctx, CUBLAS_OP_T, CUBLAS_OP_N, w, nq, hs, 1.0f, v, 3 * C, hs, dy + q0 * C, C, hs,
+                   0.0f, dpb, T, TT, n);
+        // dVᵀ (+)= doutᵀ·P
+        gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_T, hs, w, nq, 1.0f, dy + q0 * C, C, hs, pb, T, TT,
+                   beta, dv, 3 * C, hs, n);
+        softmax_backward(ctx, dp, p, lengths, b, n, T, blk, scale);
+        // dQᵀ = Kᵀ·dSᵀ
+        gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_N, hs, nq, w, 1.0f, k, 3 * C, hs, dpb, T, TT, 0.0f,
+                   dq + q0 * 3 * C, 3 * C, hs, n);
+        // dKᵀ (+)= Qᵀ·dS
+        gemm_heads(ctx, CUBLAS_OP_N, CUBLAS_OP_T, hs, w, nq, 1.0f, q + q0 * 3 * C, 3 * C, hs, dpb,
+                   T, TT, beta, dk, 3 * C, hs, n);
+      }
     }
   }
 }

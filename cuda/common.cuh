@@ -46,10 +46,11 @@ struct Context {
   cublasLtHandle_t cublaslt = nullptr;
   void* cublas_workspace = nullptr;  // given to cuBLAS and cuBLASLt (no hidden allocations)
   size_t cublas_workspace_bytes = 0;
-  bool tf32 = true;    // HH_CUDA_TF32=0 turns TF32 tensor cores off (exact fp32 matmuls)
-  bool use_lt = true;  // HH_CUDA_LT=0 turns the cuBLASLt bias-epilogue path off
-  bool flash = false;  // HH_CUDA_FLASH=1: fused attention (attention_flash.cu)
-  int attn_heads = 0;  // HH_CUDA_ATTN_HEADS: heads per chunk in attention.cu (0: automatic)
+  bool tf32 = true;     // HH_CUDA_TF32=0 turns TF32 tensor cores off (exact fp32 matmuls)
+  bool use_lt = true;   // HH_CUDA_LT=0 turns the cuBLASLt bias-epilogue path off
+  bool flash = false;   // HH_CUDA_FLASH=1: fused attention (attention_flash.cu)
+  int attn_heads = 0;   // HH_CUDA_ATTN_HEADS: heads per chunk in attention.cu (0: all)
+  int attn_blocks = 1;  // HH_CUDA_ATTN_BLOCKS: causal row blocks in attention.cu
   int num_sms = 1;
 
   // Scratch: one region, grown (never shrunk) through the backend's allocator so the

@@ -6,7 +6,13 @@ index logic, and compares both with plain numpy math. Every difference printed s
 ~1e-15 and no NaN may be left (outputs start as NaN: every element must be written).
   /usr/bin/python3 scripts/cuda_index_check.py
 """
-import numpy as np
+import sys
+
+try:
+    import numpy as np
+except ImportError:
+    print("cuda_index_check: skipped (needs numpy: apt-get install python3-numpy)")
+    sys.exit(77)
 rng = np.random.default_rng(0)
 
 def gemm(ta, tb, m, n, k, alpha, A, ao, lda, B, bo, ldb, beta, C, co, ldc):
@@ -30,81 +36,123 @@ inp = rng.standard_normal(N * IC); W = rng.standard_normal(OC * IC); dout = rng.
 out = np.zeros(N * OC)
 gemm('T', 'N', OC, N, IC, 1.0, W, 0, IC, inp, 0, IC, 0.0, out, 0, OC)
 ref = inp.reshape(N, IC) @ W.reshape(OC, IC).T
-print("matmul fwd", np.abs(out.reshape(N, OC) - ref).max())
+matmul_err = [np.abs(out.reshape(N, OC) - ref).max()]
+print("matmul fwd", matmul_err[-1])
 dinp = np.full(N * IC, np.nan)
 gemm('N', 'N', IC, N, OC, 1.0, W, 0, IC, dout, 0, OC, 0.0, dinp, 0, IC)
-print("matmul dinp", np.abs(dinp.reshape(N, IC) - dout.reshape(N, OC) @ W.reshape(OC, IC)).max())
+matmul_err.append(np.abs(dinp.reshape(N, IC) - dout.reshape(N, OC) @ W.reshape(OC, IC)).max())
+print("matmul dinp", matmul_err[-1])
 dW0 = rng.standard_normal(OC * IC); dW = dW0.copy()
 gemm('N', 'T', IC, OC, N, 1.0, inp, 0, IC, dout, 0, OC, 1.0, dW, 0, IC)
-print("matmul dW", np.abs(dW.reshape(OC, IC) - (dW0.reshape(OC, IC) + dout.reshape(N, OC).T @ inp.reshape(N, IC))).max())
+matmul_err.append(np.abs(dW.reshape(OC, IC) - (dW0.reshape(OC, IC) + dout.reshape(N, OC).T @ inp.reshape(N, IC))).max())
+print("matmul dW", matmul_err[-1])
 
-# ---- attention (materialised path), B sequences, NH heads ----
-B, T, NH, hs = 2, 6, 3, 4
-C = NH * hs
-lengths = [6, 4]
-qkv = rng.standard_normal(B * T * 3 * C)
-dy = rng.standard_normal(B * T * C)
-scale = 1 / np.sqrt(hs)
-TT = T * T
-saved = np.full(B * NH * TT, np.nan)
-for b in range(B):
-    q = b * T * 3 * C; k = q + C
-    batched('T', 'N', T, T, hs, scale, qkv, k, 3 * C, hs, qkv, q, 3 * C, hs, 0.0, saved, b * NH * TT, T, TT, NH)
-P = saved.reshape(B, NH, T, T).copy()
-for b in range(B):
-    for h in range(NH):
-        for t in range(T):
-            row = P[b, h, t]
-            if t >= lengths[b]: row[:] = 0; continue
-            e = np.exp(row[: t + 1] - row[: t + 1].max()); row[: t + 1] = e / e.sum(); row[t + 1:] = 0
-saved = P.reshape(-1).copy()
-out = np.full(B * T * C, np.nan)
-for b in range(B):
-    v = b * T * 3 * C + 2 * C
-    batched('N', 'N', hs, T, T, 1.0, qkv, v, 3 * C, hs, saved, b * NH * TT, T, TT, 0.0, out, b * T * C, C, hs, NH)
-# reference
-X = qkv.reshape(B, T, 3, NH, hs)
-Q, K, V = X[:, :, 0], X[:, :, 1], X[:, :, 2]  # B,T,NH,hs
-Pref = np.zeros((B, NH, T, T)); Oref = np.zeros((B, T, NH, hs))
-for b in range(B):
-    for h in range(NH):
-        S = scale * Q[b, :, h] @ K[b, :, h].T
-        for t in range(lengths[b]):
-            e = np.exp(S[t, : t + 1] - S[t, : t + 1].max()); Pref[b, h, t, : t + 1] = e / e.sum()
-        Oref[b, :, h] = Pref[b, h] @ V[b, :, h]
-print("attention P", np.abs(P - Pref).max(), "out", np.abs(out.reshape(B, T, NH, hs) - Oref).max())
+# ---- attention (cuBLAS path: saved = lse, scores recomputed in the backward), B sequences,
+# NH heads, in chunks of `hc` heads and `R` causal row blocks, as cuda/attention.cu calls it.
+# The scratch regions are set to NaN before every block: a product or kernel that read a
+# part of them its own block did not write would leave NaN in the outputs.
+def row_blocks(T, R):
+    R = max(1, min(R, T)); rows = (T + R - 1) // R
+    return [(q0, min(rows, T - q0), q0 + min(rows, T - q0)) for q0 in range(0, T, rows)]
 
-# backward
-dqkv = np.full(B * T * 3 * C, np.nan)
-dp = np.full(NH * TT, np.nan)
-for b in range(B):
-    q = b * T * 3 * C; k = q + C; v = q + 2 * C
-    dq, dk, dv = q, k, v
-    p = b * NH * TT; d = b * T * C
-    batched('T', 'N', T, T, hs, 1.0, qkv, v, 3 * C, hs, dy, d, C, hs, 0.0, dp, 0, T, TT, NH)
-    batched('N', 'T', hs, T, T, 1.0, dy, d, C, hs, saved, p, T, TT, 0.0, dqkv, dv, 3 * C, hs, NH)
-    for h in range(NH):  # softmax backward kernel, in place on dp
-        for t in range(T):
-            r = dp[h * TT + t * T: h * TT + (t + 1) * T]; pr = saved[p + h * TT + t * T: p + h * TT + (t + 1) * T]
-            if t >= lengths[b]: r[:] = 0; continue
-            dot = (pr[: t + 1] * r[: t + 1]).sum()
-            new = np.zeros(T); new[: t + 1] = scale * pr[: t + 1] * (r[: t + 1] - dot); r[:] = new
-    batched('N', 'N', hs, T, T, 1.0, qkv, k, 3 * C, hs, dp, 0, T, TT, 0.0, dqkv, dq, 3 * C, hs, NH)
-    batched('N', 'T', hs, T, T, 1.0, qkv, q, 3 * C, hs, dp, 0, T, TT, 0.0, dqkv, dk, 3 * C, hs, NH)
-# reference backward
-dY = dy.reshape(B, T, NH, hs)
-dQ = np.zeros_like(Q); dK = np.zeros_like(K); dV = np.zeros_like(V)
-for b in range(B):
-    for h in range(NH):
-        Pm = Pref[b, h]
-        dP = dY[b, :, h] @ V[b, :, h].T
-        dV[b, :, h] = Pm.T @ dY[b, :, h]
-        dS = Pm * (dP - (Pm * dP).sum(1, keepdims=True)) * scale
-        dQ[b, :, h] = dS @ K[b, :, h]; dK[b, :, h] = dS.T @ Q[b, :, h]
-G = dqkv.reshape(B, T, 3, NH, hs)
-print("attention dq", np.abs(G[:, :, 0] - dQ).max(), "dk", np.abs(G[:, :, 1] - dK).max(), "dv", np.abs(G[:, :, 2] - dV).max())
-print("NaN left in dqkv:", np.isnan(dqkv).sum(), " in out:", np.isnan(out).sum())
+def softmax_rows(att, lse, L, n, T, blk):  # attention_softmax_kernel: in place, writes [0, width)
+    q0, nq, w = blk
+    for h in range(n):
+        for t in range(q0, q0 + nq):
+            off = (h * T + t) * T; stat = h * T + t
+            if t >= L: att[off: off + w] = 0; lse[stat] = 0; continue
+            e = np.exp(att[off: off + t + 1] - att[off: off + t + 1].max())
+            lse[stat] = att[off: off + t + 1].max() + np.log(e.sum())
+            att[off: off + w] = 0; att[off: off + t + 1] = e / e.sum()
 
+def probs_rows(att, lse, L, n, T, blk):  # attention_probs_kernel
+    q0, nq, w = blk
+    for h in range(n):
+        for t in range(q0, q0 + nq):
+            off = (h * T + t) * T; stat = h * T + t
+            row = np.zeros(w)
+            if t < L: row[: t + 1] = np.exp(att[off: off + t + 1] - lse[stat])
+            att[off: off + w] = row
+
+def softmax_backward_rows(dp, p, L, n, T, blk, scale):  # attention_softmax_backward_kernel
+    q0, nq, w = blk
+    for h in range(n):
+        for t in range(q0, q0 + nq):
+            off = (h * T + t) * T
+            row = np.zeros(w)
+            if t < L:
+                dot = (p[off: off + t + 1] * dp[off: off + t + 1]).sum()
+                row[: t + 1] = scale * p[off: off + t + 1] * (dp[off: off + t + 1] - dot)
+            dp[off: off + w] = row
+
+def attention(B, T, NH, hs, lengths, hc, R, seed):
+    r = np.random.default_rng(seed)
+    C = NH * hs; TT = T * T; scale = 1 / np.sqrt(hs)
+    qkv = r.standard_normal(B * T * 3 * C); dy = r.standard_normal(B * T * C)
+    blocks = row_blocks(T, R)
+    saved = np.full(B * NH * T, np.nan); out = np.full(B * T * C, np.nan)
+    p = np.full(hc * TT, np.nan)
+    for b in range(B):
+        for h0 in range(0, NH, hc):
+            n = min(hc, NH - h0)
+            q = b * T * 3 * C + h0 * hs; k = q + C; v = q + 2 * C
+            lse = (b * NH + h0) * T; o = b * T * C + h0 * hs
+            lse_view = saved[lse: lse + n * T]
+            for (q0, nq, w) in blocks:
+                p[:] = np.nan
+                batched('T', 'N', w, nq, hs, scale, qkv, k, 3 * C, hs, qkv, q + q0 * 3 * C, 3 * C, hs, 0.0, p, q0 * T, T, TT, n)
+                softmax_rows(p, lse_view, lengths[b], n, T, (q0, nq, w))
+                batched('N', 'N', hs, nq, w, 1.0, qkv, v, 3 * C, hs, p, q0 * T, T, TT, 0.0, out, o + q0 * C, C, hs, n)
+            saved[lse: lse + n * T] = lse_view
+    dqkv = np.full(B * T * 3 * C, np.nan)
+    p = np.full(hc * TT, np.nan); dp = np.full(hc * TT, np.nan)
+    for b in range(B):
+        for h0 in range(0, NH, hc):
+            n = min(hc, NH - h0)
+            q = b * T * 3 * C + h0 * hs; k = q + C; v = q + 2 * C
+            dq, dk, dv = q, k, v
+            d = b * T * C + h0 * hs; lse = saved[(b * NH + h0) * T: (b * NH + h0 + n) * T]
+            for i in reversed(range(len(blocks))):
+                q0, nq, w = blocks[i]
+                beta = 0.0 if i == len(blocks) - 1 else 1.0
+                p[:] = np.nan; dp[:] = np.nan
+                batched('T', 'N', w, nq, hs, scale, qkv, k, 3 * C, hs, qkv, q + q0 * 3 * C, 3 * C, hs, 0.0, p, q0 * T, T, TT, n)
+                probs_rows(p, lse, lengths[b], n, T, blocks[i])
+                batched('T', 'N', w, nq, hs, 1.0, qkv, v, 3 * C, hs, dy, d + q0 * C, C, hs, 0.0, dp, q0 * T, T, TT, n)
+                batched('N', 'T', hs, w, nq, 1.0, dy, d + q0 * C, C, hs, p, q0 * T, T, TT, beta, dqkv, dv, 3 * C, hs, n)
+                softmax_backward_rows(dp, p, lengths[b], n, T, blocks[i], scale)
+                batched('N', 'N', hs, nq, w, 1.0, qkv, k, 3 * C, hs, dp, q0 * T, T, TT, 0.0, dqkv, dq + q0 * 3 * C, 3 * C, hs, n)
+                batched('N', 'T', hs, w, nq, 1.0, qkv, q + q0 * 3 * C, 3 * C, hs, dp, q0 * T, T, TT, beta, dqkv, dk, 3 * C, hs, n)
+    # reference
+    X = qkv.reshape(B, T, 3, NH, hs)
+    Q, K, V = X[:, :, 0], X[:, :, 1], X[:, :, 2]
+    dY = dy.reshape(B, T, NH, hs)
+    Oref = np.zeros((B, T, NH, hs)); Lref = np.zeros((B, NH, T))
+    dQ = np.zeros_like(Q); dK = np.zeros_like(K); dV = np.zeros_like(V)
+    for b in range(B):
+        for h in range(NH):
+            S = scale * Q[b, :, h] @ K[b, :, h].T
+            Pm = np.zeros((T, T))
+            for t in range(lengths[b]):
+                m = S[t, : t + 1].max(); e = np.exp(S[t, : t + 1] - m)
+                Pm[t, : t + 1] = e / e.sum(); Lref[b, h, t] = m + np.log(e.sum())
+            Oref[b, :, h] = Pm @ V[b, :, h]
+            dP = dY[b, :, h] @ V[b, :, h].T
+            dV[b, :, h] = Pm.T @ dY[b, :, h]
+            dS = Pm * (dP - (Pm * dP).sum(1, keepdims=True)) * scale
+            dQ[b, :, h] = dS @ K[b, :, h]; dK[b, :, h] = dS.T @ Q[b, :, h]
+    G = dqkv.reshape(B, T, 3, NH, hs)
+    err = max(np.abs(out.reshape(B, T, NH, hs) - Oref).max(), np.abs(saved.reshape(B, NH, T) - Lref).max(),
+              np.abs(G[:, :, 0] - dQ).max(), np.abs(G[:, :, 1] - dK).max(), np.abs(G[:, :, 2] - dV).max())
+    nan = np.isnan(out).sum() + np.isnan(saved).sum() + np.isnan(dqkv).sum()
+    print(f"attention B={B} T={T} NH={NH} hs={hs} heads/chunk={hc} row blocks={R}: max error {err:.1e}, NaN left {nan}")
+    return err < 1e-12 and nan == 0
+
+ok = max(matmul_err) < 1e-12
+for hc, R in ((3, 1), (2, 1), (3, 2), (1, 3), (2, 7), (3, 4)):
+    ok &= attention(2, 7, 3, 4, [7, 4], hc, R, seed=10 + R)
+ok &= attention(3, 5, 2, 3, [5, 1, 3], 2, 2, seed=3)
+print("attention (cuBLAS path):", "OK" if ok else "FAILED")
 
 # ---- flash attention (attention_flash.cu) ----
 kRows = 32
@@ -199,9 +247,13 @@ def run(B, T, NH, hs, lengths):
             dS = P * (dP - (P * dP).sum(1, keepdims=True)) * scale
             dQ[b, :Lb, h] = dS @ K[b, :Lb, h]; dK[b, :Lb, h] = dS.T @ Q[b, :Lb, h]
     G = dqkv.reshape(B, T, 3, NH, hs)
-    print(f"T={T} hs={hs} L={lengths}: out {np.abs(out.reshape(B,T,NH,hs)-O).max():.2e} "
-          f"dq {np.abs(G[:,:,0]-dQ).max():.2e} dk {np.abs(G[:,:,1]-dK).max():.2e} dv {np.abs(G[:,:,2]-dV).max():.2e} "
-          f"NaN {np.isnan(dqkv).sum()+np.isnan(out).sum()}")
-run(2, 37, 2, 5, [37, 1])
-run(1, 70, 1, 8, [65])
-run(2, 64, 1, 4, [64, 33])
+    errs = (np.abs(out.reshape(B, T, NH, hs) - O).max(), np.abs(G[:, :, 0] - dQ).max(),
+            np.abs(G[:, :, 1] - dK).max(), np.abs(G[:, :, 2] - dV).max())
+    nan = np.isnan(dqkv).sum() + np.isnan(out).sum()
+    print(f"T={T} hs={hs} L={lengths}: out {errs[0]:.2e} dq {errs[1]:.2e} dk {errs[2]:.2e} "
+          f"dv {errs[3]:.2e} NaN {nan}")
+    return max(errs) < 1e-12 and nan == 0
+for case in ((2, 37, 2, 5, [37, 1]), (1, 70, 1, 8, [65]), (2, 64, 1, 4, [64, 33])):
+    ok &= run(*case)
+print("cuda_index_check:", "OK" if ok else "FAILED")
+sys.exit(0 if ok else 1)

@@ -177,16 +177,16 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && in_budget; then
   : "${FLASH_TOKS:=n/a}" "${FLASH_PEAK:=n/a}" "${FLASH_RATIO:=n/a}"
 fi
 
-step "5a. attention: heads per cuBLAS chunk (HH_CUDA_ATTN_HEADS), 124M step"
+step "5a. attention: causal row blocks (HH_CUDA_ATTN_BLOCKS), 124M step"
 ATTN_SWEEP="n/a"
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a && in_budget; then
   ATTN_SWEEP=""
-  for h in 2 4 12; do
-    ms=$(HH_CUDA_ATTN_HEADS=$h timeout 60 "$BUILD/hh-bench" train --device cuda --layers 12 \
+  for r in 1 2 4 8; do
+    ms=$(HH_CUDA_ATTN_BLOCKS=$r timeout 60 "$BUILD/hh-bench" train --device cuda --layers 12 \
       --heads 12 --width 768 --vocab 50304 --batch 8 --seq 1024 --steps 8 2>&1 |
       grep -Eo "median [0-9.]+" | grep -Eo "[0-9.]+" || echo "failed")
-    echo "HH_CUDA_ATTN_HEADS=$h: $ms ms/step"
-    ATTN_SWEEP="$ATTN_SWEEP $h:${ms}ms"
+    echo "HH_CUDA_ATTN_BLOCKS=$r: $ms ms/step"
+    ATTN_SWEEP="$ATTN_SWEEP $r:${ms}ms"
   done
 fi
 
@@ -307,7 +307,7 @@ step "6. summary"
   echo "| torch tokens/s (fp32/TF32)    | $TORCH_TOKS   peak $TORCH_PEAK GiB"
   echo "| hh HH_CUDA_FLASH=1 tokens/s    | $FLASH_TOKS   peak $FLASH_PEAK GiB"
   echo "| hh / torch (default, flash)   | $RATIO, $FLASH_RATIO"
-  echo "| attention heads/chunk: step   |$ATTN_SWEEP (default: all heads)"
+  echo "| attention row blocks: step    |$ATTN_SWEEP (default: 1)"
   echo "| shapes (ms/step, peak)        |$SHAPES"
   echo "| 124M step: single / NCCL w=1  | $SINGLE_MS ms / $NCCL1_MS ms (all-reduce +$NCCL1_PCT%)"
   echo "| generate 124M, 64x(64+128)    | hh $GEN_HH tok/s (no graphs ${GEN_EAGER:-n/a}); HF fp32 $GEN_HF"

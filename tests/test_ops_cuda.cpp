@@ -326,6 +326,20 @@ TEST_F(CudaParity, AttentionExactFp32) {
     check_attention(*cpu_, *gpu, 3, 37, 3, 16, {37, 1, 20}, kExact,
                     std::string(" fp32 T=37, heads per chunk ") + heads);
   }
+  // Causal row blocks (HH_CUDA_ATTN_BLOCKS): 2, 3 (37 rows: 13 + 13 + 11), one per row,
+  // and with chunks of 2 heads; the padded rows fall in different blocks.
+  for (const char* blocks : {"2", "3", "37"}) {
+    setenv("HH_CUDA_ATTN_BLOCKS", blocks, 1);
+    auto gpu = hh::make_cuda_backend(0);
+    setenv("HH_CUDA_ATTN_HEADS", "2", 1);
+    auto gpu_chunked = hh::make_cuda_backend(0);
+    unsetenv("HH_CUDA_ATTN_HEADS");
+    unsetenv("HH_CUDA_ATTN_BLOCKS");
+    check_attention(*cpu_, *gpu, 3, 37, 3, 16, {37, 1, 20}, kExact,
+                    std::string(" fp32 T=37, row blocks ") + blocks);
+    check_attention(*cpu_, *gpu_chunked, 2, 300, 3, 16, {300, 141}, kExact,
+                    std::string(" fp32 T=300, 2 heads per chunk, row blocks ") + blocks);
+  }
   // Every softmax kernel: rows held in registers (N = 16 and 32 values per lane) and, past
   // T = 1024, the loops over the row in memory.
   check_attention(*cpu_, *gpu_, 1, 300, 2, 16, {300}, kExact, " fp32 T=300");
