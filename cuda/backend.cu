@@ -20,6 +20,7 @@
 #include <unordered_map>
 
 #include "common.cuh"
+#include "core/metrics.h"
 #include "cuda_ops.cuh"
 #include "ops/ops.h"
 
@@ -49,10 +50,6 @@ bool env_flag(const char* name, bool default_value) {
 }
 
 constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;  // 32 MiB, Hopper's recommendation
-
-std::string gib(size_t bytes) {
-  return str_cat(static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0), " GiB");
-}
 
 }  // namespace
 
@@ -120,9 +117,9 @@ class CudaBackend : public Backend {
       cudaGetLastError();  // clear the sticky-free error so later calls work
       size_t free_bytes = 0, total_bytes = 0;
       cudaMemGetInfo(&free_bytes, &total_bytes);
-      HH_FAIL(name_, ": out of memory: asked for ", bytes, " bytes (", gib(bytes), "), ",
-              free_bytes, " bytes (", gib(free_bytes), ") free of ", total_bytes, " (",
-              gib(total_bytes), "); this backend holds ", current_bytes_, " bytes (",
+      HH_FAIL(name_, ": out of memory: asked for ", bytes, " bytes (", format_gib(bytes), "), ",
+              free_bytes, " bytes (", format_gib(free_bytes), ") free of ", total_bytes, " (",
+              format_gib(total_bytes), "); this backend holds ", current_bytes_, " bytes (",
               cudaGetErrorString(err), ")");
     }
     sizes_[p] = bytes;

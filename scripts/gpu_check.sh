@@ -177,13 +177,18 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && in_budget; then
   : "${FLASH_TOKS:=n/a}" "${FLASH_PEAK:=n/a}" "${FLASH_RATIO:=n/a}"
 fi
 
+# GPT-2 124M for hh-bench, and the generation benchmark (bench_generate.sh's hh run).
+GPT2=(--device cuda --layers 12 --heads 12 --width 768)
+GEN=(--random-model gpt2-124m --vocab-size 50257 --device cuda --bench --batch-size 64
+  --prompt-len 64 --max-new-tokens 128 --repeats 3 --temperature 1 --top-k 0 --top-p 1 --seed 1)
+
 step "5a. attention: causal row blocks (HH_CUDA_ATTN_BLOCKS), 124M step"
 ATTN_SWEEP="n/a"
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a && in_budget; then
   ATTN_SWEEP=""
   for r in 1 2 4 8; do
-    ms=$(HH_CUDA_ATTN_BLOCKS=$r timeout 60 "$BUILD/hh-bench" train --device cuda --layers 12 \
-      --heads 12 --width 768 --vocab 50304 --batch 8 --seq 1024 --steps 8 2>&1 |
+    ms=$(HH_CUDA_ATTN_BLOCKS=$r timeout 60 "$BUILD/hh-bench" train "${GPT2[@]}" --vocab 50304 \
+      --batch 8 --seq 1024 --steps 8 2>&1 |
       grep -Eo "median [0-9.]+" | grep -Eo "[0-9.]+" || echo "failed")
     echo "HH_CUDA_ATTN_BLOCKS=$r: $ms ms/step"
     ATTN_SWEEP="$ATTN_SWEEP $r:${ms}ms"
@@ -196,8 +201,8 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted sh
   SHAPES=""
   for shape in "1 64" "64 64" "1 1024" "64 1024"; do
     set -- $shape
-    out=$(timeout 90 "$BUILD/hh-bench" train --device cuda --layers 12 --heads 12 --width 768 \
-      --vocab 50304 --batch "$1" --seq "$2" --steps 3 --warmup 1 2>&1 || true)
+    out=$(timeout 90 "$BUILD/hh-bench" train "${GPT2[@]}" --vocab 50304 --batch "$1" --seq "$2" \
+      --steps 3 --warmup 1 2>&1 || true)
     ms=$(echo "$out" | grep -Eo "median [0-9.]+" | grep -Eo "[0-9.]+" || true)
     gib=$(echo "$out" | grep -Eo "backend [0-9.]+ GiB" | grep -Eo "[0-9.]+" || true)
     echo "batch $1 x $2: ${ms:-FAILED} ms/step, peak ${gib:-?} GiB"
@@ -225,23 +230,19 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && in_budget
     PYTHON=python3 timeout 150 bash "$ROOT/scripts/bench_generate.sh" cuda "$BUILD" >"$LOGDIR/bench_generate.log" 2>&1
   else
     # hh alone (HF generate's numbers from an earlier run of this script).
-    timeout 60 "$BUILD/hh-chat" --random-model gpt2-124m --vocab-size 50257 --device cuda --bench \
-      --batch-size 64 --prompt-len 64 --max-new-tokens 128 --repeats 3 --temperature 1 --top-k 0 \
-      --top-p 1 --seed 1 2>/dev/null | sed 's/^/hh:  /' >"$LOGDIR/bench_generate.log"
+    timeout 60 "$BUILD/hh-chat" "${GEN[@]}" 2>/dev/null | sed 's/^/hh:  /' >"$LOGDIR/bench_generate.log"
     GEN_HH=$(grep -Eo '"tokens_per_s":[0-9.]+' "$LOGDIR/bench_generate.log" | cut -d: -f2 | cut -d. -f1)
   fi
   tail -6 "$LOGDIR/bench_generate.log"
   wanted hf-generate >/dev/null && GEN_HH=$(grep -E "^\| hh " "$LOGDIR/bench_generate.log" | awk -F'|' '{print $3}' | tr -d ' ')
   GEN_HF=$(grep -E "^\| HF generate fp32" "$LOGDIR/bench_generate.log" | awk -F'|' '{print $3 "(" $4 ")"}' | tr -d ' ')
   # The same hh bench without CUDA graphs (eager decode steps), for the graphs' share.
-  GEN_EAGER=$(HH_CUDA_GRAPHS=0 timeout 60 "$BUILD/hh-chat" --random-model gpt2-124m --vocab-size 50257 \
-    --device cuda --bench --batch-size 64 --prompt-len 64 --max-new-tokens 128 --repeats 3 \
-    --temperature 1 --top-k 0 --top-p 1 --seed 1 2>/dev/null | grep -Eo '"tokens_per_s":[0-9.]+' | cut -d: -f2 | cut -d. -f1)
+  GEN_EAGER=$(HH_CUDA_GRAPHS=0 timeout 60 "$BUILD/hh-chat" "${GEN[@]}" 2>/dev/null |
+    grep -Eo '"tokens_per_s":[0-9.]+' | cut -d: -f2 | cut -d. -f1)
   echo "hh without CUDA graphs: ${GEN_EAGER:-n/a} tokens/s"
-  in_budget && timeout 90 "$BUILD/hh-bench" train --pm --device cuda --layers 12 --heads 12 --width 768 \
-    --vocab 50304 --batch 16 --seq 1024 --steps 8 >"$LOGDIR/bench_pm.log" 2>&1
+  in_budget && timeout 90 "$BUILD/hh-bench" train --pm "${GPT2[@]}" --vocab 50304 --batch 16 --seq 1024 --steps 8 >"$LOGDIR/bench_pm.log" 2>&1
   PM_PAIRS=$(grep -Eo "preference model: [0-9.]+ pairs/s" "$LOGDIR/bench_pm.log" | grep -Eo "[0-9.]+" | head -1)
-  in_budget && timeout 150 "$BUILD/hh-bench" ppo --device cuda --layers 12 --heads 12 --width 768 --vocab 50258 \
+  in_budget && timeout 150 "$BUILD/hh-bench" ppo "${GPT2[@]}" --vocab 50258 \
     --batch 64 --seq 256 --prompt-len 64 --new-tokens 128 --epochs 4 --minibatch 16 --steps 2 \
     --warmup 1 >"$LOGDIR/bench_ppo.log" 2>&1
   cat "$LOGDIR/bench_ppo.log" | grep -v "^{"

@@ -290,8 +290,7 @@ TEST(Nccl, WorldSizeOneOnTheGpu) {
   TempDir tmp;
   hh::LmTrainOptions o;
   o.train_path = make_sft_dataset(tmp.path(), 32);
-  o.model = hh::GPTConfig::preset("tiny", 40);
-  o.model.max_seq_len = 64;
+  o.model = hh::test::tiny_lm_config();
   o.steps = 4;
   o.batch = 8;
   o.micro_batch = 4;
@@ -464,8 +463,7 @@ TEST(Ranks, LanguageModelMatchesOneProcess) {
   hh::LmTrainOptions o;
   small_run(&o);
   o.train_path = o.dev_path = make_sft_dataset(tmp.path(), 48);
-  o.model = hh::GPTConfig::preset("tiny", 40);
-  o.model.max_seq_len = 64;
+  o.model = hh::test::tiny_lm_config();
   o.micro_batch = 8;  // 4 per rank: dev batches and the dev subset must not change
   o.eval_batches = 2;
   auto [one, two] = one_and_two(o, tmp.path(), world_comm(cpu()), "lm", hh::train_lm);
@@ -580,8 +578,7 @@ TEST(Ranks, ResumeMatchesAnUninterruptedRun) {
   hh::LmTrainOptions o;
   small_run(&o);
   o.train_path = make_sft_dataset(data_dir.path(), 48);
-  o.model = hh::GPTConfig::preset("tiny", 40);
-  o.model.max_seq_len = 64;
+  o.model = hh::test::tiny_lm_config();
   o.micro_batch = 2;
   o.eval_every = 0;
   o.parallel.comm = &comm;
@@ -609,8 +606,7 @@ TEST(Ranks, DifferentFlagsAreAnErrorOnEveryRank) {
   TempDir tmp;
   hh::LmTrainOptions o;
   o.train_path = make_sft_dataset(tmp.path(), 16);
-  o.model = hh::GPTConfig::preset("tiny", 40);
-  o.model.max_seq_len = 64;
+  o.model = hh::test::tiny_lm_config();
   o.steps = 2;
   o.batch = 4;
   o.micro_batch = 4;

@@ -29,8 +29,7 @@ hh::LmTrainOptions tiny_options(const std::string& data, const std::string& run_
   hh::LmTrainOptions o;
   o.train_path = data;
   o.dev_path = data;
-  o.model = hh::GPTConfig::preset("tiny", 40);
-  o.model.max_seq_len = 64;
+  o.model = hh::test::tiny_lm_config();
   o.steps = 12;
   o.batch = 4;
   o.micro_batch = 4;

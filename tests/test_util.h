@@ -52,6 +52,13 @@ class TempDir {
   std::string path_;
 };
 
+// The trainers' tests' language model: GPT "tiny" over a 40-token vocabulary, context 64.
+inline GPTConfig tiny_lm_config() {
+  GPTConfig c = GPTConfig::preset("tiny", 40);
+  c.max_seq_len = 64;
+  return c;
+}
+
 // An SFT dataset (vocabulary 40) of n sequences of a repeating pattern "a b c a b c ..."
 // with a random start: predictable after two tokens, so a trained model's loss falls far
 // below log(40). The second half of each sequence is the "assistant" (masked) part.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdio>
 #include <string>
 
@@ -51,5 +52,6 @@ class Progress {
 };
 
 std::string format_duration(double seconds);  // "1:02:03" or "02:03"; "--:--" if < 0
+std::string format_gib(size_t bytes);         // "8.87 GiB"
 
 }  // namespace hh

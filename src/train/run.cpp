@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/fileio.h"
+#include "core/metrics.h"
 #include "core/safetensors.h"
 #include "dist/grad_sync.h"
 #include "model/checkpoint.h"
@@ -103,14 +104,9 @@ void check_training_fits(Backend& backend, size_t need, int seqs, int seq,
   const size_t available = backend.available_bytes();
   const size_t margin = need / 20 + (size_t(64) << 20);  // scratch, workspace, fragmentation
   if (available == SIZE_MAX || need + margin <= available) return;
-  auto gib = [](size_t bytes) {
-    char s[32];
-    std::snprintf(s, sizeof s, "%.2f GiB", static_cast<double>(bytes) / (1 << 30));
-    return std::string(s);
-  };
   HH_FAIL(program, ": the model does not fit: a training step of ", seqs, " sequences x ", seq,
-          " tokens needs about ", gib(need), " more on ", backend.name(),
-          " (activations, their gradients, logits or scores) and ", gib(available),
+          " tokens needs about ", format_gib(need), " more on ", backend.name(),
+          " (activations, their gradients, logits or scores) and ", format_gib(available),
           " are free; lower --micro-batch (the step's activations scale with it, --batch can "
           "stay) or --seq, or train a smaller model");
 }
