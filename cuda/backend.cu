@@ -13,6 +13,10 @@
 //                   past its last row (r = 2: 3/4 of the work; not yet timed on a GPU)
 //   HH_CUDA_GRAPHS=0 no CUDA graphs (default 1: Backend::graph_* capture the stream's work
 //                   and replay it with one launch; generation's decode step uses them)
+//   HH_CUDA_FUSE=1  residual adds, GELU and its gradient, and bias gradients in cuBLASLt
+//                   epilogues (matmul.cu; default 0 until a GPU run has verified and timed it)
+//   HH_CUDA_FAST_DECODE=1 warp-parallel attention_decode and the pruned Gumbel sampler
+//                   (decode.cu; default 0 until a GPU run has verified and timed them)
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -72,6 +76,8 @@ class CudaBackend : public Backend {
     if (const char* heads = std::getenv("HH_CUDA_ATTN_HEADS")) ctx_.attn_heads = std::atoi(heads);
     if (const char* blocks = std::getenv("HH_CUDA_ATTN_BLOCKS"))
       ctx_.attn_blocks = std::atoi(blocks);
+    ctx_.fuse = env_flag("HH_CUDA_FUSE", false);
+    ctx_.fast_decode = env_flag("HH_CUDA_FAST_DECODE", false);
     graphs_ = env_flag("HH_CUDA_GRAPHS", true);
     ctx_.alloc = [this](size_t bytes) { return alloc_bytes(bytes); };
     ctx_.free = [this](void* p) { free_bytes(p); };
@@ -98,6 +104,8 @@ class CudaBackend : public Backend {
     cudaStreamSynchronize(ctx_.stream);
     if (ctx_.cublaslt) cublasLtDestroy(ctx_.cublaslt);
     if (ctx_.cublas) cublasDestroy(ctx_.cublas);
+    if (staging_) cudaFreeHost(staging_);
+    if (copy_done_) cudaEventDestroy(copy_done_);
     if (ctx_.scratch_ptr) cudaFree(ctx_.scratch_ptr);
     if (ctx_.cublas_workspace) cudaFree(ctx_.cublas_workspace);
     if (ctx_.stream) cudaStreamDestroy(ctx_.stream);
@@ -151,6 +159,32 @@ class CudaBackend : public Backend {
     HH_CHECK(!capturing_, name_, ": copy_to_host during a graph capture");
     CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
     CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+  }
+  // Through a pinned staging buffer (a copy to pageable memory would block the host until
+  // the stream got there); an event marks when the staging holds the bytes.
+  void copy_to_host_async(void* host_dst, const void* src, size_t bytes) override {
+    HH_CHECK(!capturing_, name_, ": copy_to_host_async during a graph capture");
+    HH_CHECK(!async_dst_, name_, ": copy_to_host_async while another one is pending");
+    if (bytes == 0) return;
+    if (bytes > staging_bytes_) {
+      if (staging_) CUDA_CHECK(cudaFreeHost(staging_));
+      staging_ = nullptr;
+      staging_bytes_ = 0;
+      CUDA_CHECK(cudaMallocHost(&staging_, bytes));
+      staging_bytes_ = bytes;
+    }
+    if (!copy_done_) CUDA_CHECK(cudaEventCreateWithFlags(&copy_done_, cudaEventDisableTiming));
+    CUDA_CHECK(cudaMemcpyAsync(staging_, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
+    CUDA_CHECK(cudaEventRecord(copy_done_, ctx_.stream));
+    async_dst_ = host_dst;
+    async_bytes_ = bytes;
+  }
+  void wait_host_copy() override {
+    if (!async_dst_) return;
+    void* dst = async_dst_;
+    async_dst_ = nullptr;
+    CUDA_CHECK(cudaEventSynchronize(copy_done_));
+    std::memcpy(dst, staging_, async_bytes_);
   }
   void copy_on_device(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0 || dst == src) return;
@@ -229,6 +263,20 @@ class CudaBackend : public Backend {
                        const float* inp, const float* weight, int N, int IC, int OC) override {
     cuda::matmul_backward(ctx_, dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
   }
+  void matmul_residual_forward(float* out, const float* inp, const float* weight,
+                               const float* bias, const float* residual, int N, int IC,
+                               int OC) override {
+    cuda::matmul_residual_forward(ctx_, out, inp, weight, bias, residual, N, IC, OC);
+  }
+  void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
+                           const float* bias, int N, int IC, int OC) override {
+    cuda::matmul_gelu_forward(ctx_, pre, out, inp, weight, bias, N, IC, OC);
+  }
+  void matmul_gelu_backward(float* dpre, float* dweight, float* dbias, const float* dout,
+                            const float* inp, const float* pre, const float* weight, int N, int IC,
+                            int OC) override {
+    cuda::matmul_gelu_backward(ctx_, dpre, dweight, dbias, dout, inp, pre, weight, N, IC, OC);
+  }
   size_t attention_saved_floats(int B, int T, int NH) const override {
     return cuda::attention_saved_floats(ctx_, B, T, NH);
   }
@@ -306,6 +354,12 @@ class CudaBackend : public Backend {
   std::string name_;
   bool graphs_ = true;       // HH_CUDA_GRAPHS
   bool capturing_ = false;   // between graph_begin_capture and graph_end_capture
+  // copy_to_host_async: pinned staging, its completion event, the pending destination.
+  void* staging_ = nullptr;
+  size_t staging_bytes_ = 0;
+  cudaEvent_t copy_done_ = nullptr;
+  void* async_dst_ = nullptr;
+  size_t async_bytes_ = 0;
   uint64_t free_epoch_ = 0;  // free_bytes calls so far
   std::unordered_map<void*, size_t> sizes_;
   size_t current_bytes_ = 0;

@@ -51,6 +51,10 @@ struct Context {
   bool flash = false;   // HH_CUDA_FLASH=1: fused attention (attention_flash.cu)
   int attn_heads = 0;   // HH_CUDA_ATTN_HEADS: heads per chunk in attention.cu (0: all)
   int attn_blocks = 1;  // HH_CUDA_ATTN_BLOCKS: causal row blocks in attention.cu
+  // Paths written without a GPU at hand, off until a GPU run has verified and timed them
+  // (docs/cuda.md, "Pending GPU verification"):
+  bool fuse = false;         // HH_CUDA_FUSE=1: residual, GELU and bias gradients in cuBLASLt epilogues
+  bool fast_decode = false;  // HH_CUDA_FAST_DECODE=1: warp-parallel attention_decode, pruned sampler
   int num_sms = 1;
 
   // Scratch: one region, grown (never shrunk) through the backend's allocator so the

@@ -13,7 +13,7 @@
 # Logs of every step go to build-gpu/check; with $OUT set (the remote GPU tool) the summary
 # and one file holding the tail of every log are copied there. Environment:
 #   HH_GPU_JOBS (16) build jobs; HH_GPU_SKIP_BENCH=1 skips steps 5-5c; HH_GPU_SKIP lists
-#   steps to leave out (5a shapes 5b flash hf-generate hf-interop); HH_GPU_PROFILE=1 adds
+#   steps to leave out (5a: the pending switches; shapes 5b flash hf-generate hf-interop); HH_GPU_PROFILE=1 adds
 #   scripts/gpu_profile.sh (per-kernel times); HH_GPU_SKIP_CTEST=1
 #   skips the whole ctest; HH_GPU_DEMO=1 runs make demo's GPU size (HH_GPU_DEMO_S, 240 s)
 #   with the data at HH_DATA_DIR/hh-rlhf; HH_GPU_BUDGET_S
@@ -182,16 +182,31 @@ GPT2=(--device cuda --layers 12 --heads 12 --width 768)
 GEN=(--random-model gpt2-124m --vocab-size 50257 --device cuda --bench --batch-size 64
   --prompt-len 64 --max-new-tokens 128 --repeats 3 --temperature 1 --top-k 0 --top-p 1 --seed 1)
 
-step "5a. attention: causal row blocks (HH_CUDA_ATTN_BLOCKS), 124M step"
-ATTN_SWEEP="n/a"
+step "5a. paths pending GPU verification (docs/cuda.md): 124M step and generation per switch"
+# Each configuration's parity tests ran in step 3 (the tests set the switches themselves);
+# here each is timed against the default in the same run, so the fastest that passed can
+# become the default.
+ATTN_SWEEP="n/a"; GEN_SWEEP="n/a"
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a && in_budget; then
   ATTN_SWEEP=""
-  for r in 1 2 4 8; do
-    ms=$(HH_CUDA_ATTN_BLOCKS=$r timeout 60 "$BUILD/hh-bench" train "${GPT2[@]}" --vocab 50304 \
-      --batch 8 --seq 1024 --steps 8 2>&1 |
-      grep -Eo "median [0-9.]+" | grep -Eo "[0-9.]+" || echo "failed")
-    echo "HH_CUDA_ATTN_BLOCKS=$r: $ms ms/step"
-    ATTN_SWEEP="$ATTN_SWEEP $r:${ms}ms"
+  for cfg in "default" "HH_CUDA_ATTN_BLOCKS=2" "HH_CUDA_ATTN_BLOCKS=4" "HH_CUDA_FUSE=1" \
+             "HH_CUDA_FUSE=1 HH_CUDA_ATTN_BLOCKS=2"; do
+    envs=(); [ "$cfg" = default ] || read -r -a envs <<<"$cfg"
+    out=$(env "${envs[@]}" timeout 60 "$BUILD/hh-bench" train "${GPT2[@]}" --vocab 50304 \
+      --batch 8 --seq 1024 --steps 8 2>&1 || true)
+    ms=$(echo "$out" | grep -Eo "median [0-9.]+" | grep -Eo "[0-9.]+" || true)
+    gib=$(echo "$out" | grep -Eo "backend [0-9.]+ GiB" | grep -Eo "[0-9.]+" || true)
+    echo "train step [$cfg]: ${ms:-FAILED} ms/step, peak ${gib:-?} GiB"
+    [ -n "$ms" ] || echo "$out" | tail -3
+    ATTN_SWEEP="$ATTN_SWEEP [$cfg] ${ms:-FAILED}ms/${gib:-?}GiB;"
+  done
+  GEN_SWEEP=""
+  for cfg in "default" "HH_CUDA_FAST_DECODE=1" "HH_CUDA_FUSE=1" "HH_CUDA_FAST_DECODE=1 HH_CUDA_FUSE=1"; do
+    envs=(); [ "$cfg" = default ] || read -r -a envs <<<"$cfg"
+    tps=$(env "${envs[@]}" timeout 60 "$BUILD/hh-chat" "${GEN[@]}" 2>/dev/null |
+      grep -Eo '"tokens_per_s":[0-9.]+' | cut -d: -f2 | cut -d. -f1 || true)
+    echo "generate [$cfg]: ${tps:-FAILED} tokens/s"
+    GEN_SWEEP="$GEN_SWEEP [$cfg] ${tps:-FAILED};"
   done
 fi
 
@@ -308,7 +323,8 @@ step "6. summary"
   echo "| torch tokens/s (fp32/TF32)    | $TORCH_TOKS   peak $TORCH_PEAK GiB"
   echo "| hh HH_CUDA_FLASH=1 tokens/s    | $FLASH_TOKS   peak $FLASH_PEAK GiB"
   echo "| hh / torch (default, flash)   | $RATIO, $FLASH_RATIO"
-  echo "| attention row blocks: step    |$ATTN_SWEEP (default: 1)"
+  echo "| pending: 124M step (8x1024)   |$ATTN_SWEEP"
+  echo "| pending: generate tok/s       |$GEN_SWEEP"
   echo "| shapes (ms/step, peak)        |$SHAPES"
   echo "| 124M step: single / NCCL w=1  | $SINGLE_MS ms / $NCCL1_MS ms (all-reduce +$NCCL1_PCT%)"
   echo "| generate 124M, 64x(64+128)    | hh $GEN_HH tok/s (no graphs ${GEN_EAGER:-n/a}); HF fp32 $GEN_HF"

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -217,6 +218,45 @@ std::vector<std::vector<int32_t>> random_prompts(Rng& rng, int n, int V) {
   for (int i = 0; i < n; i++)
     prompts.push_back(random_tokens(rng, 1 + static_cast<int>(rng.below(9)), V));
   return prompts;
+}
+
+// Running one decode step ahead (the next step queued before the host reads this one's
+// samples, dead rows dropped a step later) gives the step-by-step loop's samples: staggered
+// stops make rows die inside steps queued ahead, max_new_tokens ends the rest. A step
+// keeps a dead row one step longer, and the row count changes the matmul's blocking, so
+// the log-probs may differ in the last bits (never enough here to change a draw).
+TEST_F(GenerateTest, RunAheadGivesTheStepByStepSamples) {
+  Generator ahead(model_, tok_), step_by_step(model_, tok_);
+  step_by_step.set_run_ahead(false);
+  const int V = tok_.vocab_size();
+  Rng rng(23);
+  for (float temperature : {1.0f, 0.0f}) {
+    for (uint64_t seed : {5, 6}) {
+      SamplingOptions opt = staggered_stops(seed);
+      opt.temperature = temperature;
+      const auto prompts = random_prompts(rng, 12, V);
+      const auto want = step_by_step.generate(prompts, opt);
+      const auto got = ahead.generate(prompts, opt);
+      std::set<std::string> reasons;
+      for (size_t b = 0; b < prompts.size(); b++) {
+        const std::string what = "temperature " + std::to_string(temperature) + " seed " +
+                                 std::to_string(seed) + " sequence " + std::to_string(b);
+        EXPECT_EQ(got[b].generated_ids, want[b].generated_ids) << what;
+        ASSERT_EQ(got[b].generated_logprobs.size(), want[b].generated_logprobs.size()) << what;
+        for (size_t i = 0; i < want[b].generated_logprobs.size(); i++)
+          EXPECT_NEAR(got[b].generated_logprobs[i], want[b].generated_logprobs[i],
+                      1e-5 * std::fabs(want[b].generated_logprobs[i]))
+              << what << " token " << i;
+        EXPECT_EQ(got[b].response_text, want[b].response_text) << what;
+        EXPECT_EQ(got[b].finish_reason, want[b].finish_reason) << what;
+        reasons.insert(want[b].finish_reason);
+      }
+      EXPECT_EQ(ahead.last_new_tokens(), step_by_step.last_new_tokens());
+      // Rows died inside steps queued ahead (stops) and at the length limit.
+      EXPECT_TRUE(reasons.count("stop") && reasons.count("length"))
+          << "temperature " << temperature << " seed " << seed << ": not both kinds of finish";
+    }
+  }
 }
 
 // CUDA graphs of the decode step (HH_CUDA_GRAPHS, read when a backend is made) replay the

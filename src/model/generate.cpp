@@ -210,7 +210,6 @@ void Generator::plan_prefill(int B, int T) {
   grow(rstd_, be, N);
   grow(qkv_, be, N * 3 * C);
   grow(atty_, be, N * C);
-  grow(proj_, be, N * C);
   grow(fch_, be, N * 4 * C);
   grow(fch_gelu_, be, N * 4 * C);
   grow(att_saved_, be, be.attention_saved_floats(B, T, cfg.n_head));
@@ -219,7 +218,7 @@ void Generator::plan_prefill(int B, int T) {
 
 // Every buffer a decode step touches, so that nothing allocates inside a graph capture;
 // a buffer that moves takes the graphs (which hold its old address) with it.
-void Generator::plan_decode(int M) {
+bool Generator::plan_decode(int M) {
   Backend& be = model_.backend();
   const size_t C = model_.config().n_embd, Vp = model_.config().padded_vocab_size;
   bool moved = grow(step_in_dev_, be, step_in_words(M));
@@ -231,11 +230,11 @@ void Generator::plan_decode(int M) {
   moved |= grow(rstd_, be, M);
   moved |= grow(qkv_, be, M * 3 * C);
   moved |= grow(atty_, be, M * C);
-  moved |= grow(proj_, be, M * C);
   moved |= grow(fch_, be, M * 4 * C);
   moved |= grow(fch_gelu_, be, M * 4 * C);
   moved |= grow(logits_, be, M * Vp);
   if (moved) drop_graphs();
+  return moved;
 }
 
 void Generator::release_memory() {
@@ -244,8 +243,8 @@ void Generator::release_memory() {
   for (Buffer<int32_t>* b :
        {&tokens_dev_, &positions_dev_, &slots_dev_, &lengths_dev_, &rows_dev_, &sampled_dev_})
     b->reset();
-  for (Buffer<float>* b : {&x_, &x2_, &ln_, &mean_, &rstd_, &qkv_, &atty_, &proj_, &fch_,
-                           &fch_gelu_, &att_saved_, &last_, &logits_})
+  for (Buffer<float>* b : {&x_, &x2_, &ln_, &mean_, &rstd_, &qkv_, &atty_, &fch_, &fch_gelu_,
+                           &att_saved_, &last_, &logits_})
     b->reset();
   step_in_dev_.reset();
   lengths_.clear();
@@ -271,10 +270,14 @@ void Generator::sample_device(int M, float temperature) {
                                seeds_dev(), temperature, M, cfg.vocab_size, cfg.padded_vocab_size);
 }
 
-void Generator::fetch_samples(int M, std::vector<int32_t>* ids, std::vector<float>* logprobs) {
+void Generator::request_samples(int M) {
   sampled_host_.resize(2 * static_cast<size_t>(M));
-  model_.backend().copy_to_host(sampled_host_.data(), sampled_dev_.data(),
-                                sampled_host_.size() * sizeof(int32_t));
+  model_.backend().copy_to_host_async(sampled_host_.data(), sampled_dev_.data(),
+                                      sampled_host_.size() * sizeof(int32_t));
+}
+
+void Generator::receive_samples(int M, std::vector<int32_t>* ids, std::vector<float>* logprobs) {
+  model_.backend().wait_host_copy();
   ids->assign(sampled_host_.begin(), sampled_host_.begin() + M);
   logprobs->resize(M);
   std::memcpy(logprobs->data(), sampled_host_.data() + M, M * sizeof(float));
@@ -342,7 +345,7 @@ std::vector<float> Generator::prefill(const std::vector<std::vector<int32_t>>& p
 
 std::vector<float> Generator::decode(const std::vector<int32_t>& seqs,
                                      const std::vector<int32_t>& tokens) {
-  decode_device(seqs, tokens);
+  decode_device(seqs, &tokens);
   return host_logits(static_cast<int>(seqs.size()));
 }
 
@@ -365,6 +368,25 @@ LayerParams layer_params(GPT& model, int l) {
 }
 
 }  // namespace
+
+// One transformer block over `rows` rows of x_ (in place, through x2_); `attend` turns
+// qkv_ into atty_ (prefill: attention over the prompts; decode: over the KV cache), after
+// writing the layer's k and v to the cache.
+void Generator::layer_forward(int l, int rows, const std::function<void()>& attend) {
+  Backend& be = model_.backend();
+  const int C = model_.config().n_embd;
+  const LayerParams p = layer_params(model_, l);
+  be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x_.data(), p.ln1_w, p.ln1_b, rows,
+                       C);
+  be.matmul_forward(qkv_.data(), ln_.data(), p.qkv_w, p.qkv_b, rows, C, 3 * C);
+  attend();
+  be.matmul_residual_forward(x2_.data(), atty_.data(), p.proj_w, p.proj_b, x_.data(), rows, C, C);
+  be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x2_.data(), p.ln2_w, p.ln2_b, rows,
+                       C);
+  be.matmul_gelu_forward(fch_.data(), fch_gelu_.data(), ln_.data(), p.fc_w, p.fc_b, rows, C, 4 * C);
+  be.matmul_residual_forward(x_.data(), fch_gelu_.data(), p.fcproj_w, p.fcproj_b, x2_.data(), rows,
+                             4 * C, C);
+}
 
 // The model's forward over right-padded prompts [B, T], one layer at a time; each layer's
 // k and v rows go to the cache (padded rows are skipped: position -1). The logits are
@@ -410,25 +432,15 @@ void Generator::prefill_device(const std::vector<std::vector<int32_t>>& prompts,
   be.copy_to_device(lengths_dev_.data(), lengths_.data(), B * sizeof(int32_t));
   be.copy_to_device(rows_dev_.data(), rows.data(), B * sizeof(int32_t));
 
-  const size_t NC = static_cast<size_t>(N) * C;
   be.embedding_forward(x_.data(), tokens_dev_.data(), model_.param_data("transformer.wte.weight"),
                        model_.param_data("transformer.wpe.weight"), B, T, C);
   for (int l = 0; l < cfg.n_layer; l++) {
-    const LayerParams p = layer_params(model_, l);
-    be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x_.data(), p.ln1_w, p.ln1_b, N, C);
-    be.matmul_forward(qkv_.data(), ln_.data(), p.qkv_w, p.qkv_b, N, C, 3 * C);
-    be.kv_cache_write(cache_.keys(l), cache_.values(l), qkv_.data(), slots_dev_.data(),
-                      positions_dev_.data(), N, max_len, C);
-    be.attention_forward(atty_.data(), att_saved_.data(), qkv_.data(), lengths_dev_.data(), B, T, C,
-                         NH);
-    be.matmul_forward(proj_.data(), atty_.data(), p.proj_w, p.proj_b, N, C, C);
-    be.residual_forward(x2_.data(), x_.data(), proj_.data(), NC);
-    be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x2_.data(), p.ln2_w, p.ln2_b, N,
-                         C);
-    be.matmul_forward(fch_.data(), ln_.data(), p.fc_w, p.fc_b, N, C, 4 * C);
-    be.gelu_forward(fch_gelu_.data(), fch_.data(), NC * 4);
-    be.matmul_forward(proj_.data(), fch_gelu_.data(), p.fcproj_w, p.fcproj_b, N, 4 * C, C);
-    be.residual_forward(x_.data(), x2_.data(), proj_.data(), NC);
+    layer_forward(l, N, [&] {
+      be.kv_cache_write(cache_.keys(l), cache_.values(l), qkv_.data(), slots_dev_.data(),
+                        positions_dev_.data(), N, max_len, C);
+      be.attention_forward(atty_.data(), att_saved_.data(), qkv_.data(), lengths_dev_.data(), B, T,
+                           C, NH);
+    });
   }
   be.gather_rows(last_.data(), x_.data(), rows_dev_.data(), B, C);
   compute_logits(last_.data(), B);
@@ -436,13 +448,15 @@ void Generator::prefill_device(const std::vector<std::vector<int32_t>>& prompts,
 
 // One token for each listed sequence at its next position: the same layer sequence as
 // prefill on M rows, with kv_cache_write + attention_decode in place of attention_forward.
-void Generator::decode_device(const std::vector<int32_t>& seqs, const std::vector<int32_t>& tokens,
+// tokens null: the tokens are the last sample_device's ids, still on the device (the rows
+// must be those of that step).
+void Generator::decode_device(const std::vector<int32_t>& seqs, const std::vector<int32_t>* tokens,
                               const std::vector<uint64_t>* seeds, float temperature) {
   const GPTConfig& cfg = model_.config();
   Backend& be = model_.backend();
   const int M = static_cast<int>(seqs.size()), C = cfg.n_embd, NH = cfg.n_head;
-  HH_CHECK(M >= 1 && tokens.size() == seqs.size(), "generator: decode got ", seqs.size(),
-           " sequences and ", tokens.size(), " tokens");
+  HH_CHECK(M >= 1 && (!tokens || tokens->size() == seqs.size()), "generator: decode got ",
+           seqs.size(), " sequences and ", tokens ? tokens->size() : 0, " tokens");
   HH_CHECK(!seeds || seeds->size() == seqs.size(), "generator: decode got ", seqs.size(),
            " sequences and ", seeds ? seeds->size() : 0, " seeds");
   // One upload: tokens | positions | slots.
@@ -453,16 +467,19 @@ void Generator::decode_device(const std::vector<int32_t>& seqs, const std::vecto
     HH_CHECK(s >= 0 && s < static_cast<int>(lengths_.size()), "generator: decode of sequence ", s,
              ", the batch has ", lengths_.size());
     HH_CHECK(lengths_[s] < max_len_, "generator: sequence ", s, " is full (", max_len_, " tokens)");
-    HH_CHECK(tokens[i] >= 0 && tokens[i] < cfg.vocab_size, "generator: token id ", tokens[i],
+    const int32_t tok = tokens ? (*tokens)[i] : 0;
+    HH_CHECK(tok >= 0 && tok < cfg.vocab_size, "generator: token id ", tok,
              " is outside the vocabulary [0, ", cfg.vocab_size, ")");
-    ints[i] = tokens[i];
+    ints[i] = tok;
     ints[M + i] = lengths_[s];
     ints[2 * M + i] = s;
   }
   for (int i = 0; i < M; i++)
     for (int j = 0; j < i; j++)
       HH_CHECK(seqs[i] != seqs[j], "generator: sequence ", seqs[i], " listed twice in decode");
-  plan_decode(M);
+  // With the tokens on the device, this step has the last one's rows, whose buffers are
+  // already sized: nothing moves (a moved sampled_dev_ would have lost the tokens).
+  HH_CHECK(!plan_decode(M) || tokens, "generator: decode buffers moved under device-side tokens");
   // One upload of everything that changes from step to step: [seeds |] tokens | positions |
   // slots. The step's ops read them from these fixed addresses (never as launch
   // arguments), so a graph captured for M replays any later step of M rows.
@@ -475,6 +492,7 @@ void Generator::decode_device(const std::vector<int32_t>& seqs, const std::vecto
   } else {
     be.copy_to_device(step_ints_dev(M), ints.data(), ints.size() * sizeof(int32_t));
   }
+  if (!tokens) be.copy_on_device(step_ints_dev(M), sampled_dev_.data(), M * sizeof(int32_t));
 
   uint32_t temperature_bits = 0;
   if (seeds) std::memcpy(&temperature_bits, &temperature, sizeof(temperature_bits));
@@ -482,27 +500,16 @@ void Generator::decode_device(const std::vector<int32_t>& seqs, const std::vecto
     const int32_t* tokens_dev = step_ints_dev(M);
     const int32_t* positions_dev = tokens_dev + M;
     const int32_t* slots_dev = tokens_dev + 2 * M;
-    const size_t MC = static_cast<size_t>(M) * C;
     be.embedding_forward_at(x_.data(), tokens_dev, positions_dev,
                             model_.param_data("transformer.wte.weight"),
                             model_.param_data("transformer.wpe.weight"), M, C);
     for (int l = 0; l < cfg.n_layer; l++) {
-      const LayerParams p = layer_params(model_, l);
-      be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x_.data(), p.ln1_w, p.ln1_b, M,
-                           C);
-      be.matmul_forward(qkv_.data(), ln_.data(), p.qkv_w, p.qkv_b, M, C, 3 * C);
-      be.kv_cache_write(cache_.keys(l), cache_.values(l), qkv_.data(), slots_dev, positions_dev, M,
-                        max_len_, C);
-      be.attention_decode(atty_.data(), qkv_.data(), cache_.keys(l), cache_.values(l), slots_dev,
-                          positions_dev, M, max_len_, C, NH);
-      be.matmul_forward(proj_.data(), atty_.data(), p.proj_w, p.proj_b, M, C, C);
-      be.residual_forward(x2_.data(), x_.data(), proj_.data(), MC);
-      be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x2_.data(), p.ln2_w, p.ln2_b, M,
-                           C);
-      be.matmul_forward(fch_.data(), ln_.data(), p.fc_w, p.fc_b, M, C, 4 * C);
-      be.gelu_forward(fch_gelu_.data(), fch_.data(), MC * 4);
-      be.matmul_forward(proj_.data(), fch_gelu_.data(), p.fcproj_w, p.fcproj_b, M, 4 * C, C);
-      be.residual_forward(x_.data(), x2_.data(), proj_.data(), MC);
+      layer_forward(l, M, [&] {
+        be.kv_cache_write(cache_.keys(l), cache_.values(l), qkv_.data(), slots_dev, positions_dev,
+                          M, max_len_, C);
+        be.attention_decode(atty_.data(), qkv_.data(), cache_.keys(l), cache_.values(l), slots_dev,
+                            positions_dev, M, max_len_, C, NH);
+      });
     }
     compute_logits(x_.data(), M);
     if (seeds) sample_device(M, temperature);
@@ -588,16 +595,37 @@ std::vector<GeneratedSample> Generator::generate(const std::vector<std::vector<i
     sample_device(B, device_temperature);
   }
 
+  // `active` lists the sequence of each row of the step whose results are on the device.
+  // Sampling on the device, the loop runs one step ahead where it can: it queues the copy
+  // of the step's samples, then the next decode step on the same rows (its tokens are the
+  // samples, copied on the device), and only then waits for the copy, so the host's work
+  // overlaps the device's. It can when every row is live and none reaches max_new_tokens
+  // with this token. A row that then stops (stop string, <|endoftext|>) is dead in the step
+  // queued ahead: its sample is ignored, nothing runs ahead from that step, and the step
+  // after it drops the row. Each live row draws one seed per step from its own stream, so
+  // the samples are those of the step-by-step loop.
+  const int max_new = options.max_new_tokens;
   while (!active.empty()) {
     const int M = static_cast<int>(active.size());
-    if (on_device)
-      fetch_samples(M, &sampled, &sampled_logprobs);
-    else
+    bool ahead = on_device && run_ahead_;
+    for (int b : active)
+      ahead = ahead && !state[b].finished &&
+              static_cast<int>(out[b].generated_ids.size()) + 1 < max_new;
+    if (on_device) {
+      request_samples(M);
+      if (ahead) {
+        draw_seeds(active);
+        decode_device(active, nullptr, &seeds, device_temperature);
+      }
+      receive_samples(M, &sampled, &sampled_logprobs);
+    } else {
       logits = host_logits(M);
+    }
     std::vector<int32_t> next_seqs, next_tokens;
     for (int i = 0; i < M; i++) {
       const int b = active[i];
       SequenceState& st = state[b];
+      if (st.finished) continue;  // a dead row of a step queued ahead
       GeneratedSample& s = out[b];
       int32_t tok;
       float logprob;
@@ -657,13 +685,14 @@ std::vector<GeneratedSample> Generator::generate(const std::vector<std::vector<i
         }
       }
     }
+    if (ahead) continue;  // the step queued ahead has the same rows
     active = next_seqs;
     if (active.empty()) break;
     if (on_device) {
       draw_seeds(active);
-      decode_device(active, next_tokens, &seeds, device_temperature);
+      decode_device(active, &next_tokens, &seeds, device_temperature);
     } else {
-      decode_device(active, next_tokens);
+      decode_device(active, &next_tokens);
     }
   }
   last_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -143,22 +143,28 @@ class Generator {
   double last_seconds() const { return last_seconds_; }
   // Decode steps run as a graph replay so far (0 without graphs), for tests and benchmarks.
   int64_t graph_replays() const { return graph_replays_; }
+  // Whether generate() may queue the next decode step before reading the last one's samples
+  // (see generate(); on by default). The samples are the same either way.
+  void set_run_ahead(bool on) { run_ahead_ = on; }
 
  private:
   // prefill/decode up to the device logits_ [rows, Vp]; host_logits copies them out.
   // With seeds (one per row), decode_device also samples the new logits on the device
   // (sample_rows into sampled_dev_, see fetch_samples).
   void prefill_device(const std::vector<std::vector<int32_t>>& prompts, int max_len);
-  void decode_device(const std::vector<int32_t>& seqs, const std::vector<int32_t>& tokens,
+  void decode_device(const std::vector<int32_t>& seqs, const std::vector<int32_t>* tokens,
                      const std::vector<uint64_t>* seeds = nullptr, float temperature = 0.0f);
+  void layer_forward(int l, int rows, const std::function<void()>& attend);
   void plan_prefill(int B, int T);
-  void plan_decode(int M);
+  bool plan_decode(int M);  // true when a buffer moved
   void compute_logits(const float* hidden, int M);
   std::vector<float> host_logits(int M);
   // sample_rows over the M rows of logits_ with the seeds at seeds_dev() (uploaded before).
   void sample_device(int M, float temperature);
-  // The last sample_device's ids and log-probs, on the host (one copy).
-  void fetch_samples(int M, std::vector<int32_t>* ids, std::vector<float>* logprobs);
+  // The last sample_device's ids and log-probs, on the host: request queues the copy
+  // (work queued after it overlaps it), receive waits for it and unpacks.
+  void request_samples(int M);
+  void receive_samples(int M, std::vector<int32_t>* ids, std::vector<float>* logprobs);
   // Runs a decode step's device work (`ops`): eagerly, or through the graph cached for key.
   using StepKey = std::tuple<int, bool, uint32_t>;  // M, samples, temperature's bits
   void run_step(const StepKey& key, const std::function<void()>& ops);
@@ -184,7 +190,7 @@ class Generator {
   Buffer<int32_t> sampled_dev_;   // ids [M] | log-probs [M] (floats) of sample_device
   std::vector<int32_t> step_ints_, sampled_host_;
   std::vector<uint64_t> step_in_;
-  Buffer<float> x_, x2_, ln_, mean_, rstd_, qkv_, atty_, proj_, fch_, fch_gelu_, att_saved_;
+  Buffer<float> x_, x2_, ln_, mean_, rstd_, qkv_, atty_, fch_, fch_gelu_, att_saved_;
   Buffer<float> last_, logits_;
   std::vector<float> host_logits_;
 
@@ -199,6 +205,7 @@ class Generator {
   };
   std::map<StepKey, StepGraph> step_graphs_;
   int64_t graph_replays_ = 0;
+  bool run_ahead_ = true;
 };
 
 // Reads per-sequence random streams for seed and sequence index b (exposed for tests).

@@ -307,14 +307,12 @@ void GPT::forward_buffers(int B, int T, F&& f) {
   f(qkv_, L * N * 3 * C);
   f(atty_, L * N * C);
   f(att_saved_, L * saved);
-  f(attproj_, L * N * C);
   f(residual2_, L * N * C);
   f(ln2_, L * N * C);
   f(ln2_mean_, L * N);
   f(ln2_rstd_, L * N);
   f(fch_, L * N * 4 * C);
   f(fch_gelu_, L * N * 4 * C);
-  f(fcproj_, L * N * C);
   f(residual3_, L * N * C);
   f(lnf_, N * C);
   f(lnf_mean_, N);
@@ -328,8 +326,7 @@ void GPT::backward_buffers(int B, int T, F&& f) {
   const size_t N = static_cast<size_t>(B) * T, C = config_.n_embd;
   f(dresidual_, N * C);
   f(dbuf_c_, N * C);
-  f(dbuf_4c_a_, N * 4 * C);
-  f(dbuf_4c_b_, N * 4 * C);
+  f(dbuf_4c_, N * 4 * C);
 }
 
 template <typename F>
@@ -377,14 +374,12 @@ GPT::LayerActs GPT::layer_acts(int l) {
   a.qkv = qkv_.data() + l * N * 3 * C;
   a.atty = atty_.data() + l * N * C;
   a.att_saved = att_saved_.data() + l * att_saved_per_layer_;
-  a.attproj = attproj_.data() + l * N * C;
   a.residual2 = residual2_.data() + l * N * C;
   a.ln2 = ln2_.data() + l * N * C;
   a.ln2_mean = ln2_mean_.data() + l * N;
   a.ln2_rstd = ln2_rstd_.data() + l * N;
   a.fch = fch_.data() + l * N * 4 * C;
   a.fch_gelu = fch_gelu_.data() + l * N * 4 * C;
-  a.fcproj = fcproj_.data() + l * N * C;
   a.residual3 = residual3_.data() + l * N * C;
   return a;
 }
@@ -470,14 +465,13 @@ void GPT::trunk_forward() {
     be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, p + o.ln1_w, p + o.ln1_b, N, C);
     be.matmul_forward(a.qkv, a.ln1, p + o.qkv_w, p + o.qkv_b, N, C, 3 * C);
     be.attention_forward(a.atty, a.att_saved, a.qkv, lengths_.data(), B, T, C, NH);
-    be.matmul_forward(a.attproj, a.atty, p + o.attproj_w, p + o.attproj_b, N, C, C);
-    be.residual_forward(a.residual2, residual, a.attproj, static_cast<size_t>(N) * C);
+    be.matmul_residual_forward(a.residual2, a.atty, p + o.attproj_w, p + o.attproj_b, residual, N,
+                               C, C);
     be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p + o.ln2_w, p + o.ln2_b, N,
                          C);
-    be.matmul_forward(a.fch, a.ln2, p + o.fc_w, p + o.fc_b, N, C, 4 * C);
-    be.gelu_forward(a.fch_gelu, a.fch, static_cast<size_t>(N) * 4 * C);
-    be.matmul_forward(a.fcproj, a.fch_gelu, p + o.fcproj_w, p + o.fcproj_b, N, 4 * C, C);
-    be.residual_forward(a.residual3, a.residual2, a.fcproj, static_cast<size_t>(N) * C);
+    be.matmul_gelu_forward(a.fch, a.fch_gelu, a.ln2, p + o.fc_w, p + o.fc_b, N, C, 4 * C);
+    be.matmul_residual_forward(a.residual3, a.fch_gelu, p + o.fcproj_w, p + o.fcproj_b, a.residual2,
+                               N, 4 * C, C);
     residual = a.residual3;
   }
   be.layernorm_forward(lnf_.data(), lnf_mean_.data(), lnf_rstd_.data(), residual, p + lnf_w_,
@@ -601,8 +595,7 @@ void GPT::trunk_backward(float* dlnf) {
   float* g = grads_.data();
   float* dres = dresidual_.data();
   float* dc = dbuf_c_.data();
-  float* d4a = dbuf_4c_a_.data();
-  float* d4b = dbuf_4c_b_.data();
+  float* d4 = dbuf_4c_.data();
   const int L = config_.n_layer;
   be.fill_zero(dres, static_cast<size_t>(N) * C * sizeof(float));
   be.layernorm_backward(dres, g + lnf_w_, g + lnf_b_, dlnf, layer_acts(L - 1).residual3, p + lnf_w_,
@@ -612,17 +605,16 @@ void GPT::trunk_backward(float* dlnf) {
     LayerActs a = layer_acts(l);
     const float* residual = l == 0 ? encoded_.data() : layer_acts(l - 1).residual3;
     // MLP branch: x3 = x2 + fcproj(gelu(fc(ln_2(x2))))
-    be.matmul_backward(d4a, g + o.fcproj_w, g + o.fcproj_b, dres, a.fch_gelu, p + o.fcproj_w, N,
-                       4 * C, C);
-    be.gelu_backward(d4b, a.fch, d4a, static_cast<size_t>(N) * 4 * C);
-    be.matmul_backward(dc, g + o.fc_w, g + o.fc_b, d4b, a.ln2, p + o.fc_w, N, C, 4 * C);
+    be.matmul_gelu_backward(d4, g + o.fcproj_w, g + o.fcproj_b, dres, a.fch_gelu, a.fch,
+                            p + o.fcproj_w, N, 4 * C, C);
+    be.matmul_backward(dc, g + o.fc_w, g + o.fc_b, d4, a.ln2, p + o.fc_w, N, C, 4 * C);
     be.layernorm_backward(dres, g + o.ln2_w, g + o.ln2_b, dc, a.residual2, p + o.ln2_w, a.ln2_mean,
                           a.ln2_rstd, N, C);
     // Attention branch: x2 = x + attproj(attn(qkv(ln_1(x))))
     be.matmul_backward(dc, g + o.attproj_w, g + o.attproj_b, dres, a.atty, p + o.attproj_w, N, C,
                        C);
-    be.attention_backward(d4a, dc, a.qkv, a.att_saved, lengths_.data(), B, T, C, NH);
-    be.matmul_backward(dc, g + o.qkv_w, g + o.qkv_b, d4a, a.ln1, p + o.qkv_w, N, C, 3 * C);
+    be.attention_backward(d4, dc, a.qkv, a.att_saved, lengths_.data(), B, T, C, NH);
+    be.matmul_backward(dc, g + o.qkv_w, g + o.qkv_b, d4, a.ln1, p + o.qkv_w, N, C, 3 * C);
     be.layernorm_backward(dres, g + o.ln1_w, g + o.ln1_b, dc, residual, p + o.ln1_w, a.ln1_mean,
                           a.ln1_rstd, N, C);
     if (layer_backward_hook_) layer_backward_hook_(l);

@@ -172,8 +172,8 @@ class GPT {
 
  private:
   struct LayerActs {
-    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att_saved, *attproj, *residual2;
-    float *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *fcproj, *residual3;
+    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att_saved, *residual2;
+    float *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *residual3;
   };
   enum class Mode { None, Logits, Loss, Scores };
   // Offsets (in floats) of one layer's tensors in the flat buffers.
@@ -220,12 +220,12 @@ class GPT {
 
   // Activations (grow-only). Per-layer tensors are stacked: layer l at l·(its size).
   Buffer<int32_t> tokens_, targets_, lengths_, rows_;
-  Buffer<float> encoded_, ln1_, ln1_mean_, ln1_rstd_, qkv_, atty_, att_saved_, attproj_, residual2_,
-      ln2_, ln2_mean_, ln2_rstd_, fch_, fch_gelu_, fcproj_, residual3_;
+  Buffer<float> encoded_, ln1_, ln1_mean_, ln1_rstd_, qkv_, atty_, att_saved_, residual2_, ln2_,
+      ln2_mean_, ln2_rstd_, fch_, fch_gelu_, residual3_;
   Buffer<float> lnf_, lnf_mean_, lnf_rstd_, logits_, losses_, dlosses_, entropies_;
   Buffer<float> gathered_, scores_, dscores_, dgathered_;
   // Backward scratch: the residual stream's gradient and branch gradients.
-  Buffer<float> dresidual_, dbuf_c_, dbuf_4c_a_, dbuf_4c_b_;
+  Buffer<float> dresidual_, dbuf_c_, dbuf_4c_;
   int num_rows_ = 0;                // scalar-head rows of the last forward_scores
   size_t att_saved_per_layer_ = 0;  // attention_saved_floats(B, T, NH) of the current plan
   std::vector<float> host_losses_;  // per-token losses of the last forward()

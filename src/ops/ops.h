@@ -51,6 +51,14 @@ class Backend {
   virtual void free_bytes(void* p) = 0;
   virtual void copy_to_device(void* dst, const void* host_src, size_t bytes) = 0;
   virtual void copy_to_host(void* host_dst, const void* src, size_t bytes) = 0;
+  // Queues a copy to the host behind the work queued so far and returns at once; the bytes
+  // are in host_dst after wait_host_copy(), and work queued in between runs meanwhile (how
+  // generation reads one step's samples while the next step runs). One copy at a time.
+  // The default (the CPU backend) copies right away.
+  virtual void copy_to_host_async(void* host_dst, const void* src, size_t bytes) {
+    copy_to_host(host_dst, src, bytes);
+  }
+  virtual void wait_host_copy() {}
   virtual void copy_on_device(void* dst, const void* src, size_t bytes) = 0;
   virtual void fill_zero(void* p, size_t bytes) = 0;
   virtual void synchronize() = 0;
@@ -102,6 +110,33 @@ class Backend {
   // dbias += Σ_rows dout (skipped when null).
   virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                                const float* inp, const float* weight, int N, int IC, int OC) = 0;
+
+  // ---- matmuls fused with their neighbours ----
+  // Each is exactly the plain ops in the order written here, which is what this base class
+  // runs (so the CPU backend's result is bit-identical to the unfused sequence); the CUDA
+  // backend may fuse them into cuBLASLt epilogues (HH_CUDA_FUSE=1, cuda/matmul.cu).
+  // out = residual + (inp·weightᵀ + bias): a projection added onto the residual stream.
+  virtual void matmul_residual_forward(float* out, const float* inp, const float* weight,
+                                       const float* bias, const float* residual, int N, int IC,
+                                       int OC) {
+    matmul_forward(out, inp, weight, bias, N, IC, OC);
+    residual_forward(out, residual, out, static_cast<size_t>(N) * OC);
+  }
+  // pre = inp·weightᵀ + bias, out = gelu(pre): the MLP's first layer (pre is kept for
+  // the backward pass).
+  virtual void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
+                                   const float* bias, int N, int IC, int OC) {
+    matmul_forward(pre, inp, weight, bias, N, IC, OC);
+    gelu_forward(out, pre, static_cast<size_t>(N) * OC);
+  }
+  // The backward of a matmul whose input is inp = gelu(pre), through the GELU:
+  // dpre = (dout·weight) ⊙ gelu'(pre) (overwrite), dweight += doutᵀ·inp, dbias += Σ dout.
+  virtual void matmul_gelu_backward(float* dpre, float* dweight, float* dbias, const float* dout,
+                                    const float* inp, const float* pre, const float* weight, int N,
+                                    int IC, int OC) {
+    matmul_backward(dpre, dweight, dbias, dout, inp, weight, N, IC, OC);
+    gelu_backward(dpre, pre, dpre, static_cast<size_t>(N) * IC);
+  }
 
   // ---- causal multi-head attention over variable-length sequences ----
   // qkv[B,T,3C] holds q, k, v (each C = NH·hs wide, head h at columns h·hs..). Scale 1/√hs.
