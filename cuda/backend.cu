@@ -70,6 +70,7 @@ class CudaBackend : public Backend {
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device_index));
     name_ = str_cat("cuda:", device_index, " (", prop.name, ")");
     ctx_.num_sms = prop.multiProcessorCount;
+    ctx_.max_shared_optin = prop.sharedMemPerBlockOptin;
     ctx_.tf32 = env_flag("HH_CUDA_TF32", true);
     ctx_.use_lt = env_flag("HH_CUDA_LT", true);
     ctx_.flash = env_flag("HH_CUDA_FLASH", false);
@@ -263,9 +264,8 @@ class CudaBackend : public Backend {
                        const float* inp, const float* weight, int N, int IC, int OC) override {
     cuda::matmul_backward(ctx_, dinp, dweight, dbias, dout, inp, weight, N, IC, OC);
   }
-  void matmul_residual_forward(float* out, const float* inp, const float* weight,
-                               const float* bias, const float* residual, int N, int IC,
-                               int OC) override {
+  void matmul_residual_forward(float* out, const float* inp, const float* weight, const float* bias,
+                               const float* residual, int N, int IC, int OC) override {
     cuda::matmul_residual_forward(ctx_, out, inp, weight, bias, residual, N, IC, OC);
   }
   void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
@@ -352,8 +352,8 @@ class CudaBackend : public Backend {
 
   Context ctx_;
   std::string name_;
-  bool graphs_ = true;       // HH_CUDA_GRAPHS
-  bool capturing_ = false;   // between graph_begin_capture and graph_end_capture
+  bool graphs_ = true;      // HH_CUDA_GRAPHS
+  bool capturing_ = false;  // between graph_begin_capture and graph_end_capture
   // copy_to_host_async: pinned staging, its completion event, the pending destination.
   void* staging_ = nullptr;
   size_t staging_bytes_ = 0;

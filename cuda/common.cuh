@@ -53,9 +53,11 @@ struct Context {
   int attn_blocks = 1;  // HH_CUDA_ATTN_BLOCKS: causal row blocks in attention.cu
   // Paths written without a GPU at hand, off until a GPU run has verified and timed them
   // (docs/cuda.md, "Pending GPU verification"):
-  bool fuse = false;         // HH_CUDA_FUSE=1: residual, GELU and bias gradients in cuBLASLt epilogues
-  bool fast_decode = false;  // HH_CUDA_FAST_DECODE=1: warp-parallel attention_decode, pruned sampler
+  bool fuse = false;  // HH_CUDA_FUSE=1: residual, GELU and bias gradients in cuBLASLt epilogues
+  bool fast_decode =
+      false;  // HH_CUDA_FAST_DECODE=1: warp-parallel attention_decode, pruned sampler
   int num_sms = 1;
+  size_t max_shared_optin = 48 * 1024;  // shared memory a block may opt in to (bytes)
 
   // Scratch: one region, grown (never shrunk) through the backend's allocator so the
   // peak counts it. Ops run in order on one stream and each op uses scratch only while

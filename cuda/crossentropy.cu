@@ -7,6 +7,7 @@
 // the reduction before any thread writes (a __syncthreads() separates them), and then
 // each thread reads and writes only its own columns, so dlogits may alias logits: no
 // second logits-sized buffer. Targets must be < V (the caller checks them on the host).
+// With HH_CUDA_FUSE=1 the backward stages the row in shared memory and reads HBM once.
 // softmax_entropy: H[i] = −Σ_c p_c log p_c from the same (max, Σexp), for PPO's entropy.
 #include <cfloat>
 
@@ -98,6 +99,68 @@ __global__ void crossentropy_backward_kernel(float* dlogits, const float* logits
   }
 }
 
+// The same backward reading the row from memory once (HH_CUDA_FUSE=1): the row is staged
+// in shared memory (Vp floats: 197 KiB at Vp = 50304, one block per SM) while (max, Σexp)
+// are gathered, so the write pass reads shared memory instead of a second trip through
+// HBM (the rows of the blocks in flight overflow L2). float4 loads and stores: Vp is a
+// multiple of 4 (the caller checks) and the rows start 16-byte aligned.
+constexpr int kRowThreads = 1024;
+__global__ void __launch_bounds__(kRowThreads)
+    crossentropy_backward_row_kernel(float* dlogits, const float* logits, const int32_t* targets,
+                                     const float* dlosses, int V, int Vp) {
+  extern __shared__ float4 staged[];  // Vp / 4
+  __shared__ float shared_max[32];
+  __shared__ float shared_sum[32];
+  const int i = blockIdx.x;
+  const int target = targets[i];
+  float4* dx = reinterpret_cast<float4*>(dlogits + static_cast<size_t>(i) * Vp);
+  const int n4 = Vp / 4;
+  if (target < 0) {
+    for (int c = threadIdx.x; c < n4; c += blockDim.x) dx[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+    return;
+  }
+  const float4* x = reinterpret_cast<const float4*>(logits + static_cast<size_t>(i) * Vp);
+  MaxSum acc{-FLT_MAX, 0.0f};
+  for (int c = threadIdx.x; c < n4; c += blockDim.x) {
+    const float4 v4 = x[c];
+    staged[c] = v4;
+    const float v[4] = {v4.x, v4.y, v4.z, v4.w};
+    for (int j = 0; j < 4; j++) {
+      if (4 * c + j >= V) break;  // padded columns: stored, never in the softmax
+      if (v[j] > acc.max) {
+        acc.sum = acc.sum * expf(acc.max - v[j]) + 1.0f;
+        acc.max = v[j];
+      } else {
+        acc.sum += expf(v[j] - acc.max);
+      }
+    }
+  }
+  for (int offset = 16; offset > 0; offset >>= 1)
+    acc = combine(acc, MaxSum{__shfl_xor_sync(0xffffffffu, acc.max, offset),
+                              __shfl_xor_sync(0xffffffffu, acc.sum, offset)});
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) {
+    shared_max[warp] = acc.max;
+    shared_sum[warp] = acc.sum;
+  }
+  __syncthreads();  // also publishes staged[]
+  MaxSum ms{shared_max[0], shared_sum[0]};
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); w++)
+    ms = combine(ms, MaxSum{shared_max[w], shared_sum[w]});
+  const float dloss = dlosses[i];
+  const float inv_sum = 1.0f / ms.sum;
+  for (int c = threadIdx.x; c < n4; c += blockDim.x) {
+    const float4 v4 = staged[c];
+    float g[4] = {v4.x, v4.y, v4.z, v4.w};
+    for (int j = 0; j < 4; j++) {
+      const int col = 4 * c + j;
+      g[j] =
+          col < V ? dloss * (expf(g[j] - ms.max) * inv_sum - (col == target ? 1.0f : 0.0f)) : 0.0f;
+    }
+    dx[c] = make_float4(g[0], g[1], g[2], g[3]);
+  }
+}
+
 // H = log Σ e − Σ e·(x − m)/Σ e,  e = exp(x − m): one more pass over the row.
 __global__ void softmax_entropy_kernel(float* entropy, const float* logits, const int32_t* targets,
                                        int V, int Vp) {
@@ -146,6 +209,18 @@ void crossentropy_backward(Context& ctx, float* dlogits, const float* logits,
                            const int32_t* targets, const float* dlosses, int N, int V, int Vp) {
   if (N <= 0) return;
   HH_CHECK(V > 0 && V <= Vp, "crossentropy_backward: vocabulary ", V, " not in 1..", Vp);
+  const size_t row_bytes = sizeof(float) * static_cast<size_t>(Vp);
+  const bool aligned = Vp % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(dlogits) % 16 == 0;
+  if (ctx.fuse && aligned && row_bytes + 256 <= ctx.max_shared_optin) {
+    CUDA_CHECK(cudaFuncSetAttribute(crossentropy_backward_row_kernel,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(row_bytes)));
+    crossentropy_backward_row_kernel<<<N, kRowThreads, row_bytes, ctx.stream>>>(
+        dlogits, logits, targets, dlosses, V, Vp);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   crossentropy_backward_kernel<<<N, kThreads, 0, ctx.stream>>>(dlogits, logits, targets, dlosses, V,
                                                                Vp);
   CUDA_CHECK_LAUNCH();

@@ -34,6 +34,11 @@ namespace {
 
 constexpr double kExact = 1e-5;
 constexpr double kTf32 = 5e-3;
+// - kLtGelu = 5e-4 for GELU computed in a cuBLASLt epilogue (HH_CUDA_FUSE=1): cuBLASLt's
+//   tanh is its own and undocumented; if it is the hardware tanh.approx.f32 (relative
+//   error ≤ 2^-11 ≈ 4.9e-4) GELU = 0.5·x·(1 + tanh u) is off by ≤ 0.5·|x|·4.9e-4·|tanh u|,
+//   i.e. ≤ 2.5e-4 of |x| ≤ ~|gelu(x)| + rms. Anything larger is a formula or layout error.
+constexpr double kLtGelu = 5e-4;
 
 std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 gen(seed);
@@ -99,10 +104,11 @@ void expect_zero_rows(const std::vector<float>& x, int row_width, int row,
 }
 
 // Sets the CUDA backend's switches for backends made after the call.
-void set_cuda_env(bool tf32, bool lt, bool flash = false) {
+void set_cuda_env(bool tf32, bool lt, bool flash = false, bool fuse = false) {
   setenv("HH_CUDA_TF32", tf32 ? "1" : "0", 1);
   setenv("HH_CUDA_LT", lt ? "1" : "0", 1);
   setenv("HH_CUDA_FLASH", flash ? "1" : "0", 1);
+  setenv("HH_CUDA_FUSE", fuse ? "1" : "0", 1);
 }
 
 class CudaParity : public ::testing::Test {
@@ -259,6 +265,92 @@ TEST_F(CudaParity, Matmul) {
                                 w_c.data(), s.N, s.IC, s.OC);
           expect_close(download(*cpu_, dw_c), download(*gpu, dw_g), tol, "matmul dweight 2x" + tag);
         }
+      }
+    }
+  }
+}
+
+// The fused matmuls (ops.h) against the CPU's plain sequence, unfused and fused
+// (HH_CUDA_FUSE=1: cuBLASLt epilogues), fp32 and TF32. The odd shape has no 16-byte
+// aligned rows, so the fused run takes the fallback there; the others take the epilogues.
+TEST_F(CudaParity, FusedMatmuls) {
+  struct Shape {
+    int N, IC, OC;
+  };
+  for (bool fuse : {false, true}) {
+    for (bool tf32 : {false, true}) {
+      set_cuda_env(tf32, /*lt=*/true, /*flash=*/false, fuse);
+      auto gpu = hh::make_cuda_backend(0);
+      const double tol = tf32 ? kTf32 : kExact;
+      const double tol_gelu = fuse ? std::max(tol, kLtGelu) : tol;
+      for (Shape s : {Shape{37, 50, 70}, Shape{128, 256, 192}, Shape{64, 96, 384}}) {
+        const std::string tag = std::string(" fuse=") + (fuse ? "1" : "0") +
+                                " tf32=" + (tf32 ? "1" : "0") + " N=" + std::to_string(s.N) +
+                                " IC=" + std::to_string(s.IC) + " OC=" + std::to_string(s.OC);
+        const size_t n_in = static_cast<size_t>(s.N) * s.IC,
+                     n_out = static_cast<size_t>(s.N) * s.OC;
+        auto inp = random_floats(n_in, 40), w = random_floats(static_cast<size_t>(s.OC) * s.IC, 41);
+        auto bias = random_floats(s.OC, 42), residual = random_floats(n_out, 43);
+        auto [inp_c, inp_g] = std::pair{upload(*cpu_, inp), upload(*gpu, inp)};
+        auto [w_c, w_g] = std::pair{upload(*cpu_, w), upload(*gpu, w)};
+        auto [b_c, b_g] = std::pair{upload(*cpu_, bias), upload(*gpu, bias)};
+        auto [r_c, r_g] = std::pair{upload(*cpu_, residual), upload(*gpu, residual)};
+
+        // out = residual + inp·Wᵀ + b
+        hh::Buffer<float> out_c(*cpu_, n_out), out_g(*gpu, n_out);
+        cpu_->matmul_residual_forward(out_c.data(), inp_c.data(), w_c.data(), b_c.data(),
+                                      r_c.data(), s.N, s.IC, s.OC);
+        gpu->matmul_residual_forward(out_g.data(), inp_g.data(), w_g.data(), b_g.data(), r_g.data(),
+                                     s.N, s.IC, s.OC);
+        expect_close(download(*cpu_, out_c), download(*gpu, out_g), tol, "residual out" + tag);
+        EXPECT_EQ(download(*gpu, r_g), residual) << "the residual input is read only" << tag;
+
+        // pre = inp·Wᵀ + b, act = gelu(pre)
+        hh::Buffer<float> pre_c(*cpu_, n_out), act_c(*cpu_, n_out);
+        hh::Buffer<float> pre_g(*gpu, n_out), act_g(*gpu, n_out);
+        cpu_->matmul_gelu_forward(pre_c.data(), act_c.data(), inp_c.data(), w_c.data(), b_c.data(),
+                                  s.N, s.IC, s.OC);
+        gpu->matmul_gelu_forward(pre_g.data(), act_g.data(), inp_g.data(), w_g.data(), b_g.data(),
+                                 s.N, s.IC, s.OC);
+        expect_close(download(*cpu_, pre_c), download(*gpu, pre_g), tol, "gelu pre" + tag);
+        expect_close(download(*cpu_, act_c), download(*gpu, act_g), tol_gelu, "gelu out" + tag);
+
+        // The next matmul reads act (width OC) back to width IC: dpre = (dout·W2) ⊙ gelu'(pre),
+        // dW2 += doutᵀ·act, db2 += Σ dout. The GPU reads the CPU's pre and act so only the
+        // backward is judged.
+        const std::vector<float> pre_host = download(*cpu_, pre_c),
+                                 act_host = download(*cpu_, act_c);
+        auto w2 = random_floats(static_cast<size_t>(s.IC) * s.OC, 44);
+        auto dout = random_floats(n_in, 45);
+        auto dw0 = random_floats(w2.size(), 46), db0 = random_floats(s.IC, 47);
+        auto [pre2_c, pre2_g] = std::pair{upload(*cpu_, pre_host), upload(*gpu, pre_host)};
+        auto [act2_c, act2_g] = std::pair{upload(*cpu_, act_host), upload(*gpu, act_host)};
+        auto [w2_c, w2_g] = std::pair{upload(*cpu_, w2), upload(*gpu, w2)};
+        auto [dout_c, dout_g] = std::pair{upload(*cpu_, dout), upload(*gpu, dout)};
+        auto [dw_c, dw_g] = std::pair{upload(*cpu_, dw0), upload(*gpu, dw0)};
+        auto [db_c, db_g] = std::pair{upload(*cpu_, db0), upload(*gpu, db0)};
+        hh::Buffer<float> dpre_c(*cpu_, n_out);
+        auto dpre_g = upload(*gpu, random_floats(n_out, 48));  // overwritten
+        cpu_->matmul_gelu_backward(dpre_c.data(), dw_c.data(), db_c.data(), dout_c.data(),
+                                   act2_c.data(), pre2_c.data(), w2_c.data(), s.N, s.OC, s.IC);
+        gpu->matmul_gelu_backward(dpre_g.data(), dw_g.data(), db_g.data(), dout_g.data(),
+                                  act2_g.data(), pre2_g.data(), w2_g.data(), s.N, s.OC, s.IC);
+        expect_close(download(*cpu_, dpre_c), download(*gpu, dpre_g), tol_gelu, "dpre" + tag);
+        expect_close(download(*cpu_, dw_c), download(*gpu, dw_g), tol, "gelu dweight" + tag);
+        // Fused, the bias gradient comes out of the TF32 GEMM's epilogue.
+        expect_close(download(*cpu_, db_c), download(*gpu, db_g), fuse ? tol : kExact,
+                     "gelu dbias" + tag);
+
+        // The plain backward's bias gradient (BGRADB when fused), accumulating twice.
+        for (int rep = 0; rep < 2; rep++) {
+          cpu_->matmul_backward(nullptr, dw_c.data(), db_c.data(), dout_c.data(), act2_c.data(),
+                                w2_c.data(), s.N, s.OC, s.IC);
+          gpu->matmul_backward(nullptr, dw_g.data(), db_g.data(), dout_g.data(), act2_g.data(),
+                               w2_g.data(), s.N, s.OC, s.IC);
+        }
+        expect_close(download(*cpu_, dw_c), download(*gpu, dw_g), tol, "dweight 3x" + tag);
+        expect_close(download(*cpu_, db_c), download(*gpu, db_g), fuse ? tol : kExact,
+                     "dbias 3x" + tag);
       }
     }
   }
@@ -450,6 +542,43 @@ TEST_F(CudaParity, CrossEntropyInPlaceAndMasked) {
   expect_zero_rows(out_of_place, Vp, 3, "crossentropy dlogits (no-loss row)");
 }
 
+// HH_CUDA_FUSE=1: the backward that stages each row in shared memory (one HBM read), at a
+// small vocabulary, GPT-2's (a 197 KiB row: the opt-in shared memory limit) and an odd Vp
+// (no float4 rows: the two-read kernel runs). Out of place and in place.
+TEST_F(CudaParity, CrossEntropyBackwardStagedRow) {
+  set_cuda_env(/*tf32=*/false, /*lt=*/true, /*flash=*/false, /*fuse=*/true);
+  auto gpu = hh::make_cuda_backend(0);
+  struct Shape {
+    int N, V, Vp;
+  };
+  for (Shape s : {Shape{37, 1000, 1024}, Shape{6, 50257, 50304}, Shape{9, 1001, 1003}}) {
+    const std::string tag = " V=" + std::to_string(s.V) + " Vp=" + std::to_string(s.Vp);
+    auto logits = random_floats(static_cast<size_t>(s.N) * s.Vp, 63, 8.0f);
+    auto targets = random_ints(s.N, 64, 0, s.V - 1);
+    targets[1] = -1;
+    targets[2] = s.V - 1;
+    auto dlosses = random_floats(s.N, 65);
+    auto logits_c = upload(*cpu_, logits), logits_g = upload(*gpu, logits);
+    auto t_c = upload(*cpu_, targets), t_g = upload(*gpu, targets);
+    auto dl_c = upload(*cpu_, dlosses), dl_g = upload(*gpu, dlosses);
+    hh::Buffer<float> dlogits_c(*cpu_, logits.size());
+    auto dlogits_g = upload(*gpu, random_floats(logits.size(), 66));  // overwritten
+    cpu_->crossentropy_backward(dlogits_c.data(), logits_c.data(), t_c.data(), dl_c.data(), s.N,
+                                s.V, s.Vp);
+    gpu->crossentropy_backward(dlogits_g.data(), logits_g.data(), t_g.data(), dl_g.data(), s.N, s.V,
+                               s.Vp);
+    const auto out_of_place = download(*gpu, dlogits_g);
+    expect_close(download(*cpu_, dlogits_c), out_of_place, kExact, "dlogits" + tag);
+    gpu->crossentropy_backward(logits_g.data(), logits_g.data(), t_g.data(), dl_g.data(), s.N, s.V,
+                               s.Vp);
+    EXPECT_EQ(download(*gpu, logits_g), out_of_place) << "in-place dlogits differ" << tag;
+    for (int i = 0; i < s.N; i++)
+      for (int c = s.V; c < s.Vp; c++)
+        ASSERT_EQ(out_of_place[static_cast<size_t>(i) * s.Vp + c], 0.0f) << tag;
+    expect_zero_rows(out_of_place, s.Vp, 1, "dlogits (no-loss row)" + tag);
+  }
+}
+
 TEST_F(CudaParity, GatherScatterRows) {
   const int rows_in = 20, M = 33, C = 300;
   auto inp = random_floats(rows_in * C, 70), dout = random_floats(M * C, 71);
@@ -530,15 +659,19 @@ TEST_F(CudaParity, WholeModelLogitsLossGradientsAdamW) {
   cpu_model.backward();
 
   struct Mode {
-    bool tf32, flash;
+    bool tf32, flash, fuse;
     const char* tag;
   };
-  for (Mode mode : {Mode{false, false, " (fp32)"}, Mode{true, false, " (tf32)"},
-                    Mode{false, true, " (fp32, flash attention)"}}) {
+  for (Mode mode : {Mode{false, false, false, " (fp32)"}, Mode{true, false, false, " (tf32)"},
+                    Mode{false, true, false, " (fp32, flash attention)"},
+                    Mode{false, false, true, " (fp32, fused epilogues)"},
+                    Mode{true, false, true, " (tf32, fused epilogues)"}}) {
     const bool tf32 = mode.tf32;
     const std::string tag = mode.tag;
-    const double tol_fwd = tf32 ? 1e-2 : 1e-4, tol_grad = tf32 ? 2e-2 : 1e-4;
-    set_cuda_env(tf32, true, mode.flash);
+    // Fused: cuBLASLt's own GELU (kLtGelu per activation) feeds every later layer.
+    const double tol_fwd = tf32 ? 1e-2 : mode.fuse ? 2e-3 : 1e-4;
+    const double tol_grad = tf32 ? 2e-2 : mode.fuse ? 2e-3 : 1e-4;
+    set_cuda_env(tf32, true, mode.flash, mode.fuse);
     auto gpu = hh::make_cuda_backend(0);
     hh::GPT gpu_model(*gpu, config, false);
     ASSERT_EQ(gpu_model.params().size(), host_params.size());
@@ -656,6 +789,14 @@ TEST_F(CudaParity, SecondStepDoesNotGrowMemory) {
   EXPECT_EQ(gpu->peak_bytes(), peak_after_first);
 }
 
+// HH_CUDA_FAST_DECODE for backends made after the call: =1, or unset.
+void set_fast_decode_env(bool fast) {
+  if (fast)
+    setenv("HH_CUDA_FAST_DECODE", "1", 1);
+  else
+    unsetenv("HH_CUDA_FAST_DECODE");
+}
+
 // Generation ops: embedding at positions, KV-cache writes (a skipped row), decode attention.
 TEST_F(CudaParity, DecodeWithKvCache) {
   const int S = 3, max_len = 20, NH = 3, hs = 16, C = NH * hs, M = 4, V = 11;
@@ -695,7 +836,23 @@ TEST_F(CudaParity, DecodeWithKvCache) {
                          pos_c.data(), rows, max_len, C, NH);
   gpu_->attention_decode(out_g.data(), qkv_g.data(), k_g.data(), v_g.data(), slots_g.data(),
                          pos_g.data(), rows, max_len, C, NH);
-  expect_close(download(*cpu_, out_c), download(*gpu_, out_g), kExact, "attention_decode");
+  const auto ref = download(*cpu_, out_c);
+  expect_close(ref, download(*gpu_, out_g), kExact, "attention_decode");
+  // Again on backends made with HH_CUDA_FAST_DECODE unset and =1 (the warp-parallel
+  // kernel), from the caches as the write left them.
+  const auto k_after = download(*cpu_, k_c), v_after = download(*cpu_, v_c);
+  for (bool fast : {false, true}) {
+    set_fast_decode_env(fast);
+    auto gpu = hh::make_cuda_backend(0);
+    unsetenv("HH_CUDA_FAST_DECODE");
+    auto qkv_f = upload(*gpu, qkv), k_f = upload(*gpu, k_after), v_f = upload(*gpu, v_after);
+    auto slots_f = upload(*gpu, slots), pos_f = upload(*gpu, positions);
+    hh::Buffer<float> out_f(*gpu, rows * C);
+    gpu->attention_decode(out_f.data(), qkv_f.data(), k_f.data(), v_f.data(), slots_f.data(),
+                          pos_f.data(), rows, max_len, C, NH);
+    expect_close(ref, download(*gpu, out_f), kExact,
+                 std::string("attention_decode fast_decode=") + (fast ? "1" : "unset"));
+  }
 }
 
 // Sampling on the device (Gumbel-max with per-row seeds): the same seeds draw the same
@@ -717,6 +874,238 @@ TEST_F(CudaParity, SampleRows) {
     const std::string tag = " temperature=" + std::to_string(temperature);
     EXPECT_EQ(download(*cpu_, tok_c), download(*gpu_, tok_g)) << "sampled tokens" << tag;
     expect_close(download(*cpu_, lp_c), download(*gpu_, lp_g), kExact, "log-probs" + tag);
+    // Backends made with HH_CUDA_FAST_DECODE unset and =1 (the pruned sampler).
+    for (bool fast : {false, true}) {
+      set_fast_decode_env(fast);
+      auto gpu = hh::make_cuda_backend(0);
+      unsetenv("HH_CUDA_FAST_DECODE");
+      auto logits_f = upload(*gpu, logits);
+      auto seeds_f = upload(*gpu, seeds);
+      hh::Buffer<int32_t> tok_f(*gpu, M);
+      hh::Buffer<float> lp_f(*gpu, M);
+      gpu->sample_rows(tok_f.data(), lp_f.data(), logits_f.data(), seeds_f.data(), temperature, M,
+                       V, Vp);
+      const std::string ftag = tag + " fast_decode=" + (fast ? "1" : "unset");
+      EXPECT_EQ(download(*cpu_, tok_c), download(*gpu, tok_f)) << "sampled tokens" << ftag;
+      expect_close(download(*cpu_, lp_c), download(*gpu, lp_f), kExact, "log-probs" + ftag);
+    }
+  }
+}
+
+// The warp-parallel attention_decode (HH_CUDA_FAST_DECODE=1) and the default kernel against
+// the CPU: head sizes with 1 to 8 dimensions per lane (16, 48, 64, 96, 128, 160, 192, 256),
+// 64 both with float2 pairs and, from misaligned qkv and caches, without; 300, past the fast
+// kernel's 256, takes the default kernel. Positions 0 (a single key), max_len − 1 and in
+// between; M = 1 and 64; a second run gives the same bits.
+TEST_F(CudaParity, DecodeAttentionFastVariants) {
+  struct Case {
+    int C, NH, max_len, M;
+    float scale;  // of q and k: larger scores, a peakier softmax, more rescaling
+    bool misaligned;
+  };
+  const Case cases[] = {
+      {64, 4, 37, 5, 1.5f, false},      // hs 16: one dimension per lane, lanes 16..31 idle
+      {96, 2, 37, 7, 1.5f, false},      // hs 48: the second dimension on lanes 0..15 only
+      {768, 12, 200, 64, 1.5f, false},  // GPT-2 124M: hs 64, float2 pairs
+      {768, 12, 200, 64, 3.0f, false},  // the same, peakier
+      {128, 2, 50, 9, 1.5f, true},      // hs 64 without pairs (misaligned)
+      {768, 12, 200, 1, 1.5f, false},   // M = 1
+      {256, 2, 70, 6, 1.5f, false},     // hs 128: pairs, 4 dimensions per lane
+      {96, 1, 25, 3, 1.5f, false},      // hs 96: 3 dimensions per lane
+      {160, 1, 33, 4, 1.5f, false},     // hs 160: 5 dimensions per lane
+      {192, 1, 25, 3, 1.5f, false},     // hs 192: pairs, 6 dimensions per lane
+      {512, 2, 20, 3, 1.0f, false},     // hs 256: 8 dimensions per lane
+      {300, 1, 20, 3, 1.0f, false},     // hs 300: the default kernel
+  };
+  for (bool fast : {false, true}) {
+    set_fast_decode_env(fast);
+    auto gpu = hh::make_cuda_backend(0);
+    unsetenv("HH_CUDA_FAST_DECODE");
+    uint32_t seed = 200;
+    for (const Case& c : cases) {
+      const int S = c.M + 1, off = c.misaligned ? 1 : 0;
+      auto positions = random_ints(c.M, seed++, 0, c.max_len - 1);
+      positions[0] = c.M > 1 ? 0 : c.max_len - 1;
+      if (c.M > 1) positions[1] = c.max_len - 1;
+      if (c.M > 2) positions[2] = 1;
+      auto slots = random_ints(c.M, seed++, 0, S - 1);  // repeats: rows may share a slot
+      auto qkv = random_floats(static_cast<size_t>(c.M) * 3 * c.C + off, seed++, c.scale);
+      auto kc = random_floats(static_cast<size_t>(S) * c.max_len * c.C + off, seed++, c.scale);
+      auto vc = random_floats(kc.size(), seed++);
+      auto [qkv_c, qkv_g] = std::pair(upload(*cpu_, qkv), upload(*gpu, qkv));
+      auto [k_c, k_g] = std::pair(upload(*cpu_, kc), upload(*gpu, kc));
+      auto [v_c, v_g] = std::pair(upload(*cpu_, vc), upload(*gpu, vc));
+      auto [slots_c, slots_g] = std::pair(upload(*cpu_, slots), upload(*gpu, slots));
+      auto [pos_c, pos_g] = std::pair(upload(*cpu_, positions), upload(*gpu, positions));
+      hh::Buffer<float> out_c(*cpu_, static_cast<size_t>(c.M) * c.C);
+      hh::Buffer<float> out_g(*gpu, static_cast<size_t>(c.M) * c.C);
+      cpu_->attention_decode(out_c.data(), qkv_c.data() + off, k_c.data() + off, v_c.data() + off,
+                             slots_c.data(), pos_c.data(), c.M, c.max_len, c.C, c.NH);
+      gpu->attention_decode(out_g.data(), qkv_g.data() + off, k_g.data() + off, v_g.data() + off,
+                            slots_g.data(), pos_g.data(), c.M, c.max_len, c.C, c.NH);
+      const std::string tag = std::string(" fast_decode=") + (fast ? "1" : "unset") +
+                              " C=" + std::to_string(c.C) + " NH=" + std::to_string(c.NH) +
+                              " max_len=" + std::to_string(c.max_len) +
+                              " M=" + std::to_string(c.M) + (c.misaligned ? " misaligned" : "");
+      const auto first = download(*gpu, out_g);
+      expect_close(download(*cpu_, out_c), first, kExact, "attention_decode" + tag);
+      gpu->attention_decode(out_g.data(), qkv_g.data() + off, k_g.data() + off, v_g.data() + off,
+                            slots_g.data(), pos_g.data(), c.M, c.max_len, c.C, c.NH);
+      EXPECT_EQ(download(*gpu, out_g), first) << "attention_decode not deterministic" << tag;
+    }
+  }
+}
+
+// splitmix64's finaliser and the 24 bits behind gumbel()'s u, as in src/ops/cpu/decode.cpp:
+// the test looks for two columns with the same u, hence the same noise.
+uint64_t test_mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+uint32_t gumbel_bits(uint64_t seed, int v) {
+  return static_cast<uint32_t>(
+      test_mix64(seed + 0x9e3779b97f4a7c15ull * (static_cast<uint64_t>(v) + 1)) >> 40);
+}
+
+// The pruned sampler (HH_CUDA_FAST_DECODE=1) draws exactly the tokens of the default kernel
+// and of the CPU, at GPT-2's vocabulary (V = 50257, Vp = 50304) and M = 64, temperatures 0
+// (the default kernel either way), 0.5, 0.7, 1 and 2, over rows of eight kinds: spread like
+// GPT-2's logits (most columns pruned), flat (many survive stage A), one huge maximum
+// (everything else pruned), all equal (nothing pruned by the logit bound), every third
+// column −∞, two equal maxima (the first threshold's argmax), all −∞ but three columns,
+// uniform. The padding columns hold 1e30: read, they would win. Then: two columns with the
+// same u and logit (an exact tie, the smaller index wins), and logits near 1e7 whose scores
+// round to many ties (pruned against the default kernel only: the CPU may round x/T + G
+// differently); M = 1.
+TEST_F(CudaParity, SampleRowsPruned) {
+  const int M = 64, V = 50257, Vp = 50304;
+  std::mt19937 gen(120);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uniform(-4.0f, 4.0f);
+  std::vector<float> logits(static_cast<size_t>(M) * Vp, 1e30f);
+  for (int m = 0; m < M; m++) {
+    float* row = logits.data() + static_cast<size_t>(m) * Vp;
+    for (int v = 0; v < V; v++) {
+      switch (m % 8) {
+        case 0:
+          row[v] = 3.0f * normal(gen) - 80.0f;
+          break;
+        case 1:
+          row[v] = normal(gen);
+          break;
+        case 2:
+          row[v] = 3.0f * normal(gen);
+          break;
+        case 3:
+          row[v] = 1.5f;
+          break;
+        case 4:
+          row[v] = v % 3 == 0 ? -INFINITY : 3.0f * normal(gen);
+          break;
+        case 5:
+          row[v] = 3.0f * normal(gen);
+          break;
+        case 6:
+          row[v] = -INFINITY;
+          break;
+        default:
+          row[v] = uniform(gen);
+          break;
+      }
+    }
+    if (m % 8 == 2) row[(m * 7919) % V] = 1000.0f;
+    if (m % 8 == 5) row[m] = row[V - 1 - m] = 40.0f;
+    if (m % 8 == 6) row[m] = 1.0f, row[V / 2] = 2.0f, row[V - 1] = 1.5f;
+  }
+  std::vector<uint64_t> seeds(M);
+  for (int m = 0; m < M; m++) seeds[m] = test_mix64(0xabcdefull + m);
+
+  // One run per temperature on the CPU and on each GPU backend.
+  struct Draw {
+    std::vector<int32_t> tokens;
+    std::vector<float> logprobs;
+  };
+  auto draw = [&](hh::Backend& be, const std::vector<float>& lg, const std::vector<uint64_t>& sd,
+                  float temperature, int rows, int vocab, int padded) {
+    auto lg_d = upload(be, lg);
+    auto sd_d = upload(be, sd);
+    hh::Buffer<int32_t> tok(be, rows);
+    hh::Buffer<float> lp(be, rows);
+    be.sample_rows(tok.data(), lp.data(), lg_d.data(), sd_d.data(), temperature, rows, vocab,
+                   padded);
+    return Draw{download(be, tok), download(be, lp)};
+  };
+  set_fast_decode_env(false);
+  auto gpu_default = hh::make_cuda_backend(0);
+  set_fast_decode_env(true);
+  auto gpu_fast = hh::make_cuda_backend(0);
+  unsetenv("HH_CUDA_FAST_DECODE");
+
+  for (float temperature : {0.0f, 0.5f, 0.7f, 1.0f, 2.0f}) {
+    const std::string tag = " temperature=" + std::to_string(temperature);
+    const Draw cpu = draw(*cpu_, logits, seeds, temperature, M, V, Vp);
+    const Draw def = draw(*gpu_default, logits, seeds, temperature, M, V, Vp);
+    const Draw fast = draw(*gpu_fast, logits, seeds, temperature, M, V, Vp);
+    EXPECT_EQ(cpu.tokens, def.tokens) << "default kernel vs CPU" << tag;
+    EXPECT_EQ(cpu.tokens, fast.tokens) << "pruned kernel vs CPU" << tag;
+    EXPECT_EQ(def.tokens, fast.tokens) << "pruned vs default kernel" << tag;
+    expect_close(cpu.logprobs, fast.logprobs, kExact, "pruned log-probs" + tag);
+    expect_close(def.logprobs, fast.logprobs, kExact, "pruned vs default log-probs" + tag);
+    for (int m = 0; m < M; m++)
+      ASSERT_TRUE(fast.tokens[m] >= 0 && fast.tokens[m] < V) << "row " << m << tag;
+    // M = 1: the first row alone.
+    const std::vector<float> one(logits.begin(), logits.begin() + Vp);
+    const std::vector<uint64_t> one_seed(seeds.begin(), seeds.begin() + 1);
+    EXPECT_EQ(draw(*gpu_fast, one, one_seed, temperature, 1, V, Vp).tokens[0], cpu.tokens[0])
+        << "M = 1" << tag;
+  }
+
+  // An exact tie: columns v1 < v2 with the same 24 bits of u (so the same noise) and the
+  // same logit, everything else far below: v1 wins on every backend.
+  const uint64_t tie_seed = 0x5eedull;
+  int v1 = -1, v2 = -1;
+  {
+    std::vector<int> first(size_t(1) << 24, -1);
+    for (int v = 0; v < V && v2 < 0; v++) {
+      const uint32_t bits = gumbel_bits(tie_seed, v);
+      if (first[bits] >= 0) {
+        v1 = first[bits];
+        v2 = v;
+      }
+      first[bits] = v;
+    }
+  }
+  ASSERT_GE(v1, 0) << "no two columns with the same u in " << V;
+  std::vector<float> tie(Vp, 1e30f);
+  for (int v = 0; v < V; v++) tie[v] = -1000.0f;
+  tie[v1] = tie[v2] = 5.0f;
+  for (float temperature : {0.5f, 1.0f, 2.0f}) {
+    const std::string tag = " tie " + std::to_string(v1) + "/" + std::to_string(v2) +
+                            " temperature=" + std::to_string(temperature);
+    EXPECT_EQ(draw(*cpu_, tie, {tie_seed}, temperature, 1, V, Vp).tokens[0], v1) << "CPU" << tag;
+    EXPECT_EQ(draw(*gpu_default, tie, {tie_seed}, temperature, 1, V, Vp).tokens[0], v1)
+        << "default kernel" << tag;
+    EXPECT_EQ(draw(*gpu_fast, tie, {tie_seed}, temperature, 1, V, Vp).tokens[0], v1)
+        << "pruned kernel" << tag;
+  }
+
+  // Logits near 1e7 (a float step of 1): x/T + G rounds to many equal scores, and the
+  // threshold is past 2^20 (stage B off). The pruned kernel must break the ties as the
+  // default one does.
+  std::vector<float> big(static_cast<size_t>(8) * Vp, 1e30f);
+  std::vector<uint64_t> big_seeds(8);
+  for (int m = 0; m < 8; m++) {
+    big_seeds[m] = test_mix64(0x77ull + m);
+    for (int v = 0; v < V; v++)
+      big[static_cast<size_t>(m) * Vp + v] = 1e7f + std::round(3.0f * normal(gen));
+  }
+  for (float temperature : {0.5f, 1.0f, 2.0f}) {
+    const std::string tag = " logits near 1e7, temperature=" + std::to_string(temperature);
+    const Draw def = draw(*gpu_default, big, big_seeds, temperature, 8, V, Vp);
+    const Draw fast = draw(*gpu_fast, big, big_seeds, temperature, 8, V, Vp);
+    EXPECT_EQ(def.tokens, fast.tokens) << "pruned vs default kernel" << tag;
+    expect_close(def.logprobs, fast.logprobs, kExact, "pruned vs default log-probs" + tag);
   }
 }
 
