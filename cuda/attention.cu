@@ -325,7 +325,8 @@ void attention_forward(Context& ctx, float* out, float* saved, const float* qkv,
 }
 
 void attention_backward(Context& ctx, float* dqkv, const float* dout, const float* qkv,
-                        const float* saved, const int32_t* lengths, int B, int T, int C, int NH) {
+                        const float* /*out*/, const float* saved, const int32_t* lengths, int B,
+                        int T, int C, int NH) {
   if (B <= 0 || T <= 0) return;
   HH_CHECK(NH > 0 && C % NH == 0, "attention_backward: width ", C, " is not a multiple of heads ",
            NH);

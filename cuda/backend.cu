@@ -284,9 +284,10 @@ class CudaBackend : public Backend {
                          int T, int C, int NH) override {
     cuda::attention_forward(ctx_, out, saved, qkv, lengths, B, T, C, NH);
   }
-  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* saved,
-                          const int32_t* lengths, int B, int T, int C, int NH) override {
-    cuda::attention_backward(ctx_, dqkv, dout, qkv, saved, lengths, B, T, C, NH);
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                          const float* saved, const int32_t* lengths, int B, int T, int C,
+                          int NH) override {
+    cuda::attention_backward(ctx_, dqkv, dout, qkv, out, saved, lengths, B, T, C, NH);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {
     cuda::gelu_forward(ctx_, out, inp, n);

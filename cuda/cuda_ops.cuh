@@ -41,7 +41,8 @@ size_t attention_saved_floats(const Context& ctx, int B, int T, int NH);
 void attention_forward(Context& ctx, float* out, float* saved, const float* qkv,
                        const int32_t* lengths, int B, int T, int C, int NH);
 void attention_backward(Context& ctx, float* dqkv, const float* dout, const float* qkv,
-                        const float* saved, const int32_t* lengths, int B, int T, int C, int NH);
+                        const float* out, const float* saved, const int32_t* lengths, int B, int T,
+                        int C, int NH);
 // attention_flash.cu (fused kernels; saved = row log-sum-exp [B][NH][T])
 size_t attention_flash_saved_floats(int B, int T, int NH);
 void attention_flash_forward(Context& ctx, float* out, float* lse, const float* qkv,

@@ -260,8 +260,8 @@ TEST_F(OpsCpu, AttentionMatchesPyTorch) {
   // dqkv is overwritten (=): start from garbage.
   const Floats dout = f.read_f32("dout");
   Floats dqkv(B * T * 3 * C, 7.0f);
-  be->attention_backward(dqkv.data(), dout.data(), qkv.data(), saved.data(), lengths.data(), B, T,
-                         C, NH);
+  be->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), saved.data(),
+                         lengths.data(), B, T, C, NH);
   expect_close(dqkv, f.read_f32("dqkv"), "dqkv");
   for (int t = 3; t < T; t++) {
     for (int c = 0; c < 3 * C; c++) EXPECT_EQ(dqkv[(1 * T + t) * 3 * C + c], 0.0f);
@@ -336,8 +336,8 @@ TEST_F(OpsCpu, AttentionMatchesFloat64LoopsAtVectorSizes) {
     const Floats qkv = random_floats(B * T * 3 * C, rng), dout = random_floats(B * T * C, rng);
     Floats out(B * T * C), saved(be->attention_saved_floats(B, T, NH)), dqkv(B * T * 3 * C);
     be->attention_forward(out.data(), saved.data(), qkv.data(), c.lengths.data(), B, T, C, NH);
-    be->attention_backward(dqkv.data(), dout.data(), qkv.data(), saved.data(), c.lengths.data(), B,
-                           T, C, NH);
+    be->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), saved.data(),
+                           c.lengths.data(), B, T, C, NH);
     Floats out_ref, dqkv_ref;
     attention_reference(qkv, dout, c.lengths, B, T, C, NH, &out_ref, &dqkv_ref);
     const std::string where = " (T=" + std::to_string(T) + ", C=" + std::to_string(C) + ")";
@@ -365,14 +365,14 @@ TEST_F(OpsCpu, AttentionPaddingNeverChangesASequence) {
       dqkv_a(T_alone * C3);
   be->attention_forward(out_a.data(), saved_a.data(), qkv_alone.data(), len_alone.data(), 1,
                         T_alone, C, NH);
-  be->attention_backward(dqkv_a.data(), dout_alone.data(), qkv_alone.data(), saved_a.data(),
-                         len_alone.data(), 1, T_alone, C, NH);
+  be->attention_backward(dqkv_a.data(), dout_alone.data(), qkv_alone.data(), out_a.data(),
+                         saved_a.data(), len_alone.data(), 1, T_alone, C, NH);
   Floats out_b(2 * T_batch * C), saved_b(be->attention_saved_floats(2, T_batch, NH)),
       dqkv_b(2 * T_batch * C3);
   be->attention_forward(out_b.data(), saved_b.data(), qkv_batch.data(), len_batch.data(), 2,
                         T_batch, C, NH);
-  be->attention_backward(dqkv_b.data(), dout_batch.data(), qkv_batch.data(), saved_b.data(),
-                         len_batch.data(), 2, T_batch, C, NH);
+  be->attention_backward(dqkv_b.data(), dout_batch.data(), qkv_batch.data(), out_b.data(),
+                         saved_b.data(), len_batch.data(), 2, T_batch, C, NH);
   const Floats out_rows(out_b.begin() + T_batch * C, out_b.begin() + T_batch * C + T_alone * C);
   const Floats dqkv_rows(dqkv_b.begin() + T_batch * C3,
                          dqkv_b.begin() + T_batch * C3 + T_alone * C3);
@@ -397,8 +397,8 @@ TEST_F(OpsCpu, AttentionBackwardMatchesFiniteDifferences) {
     return sum;
   };
   loss();
-  be->attention_backward(dqkv.data(), dout.data(), qkv.data(), saved.data(), lengths.data(), B, T,
-                         C, NH);
+  be->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), saved.data(),
+                         lengths.data(), B, T, C, NH);
   const float eps = 1e-2f;
   int bad = 0;
   for (size_t i = 0; i < qkv.size(); i++) {

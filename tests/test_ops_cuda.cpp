@@ -395,10 +395,10 @@ void check_attention(hh::Backend& cpu, hh::Backend& gpu, int B, int T, int NH, i
         lse_want[(static_cast<size_t>(b) * NH + h) * T + t] = static_cast<float>(mx + std::log(z));
       }
   expect_close(lse_want, download(gpu, saved_g), tol, "attention lse" + tag);
-  cpu.attention_backward(dqkv_c.data(), dout_c.data(), qkv_c.data(), saved_c.data(), len_c.data(),
-                         B, T, C, NH);
-  gpu.attention_backward(dqkv_g.data(), dout_g.data(), qkv_g.data(), saved_g.data(), len_g.data(),
-                         B, T, C, NH);
+  cpu.attention_backward(dqkv_c.data(), dout_c.data(), qkv_c.data(), out_c.data(), saved_c.data(),
+                         len_c.data(), B, T, C, NH);
+  gpu.attention_backward(dqkv_g.data(), dout_g.data(), qkv_g.data(), out_g.data(), saved_g.data(),
+                         len_g.data(), B, T, C, NH);
   const auto dqkv = download(gpu, dqkv_g);
   expect_close(download(cpu, dqkv_c), dqkv, tol, "attention dqkv" + tag);
   for (int b = 0; b < B; b++)

@@ -613,7 +613,7 @@ void GPT::trunk_backward(float* dlnf) {
     // Attention branch: x2 = x + attproj(attn(qkv(ln_1(x))))
     be.matmul_backward(dc, g + o.attproj_w, g + o.attproj_b, dres, a.atty, p + o.attproj_w, N, C,
                        C);
-    be.attention_backward(d4, dc, a.qkv, a.att_saved, lengths_.data(), B, T, C, NH);
+    be.attention_backward(d4, dc, a.qkv, a.atty, a.att_saved, lengths_.data(), B, T, C, NH);
     be.matmul_backward(dc, g + o.qkv_w, g + o.qkv_b, d4, a.ln1, p + o.qkv_w, N, C, 3 * C);
     be.layernorm_backward(dres, g + o.ln1_w, g + o.ln1_b, dc, residual, p + o.ln1_w, a.ln1_mean,
                           a.ln1_rstd, N, C);

@@ -113,8 +113,9 @@ class CpuBackend final : public Backend {
                          int T, int C, int NH) override {
     cpu::attention_forward(out, saved, qkv, lengths, B, T, C, NH);
   }
-  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* saved,
-                          const int32_t* lengths, int B, int T, int C, int NH) override {
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* /*out*/,
+                          const float* saved, const int32_t* lengths, int B, int T, int C,
+                          int NH) override {
     cpu::attention_backward(dqkv, dout, qkv, saved, lengths, B, T, C, NH);
   }
   void gelu_forward(float* out, const float* inp, size_t n) override {

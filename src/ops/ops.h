@@ -145,10 +145,11 @@ class Backend {
   virtual size_t attention_saved_floats(int B, int T, int NH) const = 0;
   virtual void attention_forward(float* out, float* saved, const float* qkv, const int32_t* lengths,
                                  int B, int T, int C, int NH) = 0;
-  // dqkv = ... (overwrite, zero on padded rows).
+  // dqkv = ... (overwrite, zero on padded rows). out is the forward's output (a fused
+  // backward needs D = rowsum(dout ∘ out); other paths ignore it).
   virtual void attention_backward(float* dqkv, const float* dout, const float* qkv,
-                                  const float* saved, const int32_t* lengths, int B, int T, int C,
-                                  int NH) = 0;
+                                  const float* out, const float* saved, const int32_t* lengths,
+                                  int B, int T, int C, int NH) = 0;
 
   // ---- tanh-GELU: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) ----
   virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
