@@ -187,23 +187,34 @@ step "5a. paths pending GPU verification (docs/cuda.md): 124M step and generatio
 # here each is timed against the default in the same run, so the fastest that passed can
 # become the default.
 ATTN_SWEEP="n/a"; GEN_SWEEP="n/a"
+# with_switches "A=1 B=2" cmd...: runs cmd with those environment switches ("default": none).
+with_switches() {
+  local envs=(); [ "$1" = default ] || read -r -a envs <<<"$1"
+  shift
+  env "${envs[@]}" "$@"
+}
+# train_step "switches" batch seq steps: one line "ms gib" of the 124M step (empty on failure;
+# the output's tail goes to stderr).
+train_step() {
+  local out ms gib
+  out=$(with_switches "$1" timeout 90 "$BUILD/hh-bench" train "${GPT2[@]}" --vocab 50304 \
+    --batch "$2" --seq "$3" --steps "$4" --warmup 1 2>&1 || true)
+  ms=$(echo "$out" | grep -Eo "median [0-9.]+" | grep -Eo "[0-9.]+" || true)
+  gib=$(echo "$out" | grep -Eo "backend [0-9.]+ GiB" | grep -Eo "[0-9.]+" || true)
+  [ -n "$ms" ] || echo "$out" | tail -3 >&2
+  echo "${ms:-FAILED} ${gib:-?}"
+}
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a && in_budget; then
   ATTN_SWEEP=""
   for cfg in "default" "HH_CUDA_ATTN_BLOCKS=2" "HH_CUDA_ATTN_BLOCKS=4" "HH_CUDA_FUSE=1" \
              "HH_CUDA_FUSE=1 HH_CUDA_ATTN_BLOCKS=2"; do
-    envs=(); [ "$cfg" = default ] || read -r -a envs <<<"$cfg"
-    out=$(env "${envs[@]}" timeout 60 "$BUILD/hh-bench" train "${GPT2[@]}" --vocab 50304 \
-      --batch 8 --seq 1024 --steps 8 2>&1 || true)
-    ms=$(echo "$out" | grep -Eo "median [0-9.]+" | grep -Eo "[0-9.]+" || true)
-    gib=$(echo "$out" | grep -Eo "backend [0-9.]+ GiB" | grep -Eo "[0-9.]+" || true)
-    echo "train step [$cfg]: ${ms:-FAILED} ms/step, peak ${gib:-?} GiB"
-    [ -n "$ms" ] || echo "$out" | tail -3
-    ATTN_SWEEP="$ATTN_SWEEP [$cfg] ${ms:-FAILED}ms/${gib:-?}GiB;"
+    read -r ms gib <<<"$(train_step "$cfg" 8 1024 8)"
+    echo "train step [$cfg]: $ms ms/step, peak $gib GiB"
+    ATTN_SWEEP="$ATTN_SWEEP [$cfg] ${ms}ms/${gib}GiB;"
   done
   GEN_SWEEP=""
   for cfg in "default" "HH_CUDA_FAST_DECODE=1" "HH_CUDA_FUSE=1" "HH_CUDA_FAST_DECODE=1 HH_CUDA_FUSE=1"; do
-    envs=(); [ "$cfg" = default ] || read -r -a envs <<<"$cfg"
-    tps=$(env "${envs[@]}" timeout 60 "$BUILD/hh-chat" "${GEN[@]}" 2>/dev/null |
+    tps=$(with_switches "$cfg" timeout 60 "$BUILD/hh-chat" "${GEN[@]}" 2>/dev/null |
       grep -Eo '"tokens_per_s":[0-9.]+' | cut -d: -f2 | cut -d. -f1 || true)
     echo "generate [$cfg]: ${tps:-FAILED} tokens/s"
     GEN_SWEEP="$GEN_SWEEP [$cfg] ${tps:-FAILED};"
@@ -216,13 +227,9 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted sh
   SHAPES=""
   for shape in "1 64" "64 64" "1 1024" "64 1024"; do
     set -- $shape
-    out=$(timeout 90 "$BUILD/hh-bench" train "${GPT2[@]}" --vocab 50304 --batch "$1" --seq "$2" \
-      --steps 3 --warmup 1 2>&1 || true)
-    ms=$(echo "$out" | grep -Eo "median [0-9.]+" | grep -Eo "[0-9.]+" || true)
-    gib=$(echo "$out" | grep -Eo "backend [0-9.]+ GiB" | grep -Eo "[0-9.]+" || true)
-    echo "batch $1 x $2: ${ms:-FAILED} ms/step, peak ${gib:-?} GiB"
-    [ -n "$ms" ] || echo "$out" | tail -3
-    SHAPES="$SHAPES $1x$2:${ms:-FAILED}ms/${gib:-?}GiB"
+    read -r ms gib <<<"$(train_step default "$1" "$2" 3)"
+    echo "batch $1 x $2: $ms ms/step, peak $gib GiB"
+    SHAPES="$SHAPES $1x$2:${ms}ms/${gib}GiB"
   done
 fi
 
