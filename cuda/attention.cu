@@ -284,7 +284,7 @@ void gemm_heads(Context& ctx, cublasOperation_t op_a, cublasOperation_t op_b, in
 }  // namespace
 
 size_t attention_saved_floats(const Context& ctx, int B, int T, int NH) {
-  (void)ctx;  // both paths keep only the row log-sum-exp
+  (void)ctx;  // every path (cuBLAS, HH_CUDA_FLASH=1 and 2) keeps only the row log-sum-exp
   return attention_flash_saved_floats(B, T, NH);
 }
 
@@ -293,7 +293,10 @@ void attention_forward(Context& ctx, float* out, float* saved, const float* qkv,
   if (B <= 0 || T <= 0) return;
   HH_CHECK(NH > 0 && C % NH == 0, "attention_forward: width ", C, " is not a multiple of heads ",
            NH);
-  if (ctx.flash) return attention_flash_forward(ctx, out, saved, qkv, lengths, B, T, C, NH);
+  // HH_CUDA_FLASH=2 on a shape its kernels support (flash_tc_supported), else as before.
+  if (flash_tc_supported(ctx, T, C, NH))
+    return attention_flash_tc_forward(ctx, out, saved, qkv, lengths, B, T, C, NH);
+  if (ctx.flash == 1) return attention_flash_forward(ctx, out, saved, qkv, lengths, B, T, C, NH);
   const int hs = C / NH;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const long long TT = static_cast<long long>(T) * T;
@@ -325,12 +328,15 @@ void attention_forward(Context& ctx, float* out, float* saved, const float* qkv,
 }
 
 void attention_backward(Context& ctx, float* dqkv, const float* dout, const float* qkv,
-                        const float* /*out*/, const float* saved, const int32_t* lengths, int B,
-                        int T, int C, int NH) {
+                        const float* out, const float* saved, const int32_t* lengths, int B, int T,
+                        int C, int NH) {
   if (B <= 0 || T <= 0) return;
   HH_CHECK(NH > 0 && C % NH == 0, "attention_backward: width ", C, " is not a multiple of heads ",
            NH);
-  if (ctx.flash) return attention_flash_backward(ctx, dqkv, dout, qkv, saved, lengths, B, T, C, NH);
+  if (flash_tc_supported(ctx, T, C, NH))
+    return attention_flash_tc_backward(ctx, dqkv, dout, qkv, out, saved, lengths, B, T, C, NH);
+  if (ctx.flash == 1)
+    return attention_flash_backward(ctx, dqkv, dout, qkv, saved, lengths, B, T, C, NH);
   const int hs = C / NH;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const long long TT = static_cast<long long>(T) * T;

@@ -8,6 +8,8 @@
 //   HH_CUDA_LT=0    plain cublasSgemm + bias kernel instead of the cuBLASLt bias epilogue
 //   HH_CUDA_FLASH=1 fused flash-style attention (no tensor cores; the default runs the
 //                   attention products through cuBLAS; both save only the log-sum-exp)
+//   HH_CUDA_FLASH=2 fused flash attention on TF32 tensor cores (attention_flash_tc.cu;
+//                   head sizes 16, 32, 48, 64 with TF32 on; else the cuBLAS path)
 //   HH_CUDA_ATTN_HEADS=n  heads per cuBLAS attention call (default: all heads of a sequence)
 //   HH_CUDA_ATTN_BLOCKS=r causal row blocks (default 1): block i's products skip the keys
 //                   past its last row (r = 2: 3/4 of the work; not yet timed on a GPU)
@@ -73,7 +75,12 @@ class CudaBackend : public Backend {
     ctx_.max_shared_optin = prop.sharedMemPerBlockOptin;
     ctx_.tf32 = env_flag("HH_CUDA_TF32", true);
     ctx_.use_lt = env_flag("HH_CUDA_LT", true);
-    ctx_.flash = env_flag("HH_CUDA_FLASH", false);
+    // HH_CUDA_FLASH: "2" selects the tensor-core kernels; any other value reads as before
+    // (a true flag: 1, the CUDA-core kernels; 0/false/off: the cuBLAS path).
+    if (const char* flash = std::getenv("HH_CUDA_FLASH"); flash && std::strcmp(flash, "2") == 0)
+      ctx_.flash = 2;
+    else
+      ctx_.flash = env_flag("HH_CUDA_FLASH", false) ? 1 : 0;
     if (const char* heads = std::getenv("HH_CUDA_ATTN_HEADS")) ctx_.attn_heads = std::atoi(heads);
     if (const char* blocks = std::getenv("HH_CUDA_ATTN_BLOCKS"))
       ctx_.attn_blocks = std::atoi(blocks);

@@ -48,7 +48,8 @@ struct Context {
   size_t cublas_workspace_bytes = 0;
   bool tf32 = true;     // HH_CUDA_TF32=0 turns TF32 tensor cores off (exact fp32 matmuls)
   bool use_lt = true;   // HH_CUDA_LT=0 turns the cuBLASLt bias-epilogue path off
-  bool flash = false;   // HH_CUDA_FLASH=1: fused attention (attention_flash.cu)
+  int flash = 0;        // HH_CUDA_FLASH=1: fused attention (attention_flash.cu); 2: on TF32
+                        // tensor cores (attention_flash_tc.cu)
   int attn_heads = 0;   // HH_CUDA_ATTN_HEADS: heads per chunk in attention.cu (0: all)
   int attn_blocks = 1;  // HH_CUDA_ATTN_BLOCKS: causal row blocks in attention.cu
   // Paths written without a GPU at hand, off until a GPU run has verified and timed them

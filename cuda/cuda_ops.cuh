@@ -50,6 +50,13 @@ void attention_flash_forward(Context& ctx, float* out, float* lse, const float* 
 void attention_flash_backward(Context& ctx, float* dqkv, const float* dout, const float* qkv,
                               const float* lse, const int32_t* lengths, int B, int T, int C,
                               int NH);
+// attention_flash_tc.cu (HH_CUDA_FLASH=2: fused kernels on TF32 tensor cores; same saved)
+bool flash_tc_supported(const Context& ctx, int T, int C, int NH);
+void attention_flash_tc_forward(Context& ctx, float* out, float* lse, const float* qkv,
+                                const int32_t* lengths, int B, int T, int C, int NH);
+void attention_flash_tc_backward(Context& ctx, float* dqkv, const float* dout, const float* qkv,
+                                 const float* out, const float* lse, const int32_t* lengths, int B,
+                                 int T, int C, int NH);
 // gelu.cu
 void gelu_forward(Context& ctx, float* out, const float* inp, size_t n);
 void gelu_backward(Context& ctx, float* dinp, const float* inp, const float* dout, size_t n);

@@ -142,7 +142,7 @@ fi
 
 step "4. compute-sanitizer memcheck (op subset + the small scalar-head model test)"
 if command -v compute-sanitizer >/dev/null && [ -x "$BUILD/test_ops_cuda" ] && in_budget; then
-  FILTER='CudaParity.Embedding:CudaParity.LayerNorm:CudaParity.AttentionExactFp32:CudaParity.CrossEntropyInPlaceAndMasked:CudaParity.GatherScatterRows:CudaParity.AdamWAndFlatUtilities:CudaParity.AttentionFlash:CudaParity.DecodeWithKvCache:CudaParity.WholeModelScalarHead:CudaParity.CrossEntropyBackwardStagedRow:CudaParity.DecodeAttentionFastVariants:CudaParity.FusedMatmuls'
+  FILTER='CudaParity.Embedding:CudaParity.LayerNorm:CudaParity.AttentionExactFp32:CudaParity.CrossEntropyInPlaceAndMasked:CudaParity.GatherScatterRows:CudaParity.AdamWAndFlatUtilities:CudaParity.AttentionFlash:CudaParity.DecodeWithKvCache:CudaParity.WholeModelScalarHead:CudaParity.CrossEntropyBackwardStagedRow:CudaParity.DecodeAttentionFastVariants:CudaParity.FusedMatmuls:CudaParity.AttentionFlashTensorCores'
   set +e
   timeout 120 compute-sanitizer --tool memcheck --error-exitcode 99 --leak-check no \
     "$BUILD/test_ops_cuda" --gtest_filter="$FILTER" >"$LOGDIR/sanitizer.log" 2>&1
@@ -207,7 +207,7 @@ train_step() {
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a && in_budget; then
   ATTN_SWEEP=""
   for cfg in "default" "HH_CUDA_ATTN_BLOCKS=2" "HH_CUDA_ATTN_BLOCKS=4" "HH_CUDA_FUSE=1" \
-             "HH_CUDA_FUSE=1 HH_CUDA_ATTN_BLOCKS=2"; do
+             "HH_CUDA_FUSE=1 HH_CUDA_ATTN_BLOCKS=2" "HH_CUDA_FLASH=2" "HH_CUDA_FLASH=2 HH_CUDA_FUSE=1"; do
     read -r ms gib <<<"$(train_step "$cfg" 8 1024 8)"
     echo "train step [$cfg]: $ms ms/step, peak $gib GiB"
     ATTN_SWEEP="$ATTN_SWEEP [$cfg] ${ms}ms/${gib}GiB;"

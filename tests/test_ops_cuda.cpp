@@ -104,10 +104,12 @@ void expect_zero_rows(const std::vector<float>& x, int row_width, int row,
 }
 
 // Sets the CUDA backend's switches for backends made after the call.
-void set_cuda_env(bool tf32, bool lt, bool flash = false, bool fuse = false) {
+// flash: 0 the cuBLAS attention, 1 the fused CUDA-core kernels, 2 the fused TF32 tensor-core
+// kernels (HH_CUDA_FLASH; a bool argument still means 0 or 1).
+void set_cuda_env(bool tf32, bool lt, int flash = 0, bool fuse = false) {
   setenv("HH_CUDA_TF32", tf32 ? "1" : "0", 1);
   setenv("HH_CUDA_LT", lt ? "1" : "0", 1);
-  setenv("HH_CUDA_FLASH", flash ? "1" : "0", 1);
+  setenv("HH_CUDA_FLASH", std::to_string(flash).c_str(), 1);
   setenv("HH_CUDA_FUSE", fuse ? "1" : "0", 1);
 }
 
@@ -464,6 +466,51 @@ TEST_F(CudaParity, AttentionFlash) {
   check_attention(*cpu_, *gpu, 1, 70, 1, 128, {65}, tol, " flash hs=128");
 }
 
+// The fused kernels on TF32 tensor cores (HH_CUDA_FLASH=2, attention_flash_tc.cu). Every
+// product rounds its operands to TF32 (round to nearest, 10-bit mantissa) and accumulates
+// in fp32, exactly like the cuBLAS TF32 path, and the backward chains the same four
+// products (S recomputed, dP, then dQ and dK from the cancelling dS), so the tolerance is
+// AttentionTf32's 2·kTf32; the online softmax only adds fp32 roundings (~1e-6).
+// scripts/flash_tc_check.py replays these shapes with TF32-rounded operands on the CPU:
+// worst 0.6 of 1e-2. Shapes: a single token; T = 37, 130 (tiles of 64 cut short, ragged
+// lengths, a length-1 sequence, padded whole tiles); T = 256; 3 and 12 heads; every
+// supported head size (16, 32, 48, 64); and head sizes the kernels do not take (40, 128),
+// which must fall back to the cuBLAS path.
+TEST_F(CudaParity, AttentionFlashTensorCores) {
+  set_cuda_env(true, true, /*flash=*/2);
+  auto gpu = hh::make_cuda_backend(0);
+  const double tol = 2 * kTf32;
+  check_attention(*cpu_, *gpu, 1, 1, 3, 64, {1}, tol, " flash2 T=1");
+  check_attention(*cpu_, *gpu, 3, 37, 3, 64, {37, 1, 20}, tol, " flash2 T=37");
+  check_attention(*cpu_, *gpu, 3, 130, 12, 64, {130, 1, 65}, tol, " flash2 T=130 NH=12");
+  check_attention(*cpu_, *gpu, 2, 256, 3, 64, {256, 200}, tol, " flash2 T=256");
+  check_attention(*cpu_, *gpu, 2, 100, 2, 16, {100, 64}, tol, " flash2 hs=16");
+  check_attention(*cpu_, *gpu, 2, 70, 2, 32, {70, 63}, tol, " flash2 hs=32");
+  check_attention(*cpu_, *gpu, 1, 129, 1, 48, {128}, tol, " flash2 hs=48");
+  check_attention(*cpu_, *gpu, 2, 50, 2, 40, {50, 17}, tol, " flash2 fallback hs=40");
+  check_attention(*cpu_, *gpu, 1, 70, 1, 128, {65}, tol, " flash2 fallback hs=128");
+  // Deterministic: a second run gives the same bits (fixed loop orders, no atomics).
+  const int B = 2, T = 130, NH = 2, hs = 64, C = NH * hs;
+  auto qkv = upload(*gpu, random_floats(static_cast<size_t>(B) * T * 3 * C, 50));
+  auto dout = upload(*gpu, random_floats(static_cast<size_t>(B) * T * C, 51));
+  auto len = upload(*gpu, std::vector<int32_t>{T, 99});
+  hh::Buffer<float> out(*gpu, B * T * C), saved(*gpu, gpu->attention_saved_floats(B, T, NH));
+  hh::Buffer<float> dqkv(*gpu, qkv.size());
+  std::vector<float> first_out, first_dqkv;
+  for (int run = 0; run < 2; run++) {
+    gpu->attention_forward(out.data(), saved.data(), qkv.data(), len.data(), B, T, C, NH);
+    gpu->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), saved.data(),
+                            len.data(), B, T, C, NH);
+    if (run == 0) {
+      first_out = download(*gpu, out);
+      first_dqkv = download(*gpu, dqkv);
+    } else {
+      EXPECT_EQ(download(*gpu, out), first_out) << "flash2 forward not deterministic";
+      EXPECT_EQ(download(*gpu, dqkv), first_dqkv) << "flash2 backward not deterministic";
+    }
+  }
+}
+
 // Padding never changes a result: a sequence alone equals the same sequence batched
 // behind a longer one and padded (fp32, so only summation order could differ).
 TEST_F(CudaParity, AttentionPaddingInvariance) {
@@ -659,13 +706,16 @@ TEST_F(CudaParity, WholeModelLogitsLossGradientsAdamW) {
   cpu_model.backward();
 
   struct Mode {
-    bool tf32, flash, fuse;
+    bool tf32;
+    int flash;  // HH_CUDA_FLASH
+    bool fuse;
     const char* tag;
   };
-  for (Mode mode : {Mode{false, false, false, " (fp32)"}, Mode{true, false, false, " (tf32)"},
-                    Mode{false, true, false, " (fp32, flash attention)"},
-                    Mode{false, false, true, " (fp32, fused epilogues)"},
-                    Mode{true, false, true, " (tf32, fused epilogues)"}}) {
+  for (Mode mode : {Mode{false, 0, false, " (fp32)"}, Mode{true, 0, false, " (tf32)"},
+                    Mode{false, 1, false, " (fp32, flash attention)"},
+                    Mode{true, 2, false, " (fused attention, tf32, flash=2)"},
+                    Mode{false, 0, true, " (fp32, fused epilogues)"},
+                    Mode{true, 0, true, " (tf32, fused epilogues)"}}) {
     const bool tf32 = mode.tf32;
     const std::string tag = mode.tag;
     // Fused: cuBLASLt's own GELU (kLtGelu per activation) feeds every later layer.
