@@ -29,35 +29,41 @@ __device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
   return {m, a.sum * expf(a.max - m) + b.sum * expf(b.max - m)};
 }
 
-// The row's (max, Σexp) over columns [0, V), identical in every thread of the block.
-__device__ MaxSum row_max_sum(const float* x, int V) {
+// One value into a running (max, Σexp).
+__device__ __forceinline__ void add(MaxSum& acc, float v) {
+  if (v > acc.max) {
+    acc.sum = acc.sum * expf(acc.max - v) + 1.0f;
+    acc.max = v;
+  } else {
+    acc.sum += expf(v - acc.max);
+  }
+}
+
+// The threads' (max, Σexp) combined over the block (warps, then warps in order); every
+// thread gets the result. Ends with a __syncthreads().
+__device__ MaxSum block_max_sum(MaxSum acc) {
   __shared__ float shared_max[32];
   __shared__ float shared_sum[32];
-  MaxSum acc{-FLT_MAX, 0.0f};
-  for (int c = threadIdx.x; c < V; c += blockDim.x) {
-    const float v = x[c];
-    if (v > acc.max) {
-      acc.sum = acc.sum * expf(acc.max - v) + 1.0f;
-      acc.max = v;
-    } else {
-      acc.sum += expf(v - acc.max);
-    }
-  }
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    MaxSum other{__shfl_xor_sync(0xffffffffu, acc.max, offset),
-                 __shfl_xor_sync(0xffffffffu, acc.sum, offset)};
-    acc = combine(acc, other);
-  }
+  for (int offset = 16; offset > 0; offset >>= 1)
+    acc = combine(acc, MaxSum{__shfl_xor_sync(0xffffffffu, acc.max, offset),
+                              __shfl_xor_sync(0xffffffffu, acc.sum, offset)});
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (lane == 0) {
     shared_max[warp] = acc.max;
     shared_sum[warp] = acc.sum;
   }
   __syncthreads();
-  const int num_warps = blockDim.x / 32;
   MaxSum total{shared_max[0], shared_sum[0]};
-  for (int w = 1; w < num_warps; w++) total = combine(total, MaxSum{shared_max[w], shared_sum[w]});
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); w++)
+    total = combine(total, MaxSum{shared_max[w], shared_sum[w]});
   return total;
+}
+
+// The row's (max, Σexp) over columns [0, V), identical in every thread of the block.
+__device__ MaxSum row_max_sum(const float* x, int V) {
+  MaxSum acc{-FLT_MAX, 0.0f};
+  for (int c = threadIdx.x; c < V; c += blockDim.x) add(acc, x[c]);
+  return block_max_sum(acc);
 }
 
 __global__ void crossentropy_forward_kernel(float* losses, const float* logits,
@@ -109,8 +115,6 @@ __global__ void __launch_bounds__(kRowThreads)
     crossentropy_backward_row_kernel(float* dlogits, const float* logits, const int32_t* targets,
                                      const float* dlosses, int V, int Vp) {
   extern __shared__ float4 staged[];  // Vp / 4
-  __shared__ float shared_max[32];
-  __shared__ float shared_sum[32];
   const int i = blockIdx.x;
   const int target = targets[i];
   float4* dx = reinterpret_cast<float4*>(dlogits + static_cast<size_t>(i) * Vp);
@@ -125,28 +129,9 @@ __global__ void __launch_bounds__(kRowThreads)
     const float4 v4 = x[c];
     staged[c] = v4;
     const float v[4] = {v4.x, v4.y, v4.z, v4.w};
-    for (int j = 0; j < 4; j++) {
-      if (4 * c + j >= V) break;  // padded columns: stored, never in the softmax
-      if (v[j] > acc.max) {
-        acc.sum = acc.sum * expf(acc.max - v[j]) + 1.0f;
-        acc.max = v[j];
-      } else {
-        acc.sum += expf(v[j] - acc.max);
-      }
-    }
+    for (int j = 0; j < 4 && 4 * c + j < V; j++) add(acc, v[j]);  // padded columns: stored only
   }
-  for (int offset = 16; offset > 0; offset >>= 1)
-    acc = combine(acc, MaxSum{__shfl_xor_sync(0xffffffffu, acc.max, offset),
-                              __shfl_xor_sync(0xffffffffu, acc.sum, offset)});
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) {
-    shared_max[warp] = acc.max;
-    shared_sum[warp] = acc.sum;
-  }
-  __syncthreads();  // also publishes staged[]
-  MaxSum ms{shared_max[0], shared_sum[0]};
-  for (int w = 1; w < static_cast<int>(blockDim.x / 32); w++)
-    ms = combine(ms, MaxSum{shared_max[w], shared_sum[w]});
+  const MaxSum ms = block_max_sum(acc);  // its __syncthreads() also publishes staged[]
   const float dloss = dlosses[i];
   const float inv_sum = 1.0f / ms.sum;
   for (int c = threadIdx.x; c < n4; c += blockDim.x) {

@@ -304,6 +304,26 @@ __device__ __forceinline__ float gumbel(uint64_t seed, int v) {
   return gumbel_of_u(gumbel_u(seed, v));
 }
 
+// Online log-sum-exp (max, Σ exp(x − max)) of the samplers. lse_add takes one logit and
+// says whether it is the new max; −∞ adds nothing (−∞ − (−∞) would be NaN), NaN is skipped.
+__device__ __forceinline__ bool lse_add(float& run_max, float& run_sum, float x) {
+  if (x > run_max) {
+    run_sum = run_sum * expf(run_max - x) + 1.0f;
+    run_max = x;
+    return true;
+  }
+  if (x > -INFINITY) run_sum += expf(x - run_max);
+  return false;
+}
+// Merges another (max, sum) pair by rescaling both to the larger max.
+__device__ __forceinline__ void lse_merge(float& run_max, float& run_sum, float o_max,
+                                          float o_sum) {
+  const float new_max = fmaxf(run_max, o_max);
+  if (new_max > -INFINITY)
+    run_sum = run_sum * expf(run_max - new_max) + o_sum * expf(o_max - new_max);
+  run_max = new_max;
+}
+
 constexpr int kSampleThreads = 512;
 
 // grid M, block kSampleThreads.
@@ -327,12 +347,7 @@ __global__ void sample_rows_kernel(int32_t* tokens, float* logprobs, const float
       best_score = score;
       best = v;
     }
-    if (x > run_max) {
-      run_sum = run_sum * expf(run_max - x) + 1.0f;
-      run_max = x;
-    } else if (x > -INFINITY) {  // exp(−∞ − max) = 0; −∞ − (−∞) would be NaN
-      run_sum += expf(x - run_max);
-    }
+    lse_add(run_max, run_sum, x);
   }
   // Warp, then block: combine (score, index) by max with the smaller index on ties, and
   // (max, sum) pairs by rescaling to the larger max.
@@ -343,12 +358,8 @@ __global__ void sample_rows_kernel(int32_t* tokens, float* logprobs, const float
       best_score = o_score;
       best = o_best;
     }
-    const float o_max = __shfl_xor_sync(0xffffffffu, run_max, offset);
-    const float o_sum = __shfl_xor_sync(0xffffffffu, run_sum, offset);
-    const float new_max = fmaxf(run_max, o_max);
-    if (new_max > -INFINITY)
-      run_sum = run_sum * expf(run_max - new_max) + o_sum * expf(o_max - new_max);
-    run_max = new_max;
+    lse_merge(run_max, run_sum, __shfl_xor_sync(0xffffffffu, run_max, offset),
+              __shfl_xor_sync(0xffffffffu, run_sum, offset));
   }
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (lane == 0) {
@@ -366,10 +377,7 @@ __global__ void sample_rows_kernel(int32_t* tokens, float* logprobs, const float
         b_score = s_score[w];
         b_best = s_best[w];
       }
-      const float new_max = fmaxf(b_max, s_max[w]);
-      if (new_max > -INFINITY)
-        b_sum = b_sum * expf(b_max - new_max) + s_sum[w] * expf(s_max[w] - new_max);
-      b_max = new_max;
+      lse_merge(b_max, b_sum, s_max[w], s_sum[w]);
     }
     if (b_best >= V) b_best = 0;  // only if every score was NaN/-inf
     tokens[m] = b_best;
@@ -432,23 +440,14 @@ __global__ void __launch_bounds__(kSampleThreads)
   int arg = V;
   for (int v = threadIdx.x; v < V; v += blockDim.x) {
     const float x = row[v];
-    if (x > run_max) {
-      run_sum = run_sum * expf(run_max - x) + 1.0f;
-      run_max = x;
-      arg = v;
-    } else if (x > -INFINITY) {  // exp(−∞ − max) = 0; −∞ − (−∞) would be NaN
-      run_sum += expf(x - run_max);
-    }
+    if (lse_add(run_max, run_sum, x)) arg = v;
   }
   for (int offset = 16; offset > 0; offset >>= 1) {
     const float o_max = __shfl_xor_sync(0xffffffffu, run_max, offset);
     const float o_sum = __shfl_xor_sync(0xffffffffu, run_sum, offset);
     const int o_arg = __shfl_xor_sync(0xffffffffu, arg, offset);
     if (o_max > run_max || (o_max == run_max && o_arg < arg)) arg = o_arg;
-    const float new_max = fmaxf(run_max, o_max);
-    if (new_max > -INFINITY)
-      run_sum = run_sum * expf(run_max - new_max) + o_sum * expf(o_max - new_max);
-    run_max = new_max;
+    lse_merge(run_max, run_sum, o_max, o_sum);
   }
   if (lane == 0) {
     s_max[warp] = run_max;
@@ -463,10 +462,7 @@ __global__ void __launch_bounds__(kSampleThreads)
     int b_arg = s_arg[0];
     for (int w = 1; w < kSampleWarps; w++) {
       if (s_max[w] > b_max || (s_max[w] == b_max && s_arg[w] < b_arg)) b_arg = s_arg[w];
-      const float new_max = fmaxf(b_max, s_max[w]);
-      if (new_max > -INFINITY)
-        b_sum = b_sum * expf(b_max - new_max) + s_sum[w] * expf(s_max[w] - new_max);
-      b_max = new_max;
+      lse_merge(b_max, b_sum, s_max[w], s_sum[w]);
     }
     // The first threshold: the argmax's score (below both of its roundings). No finite
     // argmax (every logit −∞ or NaN): −∞, nothing is dropped.

@@ -253,11 +253,15 @@ void matmul_gelu_forward(Context& ctx, float* pre, float* out, const float* inp,
   gelu_forward(ctx, out, pre, static_cast<size_t>(N) * OC);
 }
 
-// dW += doutᵀ·inp and, when dbias is given, dbias += Σ_n dout. Fused (ctx.fuse): the BGRADB
+// dW += doutᵀ·inp and dbias += Σ_n dout, each when given. Fused (ctx.fuse): the BGRADB
 // epilogue writes Σ_n dout to scratch during the dW GEMM, one small add follows; otherwise
 // our deterministic column sum.
 void matmul_backward_weight(Context& ctx, float* dweight, float* dbias, const float* dout,
                             const float* inp, int N, int IC, int OC) {
+  if (!dweight) {
+    if (dbias) column_sum_add(ctx, dbias, Dout{dout, OC}, N, OC);
+    return;
+  }
   if (ctx.fuse && dbias) {
     float* dbias_step = static_cast<float*>(ctx.scratch(align256(sizeof(float) * OC)));
     if (lt_matmul(ctx, LtKind::BGradB, N, IC, OC, inp, dout, 1.0f, dweight, dweight, dbias_step,
@@ -279,11 +283,7 @@ void matmul_backward(Context& ctx, float* dinp, float* dweight, float* dbias, co
   if (dinp)
     CUBLAS_CHECK(cublasSgemm(ctx.cublas, CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, &one, weight, IC,
                              dout, OC, &zero, dinp, IC));
-  if (dweight) {
-    matmul_backward_weight(ctx, dweight, dbias, dout, inp, N, IC, OC);
-  } else if (dbias) {
-    column_sum_add(ctx, dbias, Dout{dout, OC}, N, OC);
-  }
+  matmul_backward_weight(ctx, dweight, dbias, dout, inp, N, IC, OC);
 }
 
 // Fused (ctx.fuse): the DGELU epilogue applies gelu'(pre) to the dinp GEMM's result.
@@ -293,11 +293,7 @@ void matmul_gelu_backward(Context& ctx, float* dpre, float* dweight, float* dbia
   if (N <= 0 || IC <= 0 || OC <= 0) return;
   if (ctx.fuse &&
       lt_matmul(ctx, LtKind::DGelu, N, IC, OC, weight, dout, 0.0f, dpre, dpre, nullptr, pre)) {
-    if (dweight) {
-      matmul_backward_weight(ctx, dweight, dbias, dout, inp, N, IC, OC);
-    } else if (dbias) {
-      column_sum_add(ctx, dbias, Dout{dout, OC}, N, OC);
-    }
+    matmul_backward_weight(ctx, dweight, dbias, dout, inp, N, IC, OC);
     return;
   }
   matmul_backward(ctx, dpre, dweight, dbias, dout, inp, weight, N, IC, OC);

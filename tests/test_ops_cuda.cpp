@@ -103,14 +103,15 @@ void expect_zero_rows(const std::vector<float>& x, int row_width, int row,
         << what << " row " << row << " col " << c;
 }
 
-// Sets the CUDA backend's switches for backends made after the call.
+// Sets every CUDA backend switch the tests vary, for backends made after the call.
 // flash: 0 the cuBLAS attention, 1 the fused CUDA-core kernels, 2 the fused TF32 tensor-core
-// kernels (HH_CUDA_FLASH; a bool argument still means 0 or 1).
-void set_cuda_env(bool tf32, bool lt, int flash = 0, bool fuse = false) {
+// kernels (HH_CUDA_FLASH).
+void set_cuda_env(bool tf32, bool lt, int flash = 0, bool fuse = false, bool fast_decode = false) {
   setenv("HH_CUDA_TF32", tf32 ? "1" : "0", 1);
   setenv("HH_CUDA_LT", lt ? "1" : "0", 1);
   setenv("HH_CUDA_FLASH", std::to_string(flash).c_str(), 1);
   setenv("HH_CUDA_FUSE", fuse ? "1" : "0", 1);
+  setenv("HH_CUDA_FAST_DECODE", fast_decode ? "1" : "0", 1);
 }
 
 class CudaParity : public ::testing::Test {
@@ -281,7 +282,7 @@ TEST_F(CudaParity, FusedMatmuls) {
   };
   for (bool fuse : {false, true}) {
     for (bool tf32 : {false, true}) {
-      set_cuda_env(tf32, /*lt=*/true, /*flash=*/false, fuse);
+      set_cuda_env(tf32, /*lt=*/true, /*flash=*/0, fuse);
       auto gpu = hh::make_cuda_backend(0);
       const double tol = tf32 ? kTf32 : kExact;
       const double tol_gelu = fuse ? std::max(tol, kLtGelu) : tol;
@@ -457,7 +458,7 @@ TEST_F(CudaParity, AttentionTf32) {
 // every lane-group width (16 → 1 lane per row, 24 → 2, 64 → 4, 128 → 8), ragged lengths,
 // T not a multiple of the 32-row tiles.
 TEST_F(CudaParity, AttentionFlash) {
-  set_cuda_env(false, true, /*flash=*/true);
+  set_cuda_env(false, true, /*flash=*/1);
   auto gpu = hh::make_cuda_backend(0);
   const double tol = 1e-4;
   check_attention(*cpu_, *gpu, 3, 37, 3, 16, {37, 1, 20}, tol, " flash hs=16");
@@ -593,7 +594,7 @@ TEST_F(CudaParity, CrossEntropyInPlaceAndMasked) {
 // small vocabulary, GPT-2's (a 197 KiB row: the opt-in shared memory limit) and an odd Vp
 // (no float4 rows: the two-read kernel runs). Out of place and in place.
 TEST_F(CudaParity, CrossEntropyBackwardStagedRow) {
-  set_cuda_env(/*tf32=*/false, /*lt=*/true, /*flash=*/false, /*fuse=*/true);
+  set_cuda_env(/*tf32=*/false, /*lt=*/true, /*flash=*/0, /*fuse=*/true);
   auto gpu = hh::make_cuda_backend(0);
   struct Shape {
     int N, V, Vp;
@@ -839,14 +840,6 @@ TEST_F(CudaParity, SecondStepDoesNotGrowMemory) {
   EXPECT_EQ(gpu->peak_bytes(), peak_after_first);
 }
 
-// HH_CUDA_FAST_DECODE for backends made after the call: =1, or unset.
-void set_fast_decode_env(bool fast) {
-  if (fast)
-    setenv("HH_CUDA_FAST_DECODE", "1", 1);
-  else
-    unsetenv("HH_CUDA_FAST_DECODE");
-}
-
 // Generation ops: embedding at positions, KV-cache writes (a skipped row), decode attention.
 TEST_F(CudaParity, DecodeWithKvCache) {
   const int S = 3, max_len = 20, NH = 3, hs = 16, C = NH * hs, M = 4, V = 11;
@@ -888,13 +881,12 @@ TEST_F(CudaParity, DecodeWithKvCache) {
                          pos_g.data(), rows, max_len, C, NH);
   const auto ref = download(*cpu_, out_c);
   expect_close(ref, download(*gpu_, out_g), kExact, "attention_decode");
-  // Again on backends made with HH_CUDA_FAST_DECODE unset and =1 (the warp-parallel
+  // Again on backends made with HH_CUDA_FAST_DECODE=0 and =1 (the warp-parallel
   // kernel), from the caches as the write left them.
   const auto k_after = download(*cpu_, k_c), v_after = download(*cpu_, v_c);
   for (bool fast : {false, true}) {
-    set_fast_decode_env(fast);
+    set_cuda_env(/*tf32=*/false, /*lt=*/true, /*flash=*/0, /*fuse=*/false, fast);
     auto gpu = hh::make_cuda_backend(0);
-    unsetenv("HH_CUDA_FAST_DECODE");
     auto qkv_f = upload(*gpu, qkv), k_f = upload(*gpu, k_after), v_f = upload(*gpu, v_after);
     auto slots_f = upload(*gpu, slots), pos_f = upload(*gpu, positions);
     hh::Buffer<float> out_f(*gpu, rows * C);
@@ -924,11 +916,10 @@ TEST_F(CudaParity, SampleRows) {
     const std::string tag = " temperature=" + std::to_string(temperature);
     EXPECT_EQ(download(*cpu_, tok_c), download(*gpu_, tok_g)) << "sampled tokens" << tag;
     expect_close(download(*cpu_, lp_c), download(*gpu_, lp_g), kExact, "log-probs" + tag);
-    // Backends made with HH_CUDA_FAST_DECODE unset and =1 (the pruned sampler).
+    // Backends made with HH_CUDA_FAST_DECODE=0 and =1 (the pruned sampler).
     for (bool fast : {false, true}) {
-      set_fast_decode_env(fast);
+      set_cuda_env(/*tf32=*/false, /*lt=*/true, /*flash=*/0, /*fuse=*/false, fast);
       auto gpu = hh::make_cuda_backend(0);
-      unsetenv("HH_CUDA_FAST_DECODE");
       auto logits_f = upload(*gpu, logits);
       auto seeds_f = upload(*gpu, seeds);
       hh::Buffer<int32_t> tok_f(*gpu, M);
@@ -968,9 +959,8 @@ TEST_F(CudaParity, DecodeAttentionFastVariants) {
       {300, 1, 20, 3, 1.0f, false},     // hs 300: the default kernel
   };
   for (bool fast : {false, true}) {
-    set_fast_decode_env(fast);
+    set_cuda_env(/*tf32=*/false, /*lt=*/true, /*flash=*/0, /*fuse=*/false, fast);
     auto gpu = hh::make_cuda_backend(0);
-    unsetenv("HH_CUDA_FAST_DECODE");
     uint32_t seed = 200;
     for (const Case& c : cases) {
       const int S = c.M + 1, off = c.misaligned ? 1 : 0;
@@ -1086,11 +1076,10 @@ TEST_F(CudaParity, SampleRowsPruned) {
                    padded);
     return Draw{download(be, tok), download(be, lp)};
   };
-  set_fast_decode_env(false);
+  set_cuda_env(false, true, 0, false, /*fast_decode=*/false);
   auto gpu_default = hh::make_cuda_backend(0);
-  set_fast_decode_env(true);
+  set_cuda_env(false, true, 0, false, /*fast_decode=*/true);
   auto gpu_fast = hh::make_cuda_backend(0);
-  unsetenv("HH_CUDA_FAST_DECODE");
 
   for (float temperature : {0.0f, 0.5f, 0.7f, 1.0f, 2.0f}) {
     const std::string tag = " temperature=" + std::to_string(temperature);
