@@ -55,6 +55,33 @@ bool env_flag(const char* name, bool default_value) {
   return !(std::strcmp(s, "0") == 0 || std::strcmp(s, "false") == 0 || std::strcmp(s, "off") == 0);
 }
 
+// HH_CUDA_FUSE: a flag (1: every fused path, 0: none) or a comma list of part names.
+unsigned fuse_parts(const char* s) {
+  if (!s || !*s) return 0;
+  for (const char* off : {"0", "false", "off"})
+    if (std::strcmp(s, off) == 0) return 0;
+  for (const char* on : {"1", "true", "on"})
+    if (std::strcmp(s, on) == 0) return Context::kFuseAll;
+  static const std::pair<const char*, unsigned> kParts[] = {
+      {"residual", Context::kFuseResidual}, {"gelu", Context::kFuseGelu},
+      {"dgelu", Context::kFuseDGelu},       {"bgrad", Context::kFuseBGrad},
+      {"ce", Context::kFuseCeRow}};
+  unsigned mask = 0;
+  std::string list(s);
+  for (size_t start = 0; start <= list.size();) {
+    size_t end = list.find(',', start);
+    if (end == std::string::npos) end = list.size();
+    const std::string name = list.substr(start, end - start);
+    bool known = false;
+    for (const auto& [part, bit] : kParts)
+      if (name == part) mask |= bit, known = true;
+    HH_CHECK(known, "HH_CUDA_FUSE: unknown part '", name,
+             "' (want 1, 0 or a comma list of residual, gelu, dgelu, bgrad, ce)");
+    start = end + 1;
+  }
+  return mask;
+}
+
 constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;  // 32 MiB, Hopper's recommendation
 
 }  // namespace
@@ -84,7 +111,7 @@ class CudaBackend : public Backend {
     if (const char* heads = std::getenv("HH_CUDA_ATTN_HEADS")) ctx_.attn_heads = std::atoi(heads);
     if (const char* blocks = std::getenv("HH_CUDA_ATTN_BLOCKS"))
       ctx_.attn_blocks = std::atoi(blocks);
-    ctx_.fuse = env_flag("HH_CUDA_FUSE", false);
+    ctx_.fuse = fuse_parts(std::getenv("HH_CUDA_FUSE"));
     ctx_.fast_decode = env_flag("HH_CUDA_FAST_DECODE", false);
     graphs_ = env_flag("HH_CUDA_GRAPHS", true);
     ctx_.alloc = [this](size_t bytes) { return alloc_bytes(bytes); };

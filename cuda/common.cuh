@@ -54,7 +54,16 @@ struct Context {
   int attn_blocks = 1;  // HH_CUDA_ATTN_BLOCKS: causal row blocks in attention.cu
   // Paths written without a GPU at hand, off until a GPU run has verified and timed them
   // (docs/cuda.md, "Pending GPU verification"):
-  bool fuse = false;  // HH_CUDA_FUSE=1: residual, GELU and bias gradients in cuBLASLt epilogues
+  // HH_CUDA_FUSE=1: every part below; or a comma list of their names (to time each alone)
+  enum FusePart : unsigned {
+    kFuseResidual = 1,  // "residual": BIAS epilogue with beta 1, C = residual
+    kFuseGelu = 2,      // "gelu": GELU_AUX_BIAS
+    kFuseDGelu = 4,     // "dgelu": DGELU on the dinp GEMM
+    kFuseBGrad = 8,     // "bgrad": BGRADB on the dW GEMM
+    kFuseCeRow = 16,    // "ce": cross-entropy backward with the row staged in shared memory
+    kFuseAll = 31,
+  };
+  unsigned fuse = 0;
   bool fast_decode =
       false;  // HH_CUDA_FAST_DECODE=1: warp-parallel attention_decode, pruned sampler
   int num_sms = 1;

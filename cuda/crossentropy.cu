@@ -197,7 +197,7 @@ void crossentropy_backward(Context& ctx, float* dlogits, const float* logits,
   const size_t row_bytes = sizeof(float) * static_cast<size_t>(Vp);
   const bool aligned = Vp % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(dlogits) % 16 == 0;
-  if (ctx.fuse && aligned && row_bytes + 256 <= ctx.max_shared_optin) {
+  if ((ctx.fuse & Context::kFuseCeRow) && aligned && row_bytes + 256 <= ctx.max_shared_optin) {
     CUDA_CHECK(cudaFuncSetAttribute(crossentropy_backward_row_kernel,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(row_bytes)));

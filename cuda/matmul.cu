@@ -235,7 +235,7 @@ void matmul_forward(Context& ctx, float* out, const float* inp, const float* wei
 void matmul_residual_forward(Context& ctx, float* out, const float* inp, const float* weight,
                              const float* bias, const float* residual, int N, int IC, int OC) {
   if (N <= 0 || OC <= 0) return;
-  if (ctx.fuse && bias && out != residual &&
+  if ((ctx.fuse & Context::kFuseResidual) && bias && out != residual &&
       lt_matmul(ctx, LtKind::Bias, N, IC, OC, weight, inp, 1.0f, residual, out, bias, nullptr))
     return;
   matmul_forward(ctx, out, inp, weight, bias, N, IC, OC);
@@ -246,7 +246,7 @@ void matmul_residual_forward(Context& ctx, float* out, const float* inp, const f
 void matmul_gelu_forward(Context& ctx, float* pre, float* out, const float* inp,
                          const float* weight, const float* bias, int N, int IC, int OC) {
   if (N <= 0 || OC <= 0) return;
-  if (ctx.fuse && bias &&
+  if ((ctx.fuse & Context::kFuseGelu) && bias &&
       lt_matmul(ctx, LtKind::GeluAuxBias, N, IC, OC, weight, inp, 0.0f, out, out, bias, pre))
     return;
   matmul_forward(ctx, pre, inp, weight, bias, N, IC, OC);
@@ -262,7 +262,7 @@ void matmul_backward_weight(Context& ctx, float* dweight, float* dbias, const fl
     if (dbias) column_sum_add(ctx, dbias, Dout{dout, OC}, N, OC);
     return;
   }
-  if (ctx.fuse && dbias) {
+  if ((ctx.fuse & Context::kFuseBGrad) && dbias) {
     float* dbias_step = static_cast<float*>(ctx.scratch(align256(sizeof(float) * OC)));
     if (lt_matmul(ctx, LtKind::BGradB, N, IC, OC, inp, dout, 1.0f, dweight, dweight, dbias_step,
                   nullptr)) {
@@ -291,7 +291,7 @@ void matmul_gelu_backward(Context& ctx, float* dpre, float* dweight, float* dbia
                           const float* dout, const float* inp, const float* pre,
                           const float* weight, int N, int IC, int OC) {
   if (N <= 0 || IC <= 0 || OC <= 0) return;
-  if (ctx.fuse &&
+  if ((ctx.fuse & Context::kFuseDGelu) &&
       lt_matmul(ctx, LtKind::DGelu, N, IC, OC, weight, dout, 0.0f, dpre, dpre, nullptr, pre)) {
     matmul_backward_weight(ctx, dweight, dbias, dout, inp, N, IC, OC);
     return;

@@ -13,8 +13,9 @@
 # Logs of every step go to build-gpu/check; with $OUT set (the remote GPU tool) the summary
 # and one file holding the tail of every log are copied there. Environment:
 #   HH_GPU_JOBS (16) build jobs; HH_GPU_SKIP_BENCH=1 skips steps 5-5c; HH_GPU_SKIP lists
-#   steps to leave out (5a: the pending switches; shapes 5b flash hf-generate hf-interop); HH_GPU_PROFILE=1 adds
-#   scripts/gpu_profile.sh (per-kernel times); HH_GPU_SKIP_CTEST=1
+#   steps to leave out (torch: step 5; 5c; 5a: the switches, configurations in HH_GPU_TRAIN_SWEEP
+#   and HH_GPU_GEN_SWEEP, ';'-separated; shapes 5b flash hf-generate hf-interop); HH_GPU_PROFILE=1 adds
+#   scripts/gpu_profile.sh (per-kernel times, with HH_GPU_PROFILE_SWITCHES); HH_GPU_SKIP_CTEST=1
 #   skips the whole ctest; HH_GPU_DEMO=1 runs make demo's GPU size (HH_GPU_DEMO_S, 240 s)
 #   with the data at HH_DATA_DIR/hh-rlhf; HH_GPU_BUDGET_S
 #   (540): a step that would start later than this is skipped, so one call fits the device
@@ -160,7 +161,7 @@ else
 fi
 
 step "5. benchmarks (GPT-2 124M, batch 8 x 1024, full training step)"
-if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && in_budget; then
+if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && wanted torch && in_budget; then
   set +e
   FLASH=1; wanted flash || FLASH=0
   HH_BENCH_FLASH=$FLASH timeout 150 bash "$ROOT/scripts/bench_gpu_vs_torch.sh" \
@@ -206,14 +207,15 @@ train_step() {
 }
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a && in_budget; then
   ATTN_SWEEP=""
-  for cfg in "default" "HH_CUDA_ATTN_BLOCKS=2" "HH_CUDA_ATTN_BLOCKS=4" "HH_CUDA_FUSE=1" \
-             "HH_CUDA_FUSE=1 HH_CUDA_ATTN_BLOCKS=2" "HH_CUDA_FLASH=2" "HH_CUDA_FLASH=2 HH_CUDA_FUSE=1"; do
+  IFS=';' read -r -a TRAIN_CFGS <<<"${HH_GPU_TRAIN_SWEEP:-default;HH_CUDA_ATTN_BLOCKS=2;HH_CUDA_FUSE=1;HH_CUDA_FLASH=2}"
+  IFS=';' read -r -a GEN_CFGS <<<"${HH_GPU_GEN_SWEEP:-default;HH_CUDA_FAST_DECODE=1;HH_CUDA_FUSE=1}"
+  for cfg in "${TRAIN_CFGS[@]}"; do
     read -r ms gib <<<"$(train_step "$cfg" 8 1024 8)"
     echo "train step [$cfg]: $ms ms/step, peak $gib GiB"
     ATTN_SWEEP="$ATTN_SWEEP [$cfg] ${ms}ms/${gib}GiB;"
   done
   GEN_SWEEP=""
-  for cfg in "default" "HH_CUDA_FAST_DECODE=1" "HH_CUDA_FUSE=1" "HH_CUDA_FAST_DECODE=1 HH_CUDA_FUSE=1"; do
+  for cfg in "${GEN_CFGS[@]}"; do
     tps=$(with_switches "$cfg" timeout 60 "$BUILD/hh-chat" "${GEN[@]}" 2>/dev/null |
       grep -Eo '"tokens_per_s":[0-9.]+' | cut -d: -f2 | cut -d. -f1 || true)
     echo "generate [$cfg]: ${tps:-FAILED} tokens/s"
@@ -246,7 +248,7 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5b
 fi
 
 step "5c. generation (hh-chat --bench vs HF generate), PM pairs/s, PPO phases (124M)"
-if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && in_budget; then
+if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5c && in_budget; then
   set +e
   if wanted hf-generate; then
     PYTHON=python3 timeout 150 bash "$ROOT/scripts/bench_generate.sh" cuda "$BUILD" >"$LOGDIR/bench_generate.log" 2>&1
@@ -311,7 +313,8 @@ if [ "${HH_GPU_PROFILE:-0}" = "1" ] && [ -x "$BUILD/hh-bench" ] && in_budget; th
   set +e
   # Whatever is left before HH_GPU_DEADLINE_S (default 540), so the summary still comes.
   LEFT=$(( ${HH_GPU_DEADLINE_S:-540} - ($(date +%s) - START) ))
-  HH_PROFILE_DIR="$LOGDIR" HH_PROFILE_S=$(( LEFT > 40 ? LEFT : 40 )) bash scripts/gpu_profile.sh "$BUILD" 2>&1 |
+  HH_PROFILE_DIR="$LOGDIR" HH_PROFILE_S=$(( LEFT > 40 ? LEFT : 40 )) \
+    with_switches "${HH_GPU_PROFILE_SWITCHES:-default}" bash scripts/gpu_profile.sh "$BUILD" 2>&1 |
     tee "$LOGDIR/profile.log"
   set -e
 fi

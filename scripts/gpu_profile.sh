@@ -17,8 +17,8 @@ timeout $((TOTAL_S * 6 / 10)) "${NCU[@]}" "$BUILD/hh-bench" train --device cuda 
   --vocab 50304 --batch 8 --seq 1024 --steps 1 --warmup 1 >"$LOG/ncu_train.csv" 2>"$LOG/ncu_train.err"
 python3 scripts/ncu_summary.py "$LOG/ncu_train.csv" 18
 
-echo "--- decode: hh-chat --bench, 124M, batch 64, prompt 64, 16 new tokens"
+echo "--- decode: hh-chat --bench, 124M, batch 64, prompt 64, 4 new tokens"
 HH_CUDA_GRAPHS=0 timeout $((TOTAL_S * 4 / 10)) "${NCU[@]}" "$BUILD/hh-chat" --random-model gpt2-124m --vocab-size 50257 --device cuda \
-  --bench --batch-size 64 --prompt-len 64 --max-new-tokens 16 --repeats 1 --temperature 1 \
+  --bench --batch-size 64 --prompt-len 64 --max-new-tokens 4 --repeats 1 --temperature 1 \
   --top-k 0 --top-p 1 --seed 1 >"$LOG/ncu_decode.csv" 2>"$LOG/ncu_decode.err"
 python3 scripts/ncu_summary.py "$LOG/ncu_decode.csv" 15
