@@ -14,10 +14,10 @@ namespace {
 
 __global__ void adamw_kernel(float* params, const float* grads, float* m, float* v, size_t n,
                              float lr, float beta1, float beta2, float eps, float weight_decay,
-                             float bias_correction1, float bias_correction2) {
+                             float bias_correction1, float bias_correction2, float grad_scale) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
        i += size_t(gridDim.x) * blockDim.x) {
-    const float g = grads[i];
+    const float g = grads[i] * grad_scale;
     const float m_i = beta1 * m[i] + (1.0f - beta1) * g;
     const float v_i = beta2 * v[i] + (1.0f - beta2) * g * g;
     m[i] = m_i;
@@ -86,7 +86,7 @@ void adamw_update(Context& ctx, float* params, const float* grads, float* m, flo
       1.0 - std::pow(static_cast<double>(hp.beta2), static_cast<double>(hp.step)));
   adamw_kernel<<<grid_for(n, 256, ctx), 256, 0, ctx.stream>>>(
       params, grads, m, v, n, hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, bias_correction1,
-      bias_correction2);
+      bias_correction2, hp.grad_scale);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -11,14 +11,16 @@
 //   HH_CUDA_FLASH=2 fused flash attention on TF32 tensor cores (attention_flash_tc.cu;
 //                   head sizes 16, 32, 48, 64 with TF32 on; else the cuBLAS path)
 //   HH_CUDA_ATTN_HEADS=n  heads per cuBLAS attention call (default: all heads of a sequence)
-//   HH_CUDA_ATTN_BLOCKS=r causal row blocks (default 1): block i's products skip the keys
-//                   past its last row (r = 2: 3/4 of the work; not yet timed on a GPU)
+//   HH_CUDA_ATTN_BLOCKS=r causal row blocks: block i's products skip the keys past its
+//                   last row (r = 2: 3/4 of the work). Default: min(2, T/512), from the
+//                   H100 timings in attention.cu's row_block_count
 //   HH_CUDA_GRAPHS=0 no CUDA graphs (default 1: Backend::graph_* capture the stream's work
 //                   and replay it with one launch; generation's decode step uses them)
-//   HH_CUDA_FUSE=1  residual adds, GELU and its gradient, and bias gradients in cuBLASLt
-//                   epilogues (matmul.cu; default 0 until a GPU run has verified and timed it)
-//   HH_CUDA_FAST_DECODE=1 warp-parallel attention_decode and the pruned Gumbel sampler
-//                   (decode.cu; default 0 until a GPU run has verified and timed them)
+//   HH_CUDA_FUSE=0  unfused: the residual add after the projections' GEMMs (default: in
+//                   their cuBLASLt epilogue, matmul.cu) and the cross-entropy backward's
+//                   two passes over the logits (default: the row staged in shared memory)
+//   HH_CUDA_FAST_DECODE=0 the thread-per-key attention_decode and the plain Gumbel
+//                   sampler (default: warp-parallel attention_decode, pruned sampler)
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -55,33 +57,6 @@ bool env_flag(const char* name, bool default_value) {
   return !(std::strcmp(s, "0") == 0 || std::strcmp(s, "false") == 0 || std::strcmp(s, "off") == 0);
 }
 
-// HH_CUDA_FUSE: a flag (1: every fused path, 0: none) or a comma list of part names.
-unsigned fuse_parts(const char* s) {
-  if (!s || !*s) return 0;
-  for (const char* off : {"0", "false", "off"})
-    if (std::strcmp(s, off) == 0) return 0;
-  for (const char* on : {"1", "true", "on"})
-    if (std::strcmp(s, on) == 0) return Context::kFuseAll;
-  static const std::pair<const char*, unsigned> kParts[] = {
-      {"residual", Context::kFuseResidual}, {"gelu", Context::kFuseGelu},
-      {"dgelu", Context::kFuseDGelu},       {"bgrad", Context::kFuseBGrad},
-      {"ce", Context::kFuseCeRow}};
-  unsigned mask = 0;
-  std::string list(s);
-  for (size_t start = 0; start <= list.size();) {
-    size_t end = list.find(',', start);
-    if (end == std::string::npos) end = list.size();
-    const std::string name = list.substr(start, end - start);
-    bool known = false;
-    for (const auto& [part, bit] : kParts)
-      if (name == part) mask |= bit, known = true;
-    HH_CHECK(known, "HH_CUDA_FUSE: unknown part '", name,
-             "' (want 1, 0 or a comma list of residual, gelu, dgelu, bgrad, ce)");
-    start = end + 1;
-  }
-  return mask;
-}
-
 constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;  // 32 MiB, Hopper's recommendation
 
 }  // namespace
@@ -111,8 +86,8 @@ class CudaBackend : public Backend {
     if (const char* heads = std::getenv("HH_CUDA_ATTN_HEADS")) ctx_.attn_heads = std::atoi(heads);
     if (const char* blocks = std::getenv("HH_CUDA_ATTN_BLOCKS"))
       ctx_.attn_blocks = std::atoi(blocks);
-    ctx_.fuse = fuse_parts(std::getenv("HH_CUDA_FUSE"));
-    ctx_.fast_decode = env_flag("HH_CUDA_FAST_DECODE", false);
+    ctx_.fuse = env_flag("HH_CUDA_FUSE", true);
+    ctx_.fast_decode = env_flag("HH_CUDA_FAST_DECODE", true);
     graphs_ = env_flag("HH_CUDA_GRAPHS", true);
     ctx_.alloc = [this](size_t bytes) { return alloc_bytes(bytes); };
     ctx_.free = [this](void* p) { free_bytes(p); };
@@ -301,15 +276,6 @@ class CudaBackend : public Backend {
   void matmul_residual_forward(float* out, const float* inp, const float* weight, const float* bias,
                                const float* residual, int N, int IC, int OC) override {
     cuda::matmul_residual_forward(ctx_, out, inp, weight, bias, residual, N, IC, OC);
-  }
-  void matmul_gelu_forward(float* pre, float* out, const float* inp, const float* weight,
-                           const float* bias, int N, int IC, int OC) override {
-    cuda::matmul_gelu_forward(ctx_, pre, out, inp, weight, bias, N, IC, OC);
-  }
-  void matmul_gelu_backward(float* dpre, float* dweight, float* dbias, const float* dout,
-                            const float* inp, const float* pre, const float* weight, int N, int IC,
-                            int OC) override {
-    cuda::matmul_gelu_backward(ctx_, dpre, dweight, dbias, dout, inp, pre, weight, N, IC, OC);
   }
   size_t attention_saved_floats(int B, int T, int NH) const override {
     return cuda::attention_saved_floats(ctx_, B, T, NH);

@@ -46,26 +46,14 @@ struct Context {
   cublasLtHandle_t cublaslt = nullptr;
   void* cublas_workspace = nullptr;  // given to cuBLAS and cuBLASLt (no hidden allocations)
   size_t cublas_workspace_bytes = 0;
-  bool tf32 = true;     // HH_CUDA_TF32=0 turns TF32 tensor cores off (exact fp32 matmuls)
-  bool use_lt = true;   // HH_CUDA_LT=0 turns the cuBLASLt bias-epilogue path off
-  int flash = 0;        // HH_CUDA_FLASH=1: fused attention (attention_flash.cu); 2: on TF32
-                        // tensor cores (attention_flash_tc.cu)
-  int attn_heads = 0;   // HH_CUDA_ATTN_HEADS: heads per chunk in attention.cu (0: all)
-  int attn_blocks = 1;  // HH_CUDA_ATTN_BLOCKS: causal row blocks in attention.cu
-  // Paths written without a GPU at hand, off until a GPU run has verified and timed them
-  // (docs/cuda.md, "Pending GPU verification"):
-  // HH_CUDA_FUSE=1: every part below; or a comma list of their names (to time each alone)
-  enum FusePart : unsigned {
-    kFuseResidual = 1,  // "residual": BIAS epilogue with beta 1, C = residual
-    kFuseGelu = 2,      // "gelu": GELU_AUX_BIAS
-    kFuseDGelu = 4,     // "dgelu": DGELU on the dinp GEMM
-    kFuseBGrad = 8,     // "bgrad": BGRADB on the dW GEMM
-    kFuseCeRow = 16,    // "ce": cross-entropy backward with the row staged in shared memory
-    kFuseAll = 31,
-  };
-  unsigned fuse = 0;
-  bool fast_decode =
-      false;  // HH_CUDA_FAST_DECODE=1: warp-parallel attention_decode, pruned sampler
+  bool tf32 = true;         // HH_CUDA_TF32=0 turns TF32 tensor cores off (exact fp32 matmuls)
+  bool use_lt = true;       // HH_CUDA_LT=0 turns the cuBLASLt bias-epilogue path off
+  int flash = 0;            // HH_CUDA_FLASH=1: fused attention (attention_flash.cu); 2: on TF32
+                            // tensor cores (attention_flash_tc.cu)
+  int attn_heads = 0;       // HH_CUDA_ATTN_HEADS: heads per chunk in attention.cu (0: all)
+  int attn_blocks = 0;      // HH_CUDA_ATTN_BLOCKS: causal row blocks in attention.cu (0: by T)
+  bool fuse = true;         // HH_CUDA_FUSE=0: residual add and cross-entropy backward unfused
+  bool fast_decode = true;  // HH_CUDA_FAST_DECODE=0: the plain decode attention and sampler
   int num_sms = 1;
   size_t max_shared_optin = 48 * 1024;  // shared memory a block may opt in to (bytes)
 

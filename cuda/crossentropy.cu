@@ -7,7 +7,8 @@
 // the reduction before any thread writes (a __syncthreads() separates them), and then
 // each thread reads and writes only its own columns, so dlogits may alias logits: no
 // second logits-sized buffer. Targets must be < V (the caller checks them on the host).
-// With HH_CUDA_FUSE=1 the backward stages the row in shared memory and reads HBM once.
+// By default the backward stages the row in shared memory and reads HBM once
+// (HH_CUDA_FUSE=0: twice; the staged row saved 0.7 ms of the 124M step on an H100).
 // softmax_entropy: H[i] = −Σ_c p_c log p_c from the same (max, Σexp), for PPO's entropy.
 #include <cfloat>
 
@@ -105,9 +106,9 @@ __global__ void crossentropy_backward_kernel(float* dlogits, const float* logits
   }
 }
 
-// The same backward reading the row from memory once (HH_CUDA_FUSE=1): the row is staged
-// in shared memory (Vp floats: 197 KiB at Vp = 50304, one block per SM) while (max, Σexp)
-// are gathered, so the write pass reads shared memory instead of a second trip through
+// The same backward reading the row from memory once (the default; HH_CUDA_FUSE=0 turns it off):
+// the row is staged in shared memory (Vp floats: 197 KiB at Vp = 50304, one block per SM) while
+// (max, Σexp) are gathered, so the write pass reads shared memory instead of a second trip through
 // HBM (the rows of the blocks in flight overflow L2). float4 loads and stores: Vp is a
 // multiple of 4 (the caller checks) and the rows start 16-byte aligned.
 constexpr int kRowThreads = 1024;
@@ -197,7 +198,7 @@ void crossentropy_backward(Context& ctx, float* dlogits, const float* logits,
   const size_t row_bytes = sizeof(float) * static_cast<size_t>(Vp);
   const bool aligned = Vp % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(dlogits) % 16 == 0;
-  if ((ctx.fuse & Context::kFuseCeRow) && aligned && row_bytes + 256 <= ctx.max_shared_optin) {
+  if (ctx.fuse && aligned && row_bytes + 256 <= ctx.max_shared_optin) {
     CUDA_CHECK(cudaFuncSetAttribute(crossentropy_backward_row_kernel,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(row_bytes)));

@@ -31,11 +31,6 @@ void matmul_backward(Context& ctx, float* dinp, float* dweight, float* dbias, co
                      const float* inp, const float* weight, int N, int IC, int OC);
 void matmul_residual_forward(Context& ctx, float* out, const float* inp, const float* weight,
                              const float* bias, const float* residual, int N, int IC, int OC);
-void matmul_gelu_forward(Context& ctx, float* pre, float* out, const float* inp,
-                         const float* weight, const float* bias, int N, int IC, int OC);
-void matmul_gelu_backward(Context& ctx, float* dpre, float* dweight, float* dbias,
-                          const float* dout, const float* inp, const float* pre,
-                          const float* weight, int N, int IC, int OC);
 // attention.cu (materialised P via cuBLAS; dispatches to attention_flash.cu when ctx.flash)
 size_t attention_saved_floats(const Context& ctx, int B, int T, int NH);
 void attention_forward(Context& ctx, float* out, float* saved, const float* qkv,

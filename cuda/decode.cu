@@ -10,9 +10,11 @@
 //   sample_rows:          tokens[m] = argmax_v logits[m,v]/T + G(seeds[m], v) (Gumbel-max),
 //                         logprobs[m] = log softmax(logits[m,:V])[tokens[m]]; see ops.h
 //
-// Two variants of attention_decode and sample_rows; ctx.fast_decode (HH_CUDA_FAST_DECODE=1,
-// off by default) picks the second.
-// attention_decode, default: one block per (row, head); the scores of the row live in
+// Two variants of attention_decode and sample_rows; ctx.fast_decode (default; off with
+// HH_CUDA_FAST_DECODE=0) picks the second where it applies (head size up to
+// 32·kFastDecodeMaxDims; temperature > 0). On an H100 (124M, batch 64) it took generation
+// from 40.7k to 49.1k new tokens/s.
+// attention_decode, plain: one block per (row, head); the scores of the row live in
 //   shared memory (max_len floats), then threads over the head's dimensions sum p·V in t
 //   order.
 // attention_decode, fast (warp-parallel): one block of kFastDecodeWarps warps per

@@ -37,6 +37,7 @@ struct AdamWParams {
   float eps = 1e-8f;
   float weight_decay = 0.0f;  // applied decoupled: p -= lr * wd * p
   int64_t step = 1;           // 1-based, for bias correction
+  float grad_scale = 1.0f;    // g = grads·grad_scale (the clip coefficient, without a pass)
 };
 
 class Backend {

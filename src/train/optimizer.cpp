@@ -33,12 +33,12 @@ float AdamW::clip_and_step(float lr) {
   const size_t n = model_->grads().size();
   const float norm = static_cast<float>(std::sqrt(be.sum_squares(g, n)));
   if (!std::isfinite(norm)) return norm;
+  AdamWParams hp;
   if (config.grad_clip > 0) {
     const float coef = config.grad_clip / (norm + 1e-6f);
-    if (coef < 1.0f) be.scale(g, coef, n);
+    if (coef < 1.0f) hp.grad_scale = coef;  // applied inside the update: no pass over g
   }
   step++;
-  AdamWParams hp;
   hp.lr = lr;
   hp.beta1 = config.beta1;
   hp.beta2 = config.beta2;

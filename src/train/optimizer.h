@@ -28,9 +28,10 @@ class AdamW {
 
   // One update: norm = ‖g‖₂ over the whole gradient buffer; if it is NaN/Inf, nothing
   // changes (no step) and the norm is returned for the caller to report. Otherwise, as
-  // torch.nn.utils.clip_grad_norm_: g *= grad_clip/(norm + 1e-6) when that is < 1 (in
-  // place); then step += 1 and adamw_update on [0, decay_size) with weight_decay and on
-  // the rest with none. Returns the pre-clip norm. Call model.zero_grad() afterwards.
+  // torch.nn.utils.clip_grad_norm_: g *= grad_clip/(norm + 1e-6) when that is < 1 (as
+  // AdamWParams::grad_scale, so the buffer itself is left as it was); then step += 1 and
+  // adamw_update on [0, decay_size) with weight_decay and on the rest with none. Returns the
+  // pre-clip norm. Call model.zero_grad() afterwards.
   float clip_and_step(float lr);
 
   GPT& model() { return *model_; }

@@ -23,7 +23,7 @@ void adamw_update(float* params, const float* grads, float* m, float* v, size_t 
   const int64_t count = static_cast<int64_t>(n);
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < count; i++) {
-    const float g = grads[i];
+    const float g = grads[i] * hp.grad_scale;
     const float mi = beta1 * m[i] + (1.0f - beta1) * g;
     const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
     m[i] = mi;
