@@ -19,8 +19,11 @@
 //   HH_CUDA_FUSE=0  unfused: the residual add after the projections' GEMMs (default: in
 //                   their cuBLASLt epilogue, matmul.cu) and the cross-entropy backward's
 //                   two passes over the logits (default: the row staged in shared memory)
+//   HH_CUDA_KERNEL_TIMES=N per-kernel GPU time through CUPTI (kernel_times.cu): the N
+//                   kernels with the most time, printed to stderr when the backend goes
 //   HH_CUDA_FAST_DECODE=0 the thread-per-key attention_decode and the plain Gumbel
 //                   sampler (default: warp-parallel attention_decode, pruned sampler)
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -89,6 +92,13 @@ class CudaBackend : public Backend {
     ctx_.fuse = env_flag("HH_CUDA_FUSE", true);
     ctx_.fast_decode = env_flag("HH_CUDA_FAST_DECODE", true);
     graphs_ = env_flag("HH_CUDA_GRAPHS", true);
+    if (const char* top = std::getenv("HH_CUDA_KERNEL_TIMES"); top && std::atoi(top) > 0) {
+      const std::string why_not = kernel_times_start();
+      if (why_not.empty())
+        kernel_times_top_ = static_cast<size_t>(std::atoi(top));
+      else
+        std::fprintf(stderr, "%s\n", why_not.c_str());
+    }
     ctx_.alloc = [this](size_t bytes) { return alloc_bytes(bytes); };
     ctx_.free = [this](void* p) { free_bytes(p); };
 
@@ -112,6 +122,13 @@ class CudaBackend : public Backend {
         cudaGraphDestroy(graph);
     }
     cudaStreamSynchronize(ctx_.stream);
+    if (kernel_times_top_) {
+      try {
+        std::fprintf(stderr, "%s: %s", name_.c_str(),
+                     kernel_times_report(kernel_times_top_).c_str());
+      } catch (...) {
+      }
+    }
     if (ctx_.cublaslt) cublasLtDestroy(ctx_.cublaslt);
     if (ctx_.cublas) cublasDestroy(ctx_.cublas);
     if (staging_) cudaFreeHost(staging_);
@@ -353,8 +370,9 @@ class CudaBackend : public Backend {
 
   Context ctx_;
   std::string name_;
-  bool graphs_ = true;      // HH_CUDA_GRAPHS
-  bool capturing_ = false;  // between graph_begin_capture and graph_end_capture
+  bool graphs_ = true;           // HH_CUDA_GRAPHS
+  size_t kernel_times_top_ = 0;  // HH_CUDA_KERNEL_TIMES: rows of the table printed at the end
+  bool capturing_ = false;       // between graph_begin_capture and graph_end_capture
   // copy_to_host_async: pinned staging, its completion event, the pending destination.
   void* staging_ = nullptr;
   size_t staging_bytes_ = 0;

@@ -639,6 +639,29 @@ TEST_F(CudaParity, GatherScatterRows) {
   EXPECT_EQ(download(*cpu_, dinp_c), download(*gpu_, dinp_g));
 }
 
+// HH_CUDA_KERNEL_TIMES: the backend records its kernels through CUPTI and prints the
+// table when destroyed; the kernel it ran is in it, with its call count.
+TEST_F(CudaParity, KernelTimesListTheKernelsThatRan) {
+  setenv("HH_CUDA_KERNEL_TIMES", "50", 1);
+  testing::internal::CaptureStderr();
+  {
+    auto gpu = hh::make_cuda_backend(0);
+    const size_t n = size_t(1) << 20;
+    hh::Buffer<float> x(*gpu, n), y(*gpu, n);
+    gpu->fill_zero(x.data(), x.bytes());
+    for (int i = 0; i < 3; i++) gpu->gelu_forward(y.data(), x.data(), n);
+    gpu->synchronize();
+  }
+  const std::string err = testing::internal::GetCapturedStderr();
+  unsetenv("HH_CUDA_KERNEL_TIMES");
+  if (err.find("HH_CUDA_KERNEL_TIMES:") != std::string::npos) GTEST_SKIP() << err;
+  const size_t row = err.find("gelu_forward_kernel");
+  ASSERT_NE(row, std::string::npos) << err;
+  const std::string line = err.substr(row, err.find('\n', row) - row);
+  EXPECT_NE(line.find(" 3 "), std::string::npos) << "three calls: " << line;
+  EXPECT_NE(err.find("all kernels"), std::string::npos) << err;
+}
+
 TEST_F(CudaParity, AdamWAndFlatUtilities) {
   const size_t n = 100003;
   auto p = random_floats(n, 80), g = random_floats(n, 81, 0.1f);
