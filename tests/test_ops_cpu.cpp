@@ -589,6 +589,36 @@ TEST_F(OpsCpu, AdamWTwoStepsMatchTorchOptim) {
   EXPECT_THROW(be->adamw_update(params.data(), g2.data(), m.data(), v.data(), n, hp), hh::Error);
 }
 
+// grad_scale is the clip coefficient applied inside the update: the same floats as scaling
+// the gradient buffer first (what clip_grad_norm_ does), and the buffer is left as it was.
+TEST_F(OpsCpu, AdamWGradScaleEqualsScalingTheGradientFirst) {
+  std::mt19937 rng(31);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const size_t n = 4099;
+  Floats p(n), g(n), m(n), v(n);
+  for (size_t i = 0; i < n; i++) {
+    p[i] = normal(rng);
+    g[i] = normal(rng);
+    m[i] = 0.1f * normal(rng);
+    v[i] = 0.01f * std::fabs(normal(rng));
+  }
+  hh::AdamWParams hp;
+  hp.lr = 1e-3f;
+  hp.weight_decay = 0.1f;
+  hp.step = 4;
+  Floats p_a = p, m_a = m, v_a = v, g_a = g;
+  hp.grad_scale = 0.37f;
+  be->adamw_update(p_a.data(), g_a.data(), m_a.data(), v_a.data(), n, hp);
+  EXPECT_EQ(g_a, g) << "the gradient buffer is read only";
+  Floats p_b = p, m_b = m, v_b = v, g_b = g;
+  be->scale(g_b.data(), 0.37f, n);
+  hp.grad_scale = 1.0f;
+  be->adamw_update(p_b.data(), g_b.data(), m_b.data(), v_b.data(), n, hp);
+  EXPECT_EQ(p_a, p_b);
+  EXPECT_EQ(m_a, m_b);
+  EXPECT_EQ(v_a, v_b);
+}
+
 TEST_F(OpsCpu, FlatBufferUtilities) {
   std::mt19937 rng(12);
   // Several sum_squares chunks and a ragged tail.
