@@ -133,6 +133,10 @@ class CudaBackend : public Backend {
     if (ctx_.cublas) cublasDestroy(ctx_.cublas);
     if (staging_) cudaFreeHost(staging_);
     if (copy_done_) cudaEventDestroy(copy_done_);
+    for (UploadSlot& slot : upload_slots_) {
+      if (slot.host) cudaFreeHost(slot.host);
+      if (slot.read) cudaEventDestroy(slot.read);
+    }
     if (ctx_.scratch_ptr) cudaFree(ctx_.scratch_ptr);
     if (ctx_.cublas_workspace) cudaFree(ctx_.cublas_workspace);
     if (ctx_.stream) cudaStreamDestroy(ctx_.stream);
@@ -174,12 +178,29 @@ class CudaBackend : public Backend {
     CUDA_CHECK(cudaFree(p));  // waits for the device, so no kernel still uses p
   }
 
-  // Pageable host memory: cudaMemcpyAsync returns once the source has been staged, so the
-  // caller may reuse host_src at once; the copy is ordered on our stream.
+  // Ordered on our stream; the caller may reuse host_src at once. From pageable memory
+  // the driver "may synchronize with the stream" to stage the bytes (CUDA's API sync
+  // behavior notes), which would stall generation's run-ahead on every step's small
+  // upload. So uploads up to kUploadSlotBytes are copied into a slot of a pinned ring
+  // first, and the DMA reads the slot; a slot is reused once its last DMA is done.
   void copy_to_device(void* dst, const void* host_src, size_t bytes) override {
     if (bytes == 0) return;
     HH_CHECK(!capturing_, name_, ": copy_to_device during a graph capture");
-    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
+    if (bytes > kUploadSlotBytes) {
+      CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
+      return;
+    }
+    UploadSlot& slot = upload_slots_[next_upload_slot_];
+    next_upload_slot_ = (next_upload_slot_ + 1) % kUploadSlots;
+    if (!slot.host) {
+      CUDA_CHECK(cudaMallocHost(&slot.host, kUploadSlotBytes));
+      CUDA_CHECK(cudaEventCreateWithFlags(&slot.read, cudaEventDisableTiming));
+    } else {
+      CUDA_CHECK(cudaEventSynchronize(slot.read));  // its last DMA has read it
+    }
+    std::memcpy(slot.host, host_src, bytes);
+    CUDA_CHECK(cudaMemcpyAsync(dst, slot.host, bytes, cudaMemcpyHostToDevice, ctx_.stream));
+    CUDA_CHECK(cudaEventRecord(slot.read, ctx_.stream));
   }
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
@@ -377,6 +398,15 @@ class CudaBackend : public Backend {
   void* staging_ = nullptr;
   size_t staging_bytes_ = 0;
   cudaEvent_t copy_done_ = nullptr;
+  // copy_to_device's pinned ring for small uploads (made on first use).
+  static constexpr size_t kUploadSlotBytes = 64 << 10;
+  static constexpr int kUploadSlots = 8;
+  struct UploadSlot {
+    void* host = nullptr;
+    cudaEvent_t read = nullptr;  // recorded after the DMA that reads the slot
+  };
+  UploadSlot upload_slots_[kUploadSlots];
+  int next_upload_slot_ = 0;
   void* async_dst_ = nullptr;
   size_t async_bytes_ = 0;
   uint64_t free_epoch_ = 0;  // free_bytes calls so far
