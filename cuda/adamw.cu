@@ -1,9 +1,10 @@
 // AdamW and the flat-buffer utilities (grid-stride loops over the parameter buffer).
 //   adamw:       m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²;
-//                p −= lr·( m̂/(√v̂ + eps) + wd·p ),  m̂ = m/(1−β1^t),  v̂ = v/(1−β2^t)
+//                p −= lr·( m̂/(√v̂ + eps) + wd·p ),  m̂ = m/(1−β1^t),  v̂ = v/(1−β2^t),
+//                g = grads·grad_scale (the clip coefficient; grads are left as they are)
 //   sum_squares: Σ x² in double, two stages with a fixed grid (deterministic: the same
 //                partial sums in the same order every call), result copied to the host.
-//   scale:       x *= s;    add_inplace: y += x
+//   scale:       x *= s
 #include <cmath>
 
 #include "common.cuh"
@@ -67,12 +68,6 @@ __global__ void scale_kernel(float* x, float s, size_t n) {
     x[i] *= s;
 }
 
-__global__ void add_inplace_kernel(float* y, const float* x, size_t n) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x)
-    y[i] += x[i];
-}
-
 }  // namespace
 
 void adamw_update(Context& ctx, float* params, const float* grads, float* m, float* v, size_t n,
@@ -108,12 +103,6 @@ double sum_squares(Context& ctx, const float* x, size_t n) {
 void scale(Context& ctx, float* x, float s, size_t n) {
   if (n == 0) return;
   scale_kernel<<<grid_for(n, 256, ctx), 256, 0, ctx.stream>>>(x, s, n);
-  CUDA_CHECK_LAUNCH();
-}
-
-void add_inplace(Context& ctx, float* y, const float* x, size_t n) {
-  if (n == 0) return;
-  add_inplace_kernel<<<grid_for(n, 256, ctx), 256, 0, ctx.stream>>>(y, x, n);
   CUDA_CHECK_LAUNCH();
 }
 

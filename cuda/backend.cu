@@ -378,9 +378,6 @@ class CudaBackend : public Backend {
   }
   double sum_squares(const float* x, size_t n) override { return cuda::sum_squares(ctx_, x, n); }
   void scale(float* x, float s, size_t n) override { cuda::scale(ctx_, x, s, n); }
-  void add_inplace(float* y, const float* x, size_t n) override {
-    cuda::add_inplace(ctx_, y, x, n);
-  }
 
  private:
   // What graph_end_capture hands out: the executable graph and free_epoch_ at capture.

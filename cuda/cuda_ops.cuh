@@ -84,7 +84,6 @@ void adamw_update(Context& ctx, float* params, const float* grads, float* m, flo
                   const AdamWParams& hp);
 double sum_squares(Context& ctx, const float* x, size_t n);
 void scale(Context& ctx, float* x, float s, size_t n);
-void add_inplace(Context& ctx, float* y, const float* x, size_t n);
 // kernel_times.cu (HH_CUDA_KERNEL_TIMES: per-kernel GPU time through CUPTI, loaded on demand)
 std::string kernel_times_start();  // empty when recording, else why not
 std::string kernel_times_report(size_t top);

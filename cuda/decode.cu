@@ -326,6 +326,15 @@ __device__ __forceinline__ void lse_merge(float& run_max, float& run_sum, float 
   run_max = new_max;
 }
 
+// Merges another (score, index) candidate: the larger score, the smaller index on ties (so
+// the sampled token does not depend on how the columns were split among threads).
+__device__ __forceinline__ void argmax_merge(float& score, int& index, float o_score, int o_index) {
+  if (o_score > score || (o_score == score && o_index < index)) {
+    score = o_score;
+    index = o_index;
+  }
+}
+
 constexpr int kSampleThreads = 512;
 
 // grid M, block kSampleThreads.
@@ -354,12 +363,8 @@ __global__ void sample_rows_kernel(int32_t* tokens, float* logprobs, const float
   // Warp, then block: combine (score, index) by max with the smaller index on ties, and
   // (max, sum) pairs by rescaling to the larger max.
   for (int offset = 16; offset > 0; offset >>= 1) {
-    const float o_score = __shfl_xor_sync(0xffffffffu, best_score, offset);
-    const int o_best = __shfl_xor_sync(0xffffffffu, best, offset);
-    if (o_score > best_score || (o_score == best_score && o_best < best)) {
-      best_score = o_score;
-      best = o_best;
-    }
+    argmax_merge(best_score, best, __shfl_xor_sync(0xffffffffu, best_score, offset),
+                 __shfl_xor_sync(0xffffffffu, best, offset));
     lse_merge(run_max, run_sum, __shfl_xor_sync(0xffffffffu, run_max, offset),
               __shfl_xor_sync(0xffffffffu, run_sum, offset));
   }
@@ -375,10 +380,7 @@ __global__ void sample_rows_kernel(int32_t* tokens, float* logprobs, const float
     float b_score = s_score[0], b_max = s_max[0], b_sum = s_sum[0];
     int b_best = s_best[0];
     for (int w = 1; w < static_cast<int>(blockDim.x / 32); w++) {
-      if (s_score[w] > b_score || (s_score[w] == b_score && s_best[w] < b_best)) {
-        b_score = s_score[w];
-        b_best = s_best[w];
-      }
+      argmax_merge(b_score, b_best, s_score[w], s_best[w]);
       lse_merge(b_max, b_sum, s_max[w], s_sum[w]);
     }
     if (b_best >= V) b_best = 0;  // only if every score was NaN/-inf
@@ -527,14 +529,10 @@ __global__ void __launch_bounds__(kSampleThreads)
   __syncwarp();
   if (lane < count) consider(queue[lane]);
 
-  // Combine (score, index) by max with the smaller index on ties, as sample_rows_kernel.
+  // Combine (score, index) candidates with argmax_merge, as sample_rows_kernel.
   for (int offset = 16; offset > 0; offset >>= 1) {
-    const float o_score = __shfl_xor_sync(0xffffffffu, best_score, offset);
-    const int o_best = __shfl_xor_sync(0xffffffffu, best, offset);
-    if (o_score > best_score || (o_score == best_score && o_best < best)) {
-      best_score = o_score;
-      best = o_best;
-    }
+    argmax_merge(best_score, best, __shfl_xor_sync(0xffffffffu, best_score, offset),
+                 __shfl_xor_sync(0xffffffffu, best, offset));
   }
   if (lane == 0) {
     s_score[warp] = best_score;
@@ -544,12 +542,7 @@ __global__ void __launch_bounds__(kSampleThreads)
   if (threadIdx.x == 0) {
     float b_score = s_score[0];
     int b_best = s_best[0];
-    for (int w = 1; w < kSampleWarps; w++) {
-      if (s_score[w] > b_score || (s_score[w] == b_score && s_best[w] < b_best)) {
-        b_score = s_score[w];
-        b_best = s_best[w];
-      }
-    }
+    for (int w = 1; w < kSampleWarps; w++) argmax_merge(b_score, b_best, s_score[w], s_best[w]);
     if (b_best >= V) b_best = 0;  // only if every score was NaN/-inf
     tokens[m] = b_best;
     logprobs[m] = row[b_best] - b_max - logf(b_sum);

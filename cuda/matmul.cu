@@ -21,7 +21,7 @@
 // The bias: with cuBLASLt (default) the forward adds it in the GEMM's epilogue
 // (CUBLASLT_EPILOGUE_BIAS: one value per row of the column-major result, i.e. per OC);
 // without it (HH_CUDA_LT=0, or no Lt algorithm for this shape/alignment) a small kernel
-// adds it afterwards. dbias is our own deterministic column sum unless fused.
+// adds it afterwards. dbias is our own deterministic column sum.
 //
 // Fused (ops.h's matmul_residual_forward, on unless HH_CUDA_FUSE=0): the residual add rides
 // in the same BIAS epilogue with beta = 1 and C = residual. Measured on an H100

@@ -169,7 +169,6 @@ class CpuBackend final : public Backend {
   }
   double sum_squares(const float* x, size_t n) override { return cpu::sum_squares(x, n); }
   void scale(float* x, float s, size_t n) override { cpu::scale(x, s, n); }
-  void add_inplace(float* y, const float* x, size_t n) override { cpu::add_inplace(y, x, n); }
 
  private:
   mutable std::mutex mutex_;

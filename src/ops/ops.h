@@ -219,8 +219,6 @@ class Backend {
   virtual double sum_squares(const float* x, size_t n) = 0;
   // x *= s
   virtual void scale(float* x, float s, size_t n) = 0;
-  // y += x
-  virtual void add_inplace(float* y, const float* x, size_t n) = 0;
 };
 
 // "cpu", "cuda", or "auto" (cuda when a GPU is present and hh was built with CUDA).

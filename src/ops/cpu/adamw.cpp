@@ -59,10 +59,4 @@ void scale(float* x, float s, size_t n) {
   for (int64_t i = 0; i < count; i++) x[i] *= s;
 }
 
-void add_inplace(float* y, const float* x, size_t n) {
-  const int64_t count = static_cast<int64_t>(n);
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < count; i++) y[i] += x[i];
-}
-
 }  // namespace hh::cpu

@@ -64,6 +64,5 @@ void adamw_update(float* params, const float* grads, float* m, float* v, size_t 
                   const AdamWParams& hp);
 double sum_squares(const float* x, size_t n);
 void scale(float* x, float s, size_t n);
-void add_inplace(float* y, const float* x, size_t n);
 
 }  // namespace hh::cpu
