@@ -80,6 +80,7 @@ class CudaBackend : public Backend {
     ctx_.max_shared_optin = prop.sharedMemPerBlockOptin;
     ctx_.tf32 = env_flag("HH_CUDA_TF32", true);
     ctx_.use_lt = env_flag("HH_CUDA_LT", true);
+    ctx_.lt_tune = env_flag("HH_CUDA_LT_TUNE", false);
     // HH_CUDA_FLASH: "2" selects the tensor-core kernels; any other value reads as before
     // (a true flag: 1, the CUDA-core kernels; 0/false/off: the cuBLAS path).
     if (const char* flash = std::getenv("HH_CUDA_FLASH"); flash && std::strcmp(flash, "2") == 0)
@@ -363,7 +364,7 @@ class CudaBackend : public Backend {
                       const int32_t* positions, int M, int max_len, int C) override {
     cuda::kv_cache_write(ctx_, kcache, vcache, qkv, slots, positions, M, max_len, C);
   }
-  void attention_decode(float* out, const float* qkv, const float* kcache, const float* vcache,
+  void attention_decode(float* out, const float* qkv, float* kcache, float* vcache,
                         const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
                         int NH) override {
     cuda::attention_decode(ctx_, out, qkv, kcache, vcache, slots, positions, M, max_len, C, NH);

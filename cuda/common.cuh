@@ -48,6 +48,7 @@ struct Context {
   size_t cublas_workspace_bytes = 0;
   bool tf32 = true;         // HH_CUDA_TF32=0 turns TF32 tensor cores off (exact fp32 matmuls)
   bool use_lt = true;       // HH_CUDA_LT=0 turns the cuBLASLt bias-epilogue path off
+  bool lt_tune = false;     // HH_CUDA_LT_TUNE=1: cuBLASLt plans time their candidates
   int flash = 0;            // HH_CUDA_FLASH=1: fused attention (attention_flash.cu); 2: on TF32
                             // tensor cores (attention_flash_tc.cu)
   int attn_heads = 0;       // HH_CUDA_ATTN_HEADS: heads per chunk in attention.cu (0: all)

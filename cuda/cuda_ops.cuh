@@ -74,9 +74,9 @@ void embedding_forward_at(Context& ctx, float* out, const int32_t* tokens, const
                           const float* wte, const float* wpe, int M, int C);
 void kv_cache_write(Context& ctx, float* kcache, float* vcache, const float* qkv,
                     const int32_t* slots, const int32_t* positions, int M, int max_len, int C);
-void attention_decode(Context& ctx, float* out, const float* qkv, const float* kcache,
-                      const float* vcache, const int32_t* slots, const int32_t* positions, int M,
-                      int max_len, int C, int NH);
+void attention_decode(Context& ctx, float* out, const float* qkv, float* kcache, float* vcache,
+                      const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
+                      int NH);
 void sample_rows(Context& ctx, int32_t* tokens, float* logprobs, const float* logits,
                  const uint64_t* seeds, float temperature, int M, int V, int Vp);
 // adamw.cu (also the flat-buffer utilities)

@@ -4,7 +4,8 @@
 //   embedding_forward_at: out[m,:] = wte[tokens[m],:] + wpe[positions[m],:]
 //   kv_cache_write:       K[slots[m], positions[m], :] = k(qkv[m]),  V[...] = v(qkv[m])
 //                         (rows with positions[m] < 0 are skipped)
-//   attention_decode:     per head h (hs = C/NH, scale = 1/√hs), over t = 0..positions[m]:
+//   attention_decode:     kv_cache_write of the rows (distinct slots), then
+//                         per head h (hs = C/NH, scale = 1/√hs), over t = 0..positions[m]:
 //                           s[t] = scale·q_h·K[slot, t, h],  p = softmax(s) (max-subtracted),
 //                           out[m,h] = Σ_t p[t]·V[slot, t, h]
 //   sample_rows:          tokens[m] = argmax_v logits[m,v]/T + G(seeds[m], v) (Gumbel-max),
@@ -80,6 +81,25 @@ __global__ void kv_cache_write_kernel(float* kcache, float* vcache, const float*
   }
 }
 
+// attention_decode's append: block (m, h) writes head h's slice of row m's k and v to the
+// cache (rows with positions outside [0, max_len) write nothing), and __syncthreads makes
+// it visible to the whole block, the only reader of that slot in this step (distinct
+// slots). The cache pointers carry no __restrict__/const, so the compiler never routes
+// the block's later reads of them through the non-coherent read-only path.
+__device__ __forceinline__ void append_head_kv(float* kcache, float* vcache, const float* qkv,
+                                               size_t base, int m, int h, int hs, int C, int pos,
+                                               int max_len) {
+  if (pos >= 0 && pos < max_len) {
+    const float* row = qkv + static_cast<size_t>(m) * 3 * C + static_cast<size_t>(h) * hs;
+    const size_t at = base + static_cast<size_t>(pos) * C;
+    for (int i = threadIdx.x; i < hs; i += blockDim.x) {
+      kcache[at + i] = row[C + i];
+      vcache[at + i] = row[2 * C + i];
+    }
+  }
+  __syncthreads();
+}
+
 // Max over the block (blockDim.x a multiple of 32); every thread gets it.
 __device__ float block_max(float x, float* shared) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -92,10 +112,9 @@ __device__ float block_max(float x, float* shared) {
 }
 
 // grid (M, NH); dynamic shared memory: max_len scores + hs floats of q.
-__global__ void attention_decode_kernel(float* out, const float* qkv, const float* kcache,
-                                        const float* vcache, const int32_t* slots,
-                                        const int32_t* positions, int max_len, int C, int NH,
-                                        float scale) {
+__global__ void attention_decode_kernel(float* out, const float* qkv, float* kcache, float* vcache,
+                                        const int32_t* slots, const int32_t* positions, int max_len,
+                                        int C, int NH, float scale) {
   extern __shared__ float shared[];
   __shared__ float reduce[32];
   const int m = blockIdx.x, h = blockIdx.y;
@@ -106,7 +125,7 @@ __global__ void attention_decode_kernel(float* out, const float* qkv, const floa
   const size_t base = static_cast<size_t>(slots[m]) * max_len * C + static_cast<size_t>(h) * hs;
   for (int i = threadIdx.x; i < hs; i += blockDim.x)
     q[i] = qkv[static_cast<size_t>(m) * 3 * C + static_cast<size_t>(h) * hs + i];
-  __syncthreads();
+  append_head_kv(kcache, vcache, qkv, base, m, h, hs, C, positions[m], max_len);  // + q[] sync
   float local_max = -INFINITY;
   for (int t = threadIdx.x; t < n; t += blockDim.x) {
     const float* k = kcache + base + static_cast<size_t>(t) * C;
@@ -217,8 +236,7 @@ __device__ __forceinline__ void decode_keys(const float* kbase, const float* vba
 template <int D, bool kPairs>
 __global__ void __launch_bounds__(kFastDecodeWarps * 32)
     attention_decode_warps_kernel(float* __restrict__ out, const float* __restrict__ qkv,
-                                  const float* __restrict__ kcache,
-                                  const float* __restrict__ vcache, const int32_t* slots,
+                                  float* kcache, float* vcache, const int32_t* slots,
                                   const int32_t* positions, int max_len, int C, int NH,
                                   float scale) {
   constexpr int W = kFastDecodeWarps;
@@ -234,6 +252,7 @@ __global__ void __launch_bounds__(kFastDecodeWarps * 32)
   // position, which the CPU rejects) leaves every warp empty and the output NaN.
   const int n = min(positions[m], max_len - 1) + 1;
   const size_t base = static_cast<size_t>(slots[m]) * max_len * C + static_cast<size_t>(h) * hs;
+  append_head_kv(kcache, vcache, qkv, base, m, h, hs, C, positions[m], max_len);
   const float* kbase = kcache + base;
   const float* vbase = vcache + base;
   float q[D], acc[D];
@@ -587,10 +606,9 @@ namespace {
 
 template <int D>
 void launch_attention_decode_warps(Context& ctx, bool pairs, dim3 grid, size_t shared_bytes,
-                                   float* out, const float* qkv, const float* kcache,
-                                   const float* vcache, const int32_t* slots,
-                                   const int32_t* positions, int max_len, int C, int NH,
-                                   float scale) {
+                                   float* out, const float* qkv, float* kcache, float* vcache,
+                                   const int32_t* slots, const int32_t* positions, int max_len,
+                                   int C, int NH, float scale) {
   if constexpr (D % 2 == 0) {
     if (pairs) {
       attention_decode_warps_kernel<D, true>
@@ -607,9 +625,9 @@ void launch_attention_decode_warps(Context& ctx, bool pairs, dim3 grid, size_t s
 bool aligned8(const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; }
 
 // The warp-parallel kernel for D = ⌈hs/32⌉ dimensions per lane (hs ≤ 32·kFastDecodeMaxDims).
-void attention_decode_fast(Context& ctx, float* out, const float* qkv, const float* kcache,
-                           const float* vcache, const int32_t* slots, const int32_t* positions,
-                           int M, int max_len, int C, int NH) {
+void attention_decode_fast(Context& ctx, float* out, const float* qkv, float* kcache, float* vcache,
+                           const int32_t* slots, const int32_t* positions, int M, int max_len,
+                           int C, int NH) {
   const int hs = C / NH;
   const int dims = (hs + 31) / 32;
   // float2 pairs: hs a multiple of 64 makes every row offset (m·3C + h·hs, (slot·max_len +
@@ -642,9 +660,9 @@ void attention_decode_fast(Context& ctx, float* out, const float* qkv, const flo
 
 }  // namespace
 
-void attention_decode(Context& ctx, float* out, const float* qkv, const float* kcache,
-                      const float* vcache, const int32_t* slots, const int32_t* positions, int M,
-                      int max_len, int C, int NH) {
+void attention_decode(Context& ctx, float* out, const float* qkv, float* kcache, float* vcache,
+                      const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
+                      int NH) {
   if (M <= 0) return;
   HH_CHECK(NH > 0 && C % NH == 0, "attention_decode: width C=", C, " is not a multiple of NH=", NH);
   const int hs = C / NH;

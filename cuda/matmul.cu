@@ -23,6 +23,12 @@
 // without it (HH_CUDA_LT=0, or no Lt algorithm for this shape/alignment) a small kernel
 // adds it afterwards. dbias is our own deterministic column sum.
 //
+// Tuned (HH_CUDA_LT_TUNE=1, off by default): a plan asks the heuristic for up to
+// kTuneCandidates algorithms, times each on the call's own operands (the products are
+// idempotent: out never aliases an input) and keeps the fastest; forward products without
+// a bias then take cuBLASLt too (EPILOGUE_DEFAULT), so the LM head is tuned as well. The
+// pick is made by the clock, so two runs may pick differently and differ in the last bits.
+//
 // Fused (ops.h's matmul_residual_forward, on unless HH_CUDA_FUSE=0): the residual add rides
 // in the same BIAS epilogue with beta = 1 and C = residual. Measured on an H100
 // (2026-11-27, 124M step): this saves 0.7 ms of 62; cuBLASLt's GELU_AUX_BIAS and DGELU
@@ -71,8 +77,8 @@ struct LtPlan {
   cublasLtMatmulAlgo_t algo;
 };
 
-// (N, IC, OC, alignment of A, B, C, D, tf32, handle)
-using LtKey = std::tuple<int, int, int, int, int, int, int, bool, cublasLtHandle_t>;
+// (N, IC, OC, alignment of A, B, C, D, tf32, bias, tuned, handle)
+using LtKey = std::tuple<int, int, int, int, int, int, int, bool, bool, bool, cublasLtHandle_t>;
 std::map<LtKey, LtPlan>& lt_plans() {
   static std::map<LtKey, LtPlan> plans;
   return plans;
@@ -87,15 +93,55 @@ void set_desc(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, co
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof(value)));
 }
 
-LtPlan make_lt_plan(Context& ctx, const LtKey& key) {
-  const auto [N, IC, OC, align_a, align_b, align_c, align_d, tf32, handle] = key;
+// The operands of the call that makes a plan, for timing the candidates.
+struct LtOperands {
+  const float* weight;
+  const float* inp;
+  float beta;
+  const float* C;
+  float* out;
+  const float* bias;
+};
+
+constexpr int kTuneCandidates = 8;
+
+// Mean time of `reps` runs of one algorithm (after one untimed run); infinity when it
+// refuses the shape.
+float time_lt_algo(Context& ctx, const LtPlan& plan, const cublasLtMatmulAlgo_t& algo,
+                   const LtOperands& op) {
+  constexpr int reps = 10;
+  const float one = 1.0f;
+  auto run = [&] {
+    return cublasLtMatmul(ctx.cublaslt, plan.desc, &one, op.weight, plan.a, op.inp, plan.b,
+                          &op.beta, op.C, plan.c, op.out, plan.c, &algo, ctx.cublas_workspace,
+                          ctx.cublas_workspace_bytes, ctx.stream);
+  };
+  if (run() != CUBLAS_STATUS_SUCCESS) return INFINITY;
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  CUDA_CHECK(cudaEventRecord(start, ctx.stream));
+  cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
+  for (int i = 0; i < reps && status == CUBLAS_STATUS_SUCCESS; i++) status = run();
+  CUDA_CHECK(cudaEventRecord(stop, ctx.stream));
+  CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0.0f;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  CUDA_CHECK(cudaEventDestroy(start));
+  CUDA_CHECK(cudaEventDestroy(stop));
+  return status == CUBLAS_STATUS_SUCCESS ? ms / reps : INFINITY;
+}
+
+LtPlan make_lt_plan(Context& ctx, const LtKey& key, const LtOperands& op) {
+  const auto [N, IC, OC, align_a, align_b, align_c, align_d, tf32, has_bias, tuned, handle] = key;
   LtPlan plan;
   const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F));
   set_desc(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, CUBLAS_OP_T);
   set_desc(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, CUBLAS_OP_N);
-  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
-  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, CUDA_R_32F);
+  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+           has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
+  if (has_bias) set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, CUDA_R_32F);
   // Layouts as stored (rows, cols, leading dimension), before TRANSA:
   // A = Wᵀ (IC×OC), B = inpᵀ (IC×N), C = D = outᵀ (OC×N).
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_32F, IC, OC, IC));
@@ -106,8 +152,9 @@ LtPlan make_lt_plan(Context& ctx, const LtKey& key) {
   // alignment. lt_matmul only takes this path for a 16-byte aligned bias, so a stand-in
   // that is 16-byte aligned and no more keeps it from picking an algorithm that needs
   // wider alignment than a later call's pointer has.
-  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-           reinterpret_cast<const void*>(uintptr_t{16}));
+  if (has_bias)
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+             reinterpret_cast<const void*>(uintptr_t{16}));
 
   cublasLtMatmulPreference_t pref;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -122,25 +169,43 @@ LtPlan make_lt_plan(Context& ctx, const LtKey& key) {
   for (int i = 0; i < 4; i++)
     CUBLAS_CHECK(
         cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof(aligns[i])));
-  cublasLtMatmulHeuristicResult_t result;
+  cublasLtMatmulHeuristicResult_t results[kTuneCandidates];
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
-      handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &found);
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref,
+                                     tuned ? kTuneCandidates : 1, results, &found);
   CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-  if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
-    plan.algo = result.algo;
-    plan.ok = true;
+  if (st != CUBLAS_STATUS_SUCCESS || found <= 0) return plan;
+  plan.algo = results[0].algo;
+  plan.ok = true;
+  // Timing synchronises the stream, which a graph capture forbids: a plan first met while
+  // capturing keeps the heuristic's first choice.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(ctx.stream, &capture));
+  if (!tuned || found == 1 || capture != cudaStreamCaptureStatusNone) return plan;
+  if (has_bias)
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(op.bias));
+  float best = INFINITY;
+  for (int i = 0; i < found; i++) {
+    const float ms = time_lt_algo(ctx, plan, results[i].algo, op);
+    if (ms < best) {
+      best = ms;
+      plan.algo = results[i].algo;
+    }
   }
+  if (best == INFINITY) plan.ok = false;  // no candidate ran: the caller's plain path
   return plan;
 }
 
-// out = inp·Wᵀ + bias + beta·C through cuBLASLt's BIAS epilogue. False, with nothing
-// written, when no algorithm fits: the caller then takes the plain path.
+// out = inp·Wᵀ + bias + beta·C through cuBLASLt's BIAS epilogue (bias null: no epilogue,
+// tuned plans only). False, with nothing written, when no algorithm fits: the caller then
+// takes the plain path.
 bool lt_matmul(Context& ctx, int N, int IC, int OC, const float* weight, const float* inp,
                float beta, const float* C, float* out, const float* bias) {
   if (!ctx.use_lt || N <= 0 || IC <= 0 || OC <= 0) return false;
+  if (!bias && !ctx.lt_tune) return false;
   // cuBLASLt reads the bias with vector loads: 16-byte alignment only.
-  if (alignment_bytes(bias) != 16) return false;
+  if (bias && alignment_bytes(bias) != 16) return false;
   const LtKey key{N,
                   IC,
                   OC,
@@ -149,16 +214,19 @@ bool lt_matmul(Context& ctx, int N, int IC, int OC, const float* weight, const f
                   alignment_bytes(C),
                   alignment_bytes(out),
                   ctx.tf32,
+                  bias != nullptr,
+                  ctx.lt_tune,
                   ctx.cublaslt};
   LtPlan* plan;
   {
     std::lock_guard<std::mutex> lock(lt_mutex());
     auto it = lt_plans().find(key);
-    if (it == lt_plans().end()) it = lt_plans().emplace(key, make_lt_plan(ctx, key)).first;
+    if (it == lt_plans().end())
+      it = lt_plans().emplace(key, make_lt_plan(ctx, key, {weight, inp, beta, C, out, bias})).first;
     plan = &it->second;
   }
   if (!plan->ok) return false;
-  set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(bias));
+  if (bias) set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(bias));
   const float one = 1.0f;
   const cublasStatus_t status = cublasLtMatmul(
       ctx.cublaslt, plan->desc, &one, weight, plan->a, inp, plan->b, &beta, C, plan->c, out,
@@ -178,7 +246,7 @@ bool lt_matmul(Context& ctx, int N, int IC, int OC, const float* weight, const f
 void matmul_forward(Context& ctx, float* out, const float* inp, const float* weight,
                     const float* bias, int N, int IC, int OC) {
   if (N <= 0 || OC <= 0) return;
-  if (bias && lt_matmul(ctx, N, IC, OC, weight, inp, 0.0f, out, out, bias)) return;
+  if (lt_matmul(ctx, N, IC, OC, weight, inp, 0.0f, out, out, bias)) return;
   const float one = 1.0f, zero = 0.0f;
   CUBLAS_CHECK(cublasSgemm(ctx.cublas, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, &one, weight, IC, inp,
                            IC, &zero, out, OC));

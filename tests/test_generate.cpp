@@ -326,6 +326,23 @@ TEST_F(GenerateTest, CudaGraphsMatchEagerBitForBit) {
   }
   EXPECT_EQ(off.graph_replays(), 0);
 
+  // A batch with the cache layout of the last one (same size, same rounded max_len) replays
+  // the graphs captured for it: the same call twice captures nothing the second time.
+  {
+    const auto prompts = random_prompts(rng, 5, V);
+    const SamplingOptions opt = staggered_stops(5);
+    const auto want = off.generate(prompts, opt);
+    for (int call_again = 0; call_again < 2; call_again++) {
+      const int64_t captures = on.graph_captures(), replays = on.graph_replays();
+      const auto got = on.generate(prompts, opt);
+      for (int b = 0; b < 5; b++) EXPECT_EQ(got[b].generated_ids, want[b].generated_ids);
+      EXPECT_GT(on.graph_replays(), replays);
+      if (call_again) {
+        EXPECT_EQ(on.graph_captures(), captures) << "the same layout captured again";
+      }
+    }
+  }
+
   // The public path: logits after each step, rows 5,5,5,4,4,4,3,2,2,2,1,1,1 (and the
   // leftover sequences in another order), then a second batch of another size.
   for (int batch : {5, 3}) {
@@ -368,6 +385,20 @@ TEST_F(GenerateTest, DecodeRejectsBadInput) {
   expect_error([&] { gen.decode({1, 1}, {1, 2}); }, "listed twice");
   expect_error([&] { gen.prefill({{1, 2}, {}}, 8); }, "prompt 1 is empty");
   expect_error([&] { gen.prefill({{1, 2, 3}}, 2); }, "max_len=2");
+  // The op itself: attention_decode appends each row to its slot, so two rows of one slot
+  // (which would read each other's append on a GPU) are refused.
+  Backend& be = model_.backend();
+  const int C = 8, NH = 2, max_len = 4;
+  Buffer<float> qkv(be, 2 * 3 * C), kc(be, 2 * max_len * C), vc(be, 2 * max_len * C),
+      out(be, 2 * C);
+  be.fill_zero(qkv.data(), qkv.bytes());
+  const int32_t slots[2] = {1, 1}, positions[2] = {0, 1};
+  expect_error(
+      [&] {
+        be.attention_decode(out.data(), qkv.data(), kc.data(), vc.data(), slots, positions, 2,
+                            max_len, C, NH);
+      },
+      "slot 1 has two rows");
 }
 
 // Logprobs are log softmax of the unmodified logits at the sampled token.

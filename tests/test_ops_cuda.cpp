@@ -107,6 +107,7 @@ void set_cuda_env(bool tf32, bool lt, int flash = 0, bool fuse = true, bool fast
   setenv("HH_CUDA_FLASH", std::to_string(flash).c_str(), 1);
   setenv("HH_CUDA_FUSE", fuse ? "1" : "0", 1);
   setenv("HH_CUDA_FAST_DECODE", fast_decode ? "1" : "0", 1);
+  setenv("HH_CUDA_LT_TUNE", "0", 1);
 }
 
 class CudaParity : public ::testing::Test {
@@ -271,6 +272,60 @@ TEST_F(CudaParity, Matmul) {
 // The fused matmuls (ops.h) against the CPU's plain sequence, unfused (HH_CUDA_FUSE=0) and
 // fused (the residual in the cuBLASLt epilogue), fp32 and TF32. The odd shape has no
 // 16-byte aligned rows, so the fused run takes the fallback there.
+// HH_CUDA_LT_TUNE=1: every forward product (with and without bias, with the residual) takes
+// a cuBLASLt plan that timed its candidates on the first call's operands. Whatever it picked
+// must agree with the CPU, give the same bits on the next call, leave the inputs alone, and
+// survive a first call that writes in place of its output's old contents.
+TEST_F(CudaParity, TunedMatmulsMatchTheCpu) {
+  struct Shape {
+    int N, IC, OC;
+  };
+  for (bool tf32 : {false, true}) {
+    set_cuda_env(tf32, /*lt=*/true);
+    setenv("HH_CUDA_LT_TUNE", "1", 1);
+    auto gpu = hh::make_cuda_backend(0);
+    setenv("HH_CUDA_LT_TUNE", "0", 1);
+    const double tol = tf32 ? kTf32 : kExact;
+    // A decode step's shapes at 64 rows (qkv, fc, the projection), a ragged one, one row.
+    for (Shape s :
+         {Shape{64, 768, 2304}, Shape{64, 3072, 768}, Shape{37, 50, 70}, Shape{1, 64, 96}}) {
+      const std::string tag = std::string(" tf32=") + (tf32 ? "1" : "0") +
+                              " N=" + std::to_string(s.N) + " IC=" + std::to_string(s.IC) +
+                              " OC=" + std::to_string(s.OC);
+      const size_t n_in = static_cast<size_t>(s.N) * s.IC, n_out = static_cast<size_t>(s.N) * s.OC;
+      auto inp = random_floats(n_in, 50), w = random_floats(static_cast<size_t>(s.OC) * s.IC, 51);
+      auto bias = random_floats(s.OC, 52), residual = random_floats(n_out, 53);
+      auto [inp_c, inp_g] = both(inp);
+      auto [b_c, b_g] = both(bias);
+      auto [r_c, r_g] = both(residual);
+      auto w_c = upload(*cpu_, w), w_g = upload(*gpu, w);
+      for (int kind = 0; kind < 3; kind++) {  // bias, no bias, bias + residual
+        const std::string what = std::string(kind == 0   ? "tuned matmul"
+                                             : kind == 1 ? "tuned matmul, no bias"
+                                                         : "tuned matmul + residual") +
+                                 tag;
+        hh::Buffer<float> out_c(*cpu_, n_out);
+        auto out_g = upload(*gpu, random_floats(n_out, 54));  // old contents: overwritten
+        auto run = [&](hh::Backend& be, float* out, const float* x, const float* wt, const float* b,
+                       const float* r) {
+          if (kind == 2)
+            be.matmul_residual_forward(out, x, wt, b, r, s.N, s.IC, s.OC);
+          else
+            be.matmul_forward(out, x, wt, kind == 0 ? b : nullptr, s.N, s.IC, s.OC);
+        };
+        run(*cpu_, out_c.data(), inp_c.data(), w_c.data(), b_c.data(), r_c.data());
+        run(*gpu, out_g.data(), inp_g.data(), w_g.data(), b_g.data(), r_g.data());
+        const auto first = download(*gpu, out_g);
+        expect_close(download(*cpu_, out_c), first, tol, what);
+        run(*gpu, out_g.data(), inp_g.data(), w_g.data(), b_g.data(), r_g.data());
+        EXPECT_EQ(download(*gpu, out_g), first) << what << ": a second call differs";
+        EXPECT_EQ(download(*gpu, r_g), residual) << what << ": the residual changed";
+        EXPECT_EQ(download(*gpu, inp_g), inp) << what << ": the input changed";
+      }
+    }
+  }
+}
+
 TEST_F(CudaParity, FusedMatmuls) {
   struct Shape {
     int N, IC, OC;
@@ -873,7 +928,8 @@ TEST_F(CudaParity, DecodeWithKvCache) {
   auto [qkv_c, qkv_g] = both(qkv);
   auto [slots_c, slots_g] = both(slots);
   auto [k_c, k_g] = both(cache0);
-  auto [v_c, v_g] = both(random_floats(cache0.size(), 105));
+  const auto vcache0 = random_floats(cache0.size(), 105);
+  auto [v_c, v_g] = both(vcache0);
   // Row 3 (position −1) is skipped by the write; the others are real rows.
   std::vector<int32_t> emb_positions = positions;
   emb_positions[3] = 5;
@@ -901,18 +957,21 @@ TEST_F(CudaParity, DecodeWithKvCache) {
   const auto ref = download(*cpu_, out_c);
   expect_close(ref, download(*gpu_, out_g), kExact, "attention_decode");
   // Again on backends made with HH_CUDA_FAST_DECODE=0 and =1 (the warp-parallel
-  // kernel), from the caches as the write left them.
+  // kernel), from the caches before the write: attention_decode appends the rows' k, v
+  // itself, and the caches end as kv_cache_write left them.
   const auto k_after = download(*cpu_, k_c), v_after = download(*cpu_, v_c);
   for (bool fast : {false, true}) {
     set_cuda_env(/*tf32=*/false, /*lt=*/true, /*flash=*/0, /*fuse=*/false, fast);
     auto gpu = hh::make_cuda_backend(0);
-    auto qkv_f = upload(*gpu, qkv), k_f = upload(*gpu, k_after), v_f = upload(*gpu, v_after);
+    auto qkv_f = upload(*gpu, qkv), k_f = upload(*gpu, cache0), v_f = upload(*gpu, vcache0);
     auto slots_f = upload(*gpu, slots), pos_f = upload(*gpu, positions);
     hh::Buffer<float> out_f(*gpu, rows * C);
     gpu->attention_decode(out_f.data(), qkv_f.data(), k_f.data(), v_f.data(), slots_f.data(),
                           pos_f.data(), rows, max_len, C, NH);
-    expect_close(ref, download(*gpu, out_f), kExact,
-                 std::string("attention_decode fast_decode=") + (fast ? "1" : "unset"));
+    const std::string tag = std::string("attention_decode fast_decode=") + (fast ? "1" : "unset");
+    expect_close(ref, download(*gpu, out_f), kExact, tag);
+    EXPECT_EQ(download(*gpu, k_f), k_after) << tag << ": appended keys";
+    EXPECT_EQ(download(*gpu, v_f), v_after) << tag << ": appended values";
   }
 }
 
@@ -956,7 +1015,8 @@ TEST_F(CudaParity, SampleRows) {
 // the CPU: head sizes with 1 to 8 dimensions per lane (16, 48, 64, 96, 128, 160, 192, 256),
 // 64 both with float2 pairs and, from misaligned qkv and caches, without; 300, past the fast
 // kernel's 256, takes the default kernel. Positions 0 (a single key), max_len − 1 and in
-// between; M = 1 and 64; a second run gives the same bits.
+// between; M = 1 and 64; a second run (which appends the same k, v again) gives the same
+// bits, and the caches after the append equal the CPU's.
 TEST_F(CudaParity, DecodeAttentionFastVariants) {
   struct Case {
     int C, NH, max_len, M;
@@ -987,7 +1047,8 @@ TEST_F(CudaParity, DecodeAttentionFastVariants) {
       positions[0] = c.M > 1 ? 0 : c.max_len - 1;
       if (c.M > 1) positions[1] = c.max_len - 1;
       if (c.M > 2) positions[2] = 1;
-      auto slots = random_ints(c.M, seed++, 0, S - 1);  // repeats: rows may share a slot
+      std::vector<int32_t> slots(c.M);  // distinct (each row appends to its own), not row order
+      for (int m = 0; m < c.M; m++) slots[m] = (c.M - m) % S;
       auto qkv = random_floats(static_cast<size_t>(c.M) * 3 * c.C + off, seed++, c.scale);
       auto kc = random_floats(static_cast<size_t>(S) * c.max_len * c.C + off, seed++, c.scale);
       auto vc = random_floats(kc.size(), seed++);
@@ -1011,6 +1072,8 @@ TEST_F(CudaParity, DecodeAttentionFastVariants) {
       gpu->attention_decode(out_g.data(), qkv_g.data() + off, k_g.data() + off, v_g.data() + off,
                             slots_g.data(), pos_g.data(), c.M, c.max_len, c.C, c.NH);
       EXPECT_EQ(download(*gpu, out_g), first) << "attention_decode not deterministic" << tag;
+      EXPECT_EQ(download(*gpu, k_g), download(*cpu_, k_c)) << "appended keys" << tag;
+      EXPECT_EQ(download(*gpu, v_g), download(*cpu_, v_c)) << "appended values" << tag;
     }
   }
 }

@@ -318,6 +318,7 @@ void Generator::run_step(const StepKey& key, const std::function<void()>& ops) {
     throw;
   }
   g.graph = be.graph_end_capture();
+  graph_captures_++;
   HH_CHECK(be.graph_launch(g.graph), "generator: a decode-step graph is stale right after capture");
   graph_replays_++;
 }
@@ -422,8 +423,11 @@ void Generator::prefill_device(const std::vector<std::vector<int32_t>>& prompts,
     lengths_[b] = len;
     rows[b] = b * T + len - 1;
   }
+  // The graphs bake in the cache's layout (slots, max_len): a batch of another layout drops
+  // them. With the same layout they stay; a buffer that moves below (cache, prefill
+  // buffers) frees memory, which makes the backend call them stale at their next launch.
+  if (B != cache_.slots() || max_len != cache_.max_len()) drop_graphs();
   max_len_ = max_len;
-  drop_graphs();  // a new batch: new cache layout (slots, max_len), maybe new buffers
   cache_.reserve(be, cfg.n_layer, B, max_len, C);
   plan_prefill(B, T);
   be.copy_to_device(tokens_dev_.data(), tokens.data(), N * sizeof(int32_t));
@@ -447,7 +451,8 @@ void Generator::prefill_device(const std::vector<std::vector<int32_t>>& prompts,
 }
 
 // One token for each listed sequence at its next position: the same layer sequence as
-// prefill on M rows, with kv_cache_write + attention_decode in place of attention_forward.
+// prefill on M rows, with attention_decode (which appends k, v to the cache) in place of
+// kv_cache_write + attention_forward.
 // tokens null: the tokens are the last sample_device's ids, still on the device (the rows
 // must be those of that step).
 void Generator::decode_device(const std::vector<int32_t>& seqs, const std::vector<int32_t>* tokens,
@@ -505,8 +510,6 @@ void Generator::decode_device(const std::vector<int32_t>& seqs, const std::vecto
                             model_.param_data("transformer.wpe.weight"), M, C);
     for (int l = 0; l < cfg.n_layer; l++) {
       layer_forward(l, M, [&] {
-        be.kv_cache_write(cache_.keys(l), cache_.values(l), qkv_.data(), slots_dev, positions_dev,
-                          M, max_len_, C);
         be.attention_decode(atty_.data(), qkv_.data(), cache_.keys(l), cache_.values(l), slots_dev,
                             positions_dev, M, max_len_, C, NH);
       });
@@ -562,7 +565,10 @@ std::vector<GeneratedSample> Generator::generate(const std::vector<std::vector<i
     if (!s.empty()) stops.push_back(s);
   const int32_t eot = tokenizer_.eot_id();
 
-  const int max_len = static_cast<int>(longest) + options.max_new_tokens;
+  // The cache's length, rounded up to a multiple of 64 (within the context), so batches whose
+  // longest prompts differ a little share a layout and the decode-step graphs.
+  const int needed = static_cast<int>(longest) + options.max_new_tokens;
+  const int max_len = std::min(cfg.max_seq_len, (needed + 63) / 64 * 64);
   prefill_device(run, max_len);
   std::vector<SequenceState> state(B);
   std::vector<int32_t> active(B);  // sequences whose logits are the rows of logits_

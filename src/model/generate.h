@@ -141,8 +141,10 @@ class Generator {
   // Generated tokens and the time of the last generate() (prefill included), for tokens/s.
   int64_t last_new_tokens() const { return last_new_tokens_; }
   double last_seconds() const { return last_seconds_; }
-  // Decode steps run as a graph replay so far (0 without graphs), for tests and benchmarks.
+  // Decode steps run as a graph replay, and graphs captured, so far (0 without graphs), for
+  // tests and benchmarks.
   int64_t graph_replays() const { return graph_replays_; }
+  int64_t graph_captures() const { return graph_captures_; }
   // Whether generate() may queue the next decode step before reading the last one's samples
   // (see generate(); on by default). The samples are the same either way.
   void set_run_ahead(bool on) { run_ahead_ = on; }
@@ -204,7 +206,7 @@ class Generator {
     void* graph = nullptr;  // Backend::graph_end_capture's handle
   };
   std::map<StepKey, StepGraph> step_graphs_;
-  int64_t graph_replays_ = 0;
+  int64_t graph_replays_ = 0, graph_captures_ = 0;
   bool run_ahead_ = true;
 };
 

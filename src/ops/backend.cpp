@@ -154,7 +154,7 @@ class CpuBackend final : public Backend {
                       const int32_t* positions, int M, int max_len, int C) override {
     cpu::kv_cache_write(kcache, vcache, qkv, slots, positions, M, max_len, C);
   }
-  void attention_decode(float* out, const float* qkv, const float* kcache, const float* vcache,
+  void attention_decode(float* out, const float* qkv, float* kcache, float* vcache,
                         const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
                         int NH) override {
     cpu::attention_decode(out, qkv, kcache, vcache, slots, positions, M, max_len, C, NH);

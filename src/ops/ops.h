@@ -190,12 +190,14 @@ class Backend {
   // attention_forward: q | k | v, each C wide). Rows with positions[m] < 0 are skipped.
   virtual void kv_cache_write(float* kcache, float* vcache, const float* qkv, const int32_t* slots,
                               const int32_t* positions, int M, int max_len, int C) = 0;
-  // Attention of row m's query (the q part of qkv[m,:]) over its slot's cached keys and
-  // values 0..positions[m] (inclusive: write the row's own k,v first). Per head h, with
-  // hs = C/NH and scale 1/√hs: out[m,h] = Σ_t softmax_t(scale·q_h·k_h[t])·v_h[t].
-  virtual void attention_decode(float* out, const float* qkv, const float* kcache,
-                                const float* vcache, const int32_t* slots, const int32_t* positions,
-                                int M, int max_len, int C, int NH) = 0;
+  // One decode step's attention: appends row m's k and v (of qkv[m,:]) to its slot at
+  // positions[m], as kv_cache_write, then attends with its query (the q part) over the
+  // slot's keys and values 0..positions[m]. Per head h, with hs = C/NH and scale 1/√hs:
+  // out[m,h] = Σ_t softmax_t(scale·q_h·k_h[t])·v_h[t]. Rows must have distinct slots (a
+  // row reads only what it and earlier steps wrote), so no kernel waits for another row.
+  virtual void attention_decode(float* out, const float* qkv, float* kcache, float* vcache,
+                                const int32_t* slots, const int32_t* positions, int M, int max_len,
+                                int C, int NH) = 0;
 
   // Draws one token from each row of logits [M, Vp] (the first V columns only), so that
   // only M ids and log-probs leave the device:

@@ -54,7 +54,7 @@ void embedding_forward_at(float* out, const int32_t* tokens, const int32_t* posi
                           const float* wte, const float* wpe, int M, int C);
 void kv_cache_write(float* kcache, float* vcache, const float* qkv, const int32_t* slots,
                     const int32_t* positions, int M, int max_len, int C);
-void attention_decode(float* out, const float* qkv, const float* kcache, const float* vcache,
+void attention_decode(float* out, const float* qkv, float* kcache, float* vcache,
                       const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
                       int NH);
 void sample_rows(int32_t* tokens, float* logprobs, const float* logits, const uint64_t* seeds,

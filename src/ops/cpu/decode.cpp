@@ -3,7 +3,8 @@
 //
 //   embedding_forward_at: out[m,:] = wte[tokens[m],:] + wpe[positions[m],:]
 //   kv_cache_write:       K[slots[m], positions[m], :] = k(qkv[m]),  V[...] = v(qkv[m])
-//   attention_decode:     per head h (hs = C/NH, scale = 1/√hs), over t = 0..positions[m]:
+//   attention_decode:     kv_cache_write of the rows (distinct slots), then
+//                         per head h (hs = C/NH, scale = 1/√hs), over t = 0..positions[m]:
 //                           s[t] = scale·q_h·K[slot, t, h],  p = softmax(s) (max-subtracted),
 //                           out[m,h] = Σ_t p[t]·V[slot, t, h]
 //   sample_rows:          tokens[m] = argmax_v logits[m,v]/T + G(seeds[m], v) (Gumbel-max),
@@ -47,13 +48,19 @@ void kv_cache_write(float* kcache, float* vcache, const float* qkv, const int32_
   }
 }
 
-void attention_decode(float* out, const float* qkv, const float* kcache, const float* vcache,
+void attention_decode(float* out, const float* qkv, float* kcache, float* vcache,
                       const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
                       int NH) {
   HH_CHECK(NH > 0 && C % NH == 0, "attention_decode: width C=", C, " is not a multiple of NH=", NH);
   for (int m = 0; m < M; m++)
     HH_CHECK(positions[m] >= 0 && positions[m] < max_len && slots[m] >= 0, "attention_decode: row ",
              m, " has slot ", slots[m], " and position ", positions[m], " (max_len ", max_len, ")");
+  std::vector<int32_t> sorted(slots, slots + M);
+  std::sort(sorted.begin(), sorted.end());
+  const auto twice = std::adjacent_find(sorted.begin(), sorted.end());
+  HH_CHECK(twice == sorted.end(), "attention_decode: slot ", twice == sorted.end() ? 0 : *twice,
+           " has two rows (each row appends to its own slot)");
+  kv_cache_write(kcache, vcache, qkv, slots, positions, M, max_len, C);
   const int hs = C / NH;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
 #pragma omp parallel
