@@ -6,6 +6,8 @@
 // Environment switches, read when the backend is made:
 //   HH_CUDA_TF32=0  exact fp32 matmuls (default 1: TF32 tensor cores)
 //   HH_CUDA_LT=0    plain cublasSgemm + bias kernel instead of the cuBLASLt bias epilogue
+//   HH_CUDA_LT_TUNE=1 cuBLASLt plans time the heuristic's candidates and keep the fastest;
+//                   forward products without a bias take cuBLASLt too (matmul.cu)
 //   HH_CUDA_FLASH=1 fused flash-style attention (no tensor cores; the default runs the
 //                   attention products through cuBLAS; both save only the log-sum-exp)
 //   HH_CUDA_FLASH=2 fused flash attention on TF32 tensor cores (attention_flash_tc.cu;
@@ -23,6 +25,9 @@
 //                   kernels with the most time, printed to stderr when the backend goes
 //   HH_CUDA_FAST_DECODE=0 the thread-per-key attention_decode and the plain Gumbel
 //                   sampler (default: warp-parallel attention_decode, pruned sampler)
+//   HH_CUDA_PDL=1   programmatic dependent launch (sm_90+) for the kernels of a decode step
+//                   that are ours (LayerNorm, GELU, embedding, attention_decode, sampler;
+//                   common.cuh's launch())
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -92,6 +97,7 @@ class CudaBackend : public Backend {
       ctx_.attn_blocks = std::atoi(blocks);
     ctx_.fuse = env_flag("HH_CUDA_FUSE", true);
     ctx_.fast_decode = env_flag("HH_CUDA_FAST_DECODE", true);
+    ctx_.pdl = env_flag("HH_CUDA_PDL", false) && prop.major >= 9;
     graphs_ = env_flag("HH_CUDA_GRAPHS", true);
     if (const char* top = std::getenv("HH_CUDA_KERNEL_TIMES"); top && std::atoi(top) > 0) {
       const std::string why_not = kernel_times_start();

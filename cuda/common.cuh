@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <utility>
 
 #include "core/error.h"
 
@@ -55,6 +56,7 @@ struct Context {
   int attn_blocks = 0;      // HH_CUDA_ATTN_BLOCKS: causal row blocks in attention.cu (0: by T)
   bool fuse = true;         // HH_CUDA_FUSE=0: residual add and cross-entropy backward unfused
   bool fast_decode = true;  // HH_CUDA_FAST_DECODE=0: the plain decode attention and sampler
+  bool pdl = false;         // HH_CUDA_PDL=1: launch() uses programmatic dependent launch
   int num_sms = 1;
   size_t max_shared_optin = 48 * 1024;  // shared memory a block may opt in to (bytes)
 
@@ -78,6 +80,42 @@ struct Context {
     return scratch_ptr;
   }
 };
+
+// Programmatic dependent launch (Hopper, HH_CUDA_PDL=1): a kernel started with launch() may
+// be scheduled while the kernel before it on the stream is still finishing, so its launch
+// latency hides behind that kernel's tail (inside CUDA graphs too). Such a kernel must call
+// wait_for_previous_kernel() before it touches memory: it returns once the previous kernel
+// has completed and its writes are visible (no kernel here signals completion early), so
+// the order is the stream's. Without the attribute, or before sm_90, the wait is a no-op.
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, shared_bytes, ctx.stream>>>(args...), with the programmatic
+// stream-serialization attribute when ctx.pdl. For kernels that begin with
+// wait_for_previous_kernel() only.
+template <typename... Params, typename... Args>
+void launch(const Context& ctx, void (*kernel)(Params...), dim3 grid, dim3 block,
+            size_t shared_bytes, Args&&... args) {
+  if (!ctx.pdl) {
+    kernel<<<grid, block, shared_bytes, ctx.stream>>>(std::forward<Args>(args)...);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = ctx.stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...));
+}
 
 // Rounds a byte count up to 256 so pieces carved out of scratch stay aligned.
 inline size_t align256(size_t bytes) { return (bytes + 255) & ~size_t(255); }

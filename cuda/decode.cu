@@ -56,6 +56,7 @@ constexpr int kDecodeThreads = 128;
 __global__ void embedding_forward_at_kernel(float* out, const int32_t* tokens,
                                             const int32_t* positions, const float* wte,
                                             const float* wpe, int M, int C) {
+  wait_for_previous_kernel();  // launched with launch(): see common.cuh
   const size_t total = static_cast<size_t>(M) * C;
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < total;
        i += size_t(gridDim.x) * blockDim.x) {
@@ -115,6 +116,7 @@ __device__ float block_max(float x, float* shared) {
 __global__ void attention_decode_kernel(float* out, const float* qkv, float* kcache, float* vcache,
                                         const int32_t* slots, const int32_t* positions, int max_len,
                                         int C, int NH, float scale) {
+  wait_for_previous_kernel();  // launched with launch(): see common.cuh
   extern __shared__ float shared[];
   __shared__ float reduce[32];
   const int m = blockIdx.x, h = blockIdx.y;
@@ -239,6 +241,7 @@ __global__ void __launch_bounds__(kFastDecodeWarps * 32)
                                   float* kcache, float* vcache, const int32_t* slots,
                                   const int32_t* positions, int max_len, int C, int NH,
                                   float scale) {
+  wait_for_previous_kernel();  // launched with launch(): see common.cuh
   constexpr int W = kFastDecodeWarps;
   constexpr int kUnroll = D <= 2 ? 4 : 2;  // keys in flight per warp (4 for hs ≤ 64; 2: no spills)
   extern __shared__ float shared[];
@@ -359,6 +362,7 @@ constexpr int kSampleThreads = 512;
 // grid M, block kSampleThreads.
 __global__ void sample_rows_kernel(int32_t* tokens, float* logprobs, const float* logits,
                                    const uint64_t* seeds, float temperature, int V, int Vp) {
+  wait_for_previous_kernel();  // launched with launch(): see common.cuh
   __shared__ float s_score[kSampleThreads / 32], s_max[kSampleThreads / 32],
       s_sum[kSampleThreads / 32];
   __shared__ int s_best[kSampleThreads / 32];
@@ -448,6 +452,7 @@ constexpr int kSampleWarps = kSampleThreads / 32;
 __global__ void __launch_bounds__(kSampleThreads)
     sample_rows_pruned_kernel(int32_t* tokens, float* logprobs, const float* __restrict__ logits,
                               const uint64_t* seeds, float temperature, int V, int Vp) {
+  wait_for_previous_kernel();  // launched with launch(): see common.cuh
   __shared__ float s_score[kSampleWarps], s_max[kSampleWarps], s_sum[kSampleWarps];
   __shared__ int s_best[kSampleWarps], s_arg[kSampleWarps];
   __shared__ int s_queue[kSampleWarps][64];  // < 32 left over + 32 new
@@ -575,22 +580,17 @@ void sample_rows(Context& ctx, int32_t* tokens, float* logprobs, const float* lo
   if (M <= 0) return;
   HH_CHECK(V >= 1 && V <= Vp, "sample_rows: V=", V, " must be in [1, Vp=", Vp, "]");
   HH_CHECK(temperature >= 0.0f, "sample_rows: temperature must be >= 0, got ", temperature);
-  if (ctx.fast_decode && temperature > 0.0f)
-    sample_rows_pruned_kernel<<<M, kSampleThreads, 0, ctx.stream>>>(tokens, logprobs, logits, seeds,
-                                                                    temperature, V, Vp);
-  else
-    sample_rows_kernel<<<M, kSampleThreads, 0, ctx.stream>>>(tokens, logprobs, logits, seeds,
-                                                             temperature, V, Vp);
-  CUDA_CHECK_LAUNCH();
+  launch(ctx,
+         ctx.fast_decode && temperature > 0.0f ? sample_rows_pruned_kernel : sample_rows_kernel, M,
+         kSampleThreads, 0, tokens, logprobs, logits, seeds, temperature, V, Vp);
 }
 
 void embedding_forward_at(Context& ctx, float* out, const int32_t* tokens, const int32_t* positions,
                           const float* wte, const float* wpe, int M, int C) {
   const size_t total = static_cast<size_t>(M) * C;
   if (total == 0) return;
-  embedding_forward_at_kernel<<<grid_for(total, 256, ctx), 256, 0, ctx.stream>>>(
-      out, tokens, positions, wte, wpe, M, C);
-  CUDA_CHECK_LAUNCH();
+  launch(ctx, embedding_forward_at_kernel, grid_for(total, 256, ctx), 256, 0, out, tokens,
+         positions, wte, wpe, M, C);
 }
 
 void kv_cache_write(Context& ctx, float* kcache, float* vcache, const float* qkv,
@@ -609,17 +609,11 @@ void launch_attention_decode_warps(Context& ctx, bool pairs, dim3 grid, size_t s
                                    float* out, const float* qkv, float* kcache, float* vcache,
                                    const int32_t* slots, const int32_t* positions, int max_len,
                                    int C, int NH, float scale) {
-  if constexpr (D % 2 == 0) {
-    if (pairs) {
-      attention_decode_warps_kernel<D, true>
-          <<<grid, kFastDecodeWarps * 32, shared_bytes, ctx.stream>>>(
-              out, qkv, kcache, vcache, slots, positions, max_len, C, NH, scale);
-      return;
-    }
-  }
-  attention_decode_warps_kernel<D, false>
-      <<<grid, kFastDecodeWarps * 32, shared_bytes, ctx.stream>>>(out, qkv, kcache, vcache, slots,
-                                                                  positions, max_len, C, NH, scale);
+  auto* kernel = attention_decode_warps_kernel<D, false>;
+  if constexpr (D % 2 == 0)
+    if (pairs) kernel = attention_decode_warps_kernel<D, true>;
+  launch(ctx, kernel, grid, kFastDecodeWarps * 32, shared_bytes, out, qkv, kcache, vcache, slots,
+         positions, max_len, C, NH, scale);
 }
 
 bool aligned8(const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; }
@@ -655,7 +649,6 @@ void attention_decode_fast(Context& ctx, float* out, const float* qkv, float* kc
       HH_FAIL("attention_decode: head size ", hs, " needs ", dims,
               " dimensions per lane, more than ", kFastDecodeMaxDims);
   }
-  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -675,9 +668,8 @@ void attention_decode(Context& ctx, float* out, const float* qkv, float* kcache,
   HH_CHECK(shared_bytes + 32 * sizeof(float) <= 48 * 1024, "attention_decode: max_len ", max_len,
            " + head size ", hs, " floats exceed the 48 KiB of shared memory per block");
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  attention_decode_kernel<<<dim3(M, NH), kDecodeThreads, shared_bytes, ctx.stream>>>(
-      out, qkv, kcache, vcache, slots, positions, max_len, C, NH, scale);
-  CUDA_CHECK_LAUNCH();
+  launch(ctx, attention_decode_kernel, dim3(M, NH), kDecodeThreads, shared_bytes, out, qkv, kcache,
+         vcache, slots, positions, max_len, C, NH, scale);
 }
 
 }  // namespace hh::cuda

@@ -36,6 +36,7 @@ __device__ __forceinline__ float accurate_tanh(float x) {
 }
 
 __global__ void gelu_forward_kernel(float* out, const float* inp, size_t n) {
+  wait_for_previous_kernel();  // launched with launch(): see common.cuh
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
        i += size_t(gridDim.x) * blockDim.x) {
     const float x = inp[i];
@@ -61,8 +62,7 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
 
 void gelu_forward(Context& ctx, float* out, const float* inp, size_t n) {
   if (n == 0) return;
-  gelu_forward_kernel<<<grid_for(n, 256, ctx), 256, 0, ctx.stream>>>(out, inp, n);
-  CUDA_CHECK_LAUNCH();
+  launch(ctx, gelu_forward_kernel, grid_for(n, 256, ctx), 256, 0, out, inp, n);
 }
 
 void gelu_backward(Context& ctx, float* dinp, const float* inp, const float* dout, size_t n) {

@@ -16,6 +16,7 @@ constexpr int kWarpsPerBlock = 8;
 
 __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
                                          const float* weight, const float* bias, int N, int C) {
+  wait_for_previous_kernel();  // launched with launch(): see common.cuh
   const int lane = threadIdx.x % 32;
   const int row = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
   if (row >= N) return;
@@ -91,9 +92,8 @@ struct Dout {
 void layernorm_forward(Context& ctx, float* out, float* mean, float* rstd, const float* inp,
                        const float* weight, const float* bias, int N, int C) {
   if (N <= 0 || C <= 0) return;
-  layernorm_forward_kernel<<<ceil_div(N, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, ctx.stream>>>(
-      out, mean, rstd, inp, weight, bias, N, C);
-  CUDA_CHECK_LAUNCH();
+  launch(ctx, layernorm_forward_kernel, ceil_div(N, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, out,
+         mean, rstd, inp, weight, bias, N, C);
 }
 
 void layernorm_backward(Context& ctx, float* dinp, float* dweight, float* dbias, const float* dout,

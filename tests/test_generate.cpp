@@ -377,6 +377,48 @@ TEST_F(GenerateTest, CudaGraphsMatchEagerBitForBit) {
 #endif
 }
 
+// HH_CUDA_PDL=1 (programmatic dependent launch of our decode-step kernels, in graphs and
+// eagerly) changes when kernels start, never what they compute: the same bits as plain
+// launches, sampling on the device and on the host.
+TEST_F(GenerateTest, CudaPdlMatchesPlainLaunches) {
+#ifdef HH_WITH_CUDA
+  if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+  const char* saved = std::getenv("HH_CUDA_PDL");
+  const std::string saved_value = saved ? saved : "";
+  std::unique_ptr<Backend> be[2];  // [0] plain launches, [1] PDL
+  for (int p = 0; p < 2; p++) {
+    setenv("HH_CUDA_PDL", p ? "1" : "0", 1);
+    be[p] = make_backend("cuda");
+  }
+  if (saved)
+    setenv("HH_CUDA_PDL", saved_value.c_str(), 1);
+  else
+    unsetenv("HH_CUDA_PDL");
+  std::vector<std::unique_ptr<GPT>> models;
+  std::vector<std::unique_ptr<Generator>> gens;
+  for (int p = 0; p < 2; p++) {
+    models.push_back(std::make_unique<GPT>(*be[p], model_.config(), false));
+    for (const ParamTensor& t : model_.param_tensors())
+      models[p]->set_param(t.name, model_.get_param(t.name));
+    gens.push_back(std::make_unique<Generator>(*models[p], tok_));
+  }
+  Rng rng(23);
+  SamplingOptions host = staggered_stops(7);
+  host.top_k = 20;
+  for (const SamplingOptions& opt : {staggered_stops(6), host}) {
+    const auto prompts = random_prompts(rng, 9, tok_.vocab_size());
+    const auto want = gens[0]->generate(prompts, opt);
+    const auto got = gens[1]->generate(prompts, opt);
+    for (size_t b = 0; b < prompts.size(); b++) {
+      EXPECT_EQ(got[b].generated_ids, want[b].generated_ids) << "sequence " << b;
+      EXPECT_EQ(got[b].generated_logprobs, want[b].generated_logprobs) << "sequence " << b;
+    }
+  }
+#else
+  GTEST_SKIP() << "hh was built without CUDA";
+#endif
+}
+
 TEST_F(GenerateTest, DecodeRejectsBadInput) {
   Generator gen(model_, tok_);
   gen.prefill({{1, 2, 3}, {4}}, 8);
