@@ -25,6 +25,8 @@
 //                   kernels with the most time, printed to stderr when the backend goes
 //   HH_CUDA_FAST_DECODE=0 the thread-per-key attention_decode and the plain Gumbel
 //                   sampler (default: warp-parallel attention_decode, pruned sampler)
+//   HH_CUDA_KV_HALF=1 with TF32 on: the KV cache stores fp16 (half the bytes attention_decode
+//                   reads per step; decode.cu)
 //   HH_CUDA_PDL=1   programmatic dependent launch (sm_90+) for the kernels of a decode step
 //                   that are ours (LayerNorm, GELU, embedding, attention_decode, sampler;
 //                   common.cuh's launch())
@@ -98,6 +100,7 @@ class CudaBackend : public Backend {
     ctx_.fuse = env_flag("HH_CUDA_FUSE", true);
     ctx_.fast_decode = env_flag("HH_CUDA_FAST_DECODE", true);
     ctx_.pdl = env_flag("HH_CUDA_PDL", false) && prop.major >= 9;
+    ctx_.kv_half = env_flag("HH_CUDA_KV_HALF", false) && ctx_.tf32;
     graphs_ = env_flag("HH_CUDA_GRAPHS", true);
     if (const char* top = std::getenv("HH_CUDA_KERNEL_TIMES"); top && std::atoi(top) > 0) {
       const std::string why_not = kernel_times_start();
@@ -366,11 +369,12 @@ class CudaBackend : public Backend {
                             const float* wte, const float* wpe, int M, int C) override {
     cuda::embedding_forward_at(ctx_, out, tokens, positions, wte, wpe, M, C);
   }
-  void kv_cache_write(float* kcache, float* vcache, const float* qkv, const int32_t* slots,
+  size_t kv_value_bytes() const override { return ctx_.kv_half ? 2 : sizeof(float); }
+  void kv_cache_write(void* kcache, void* vcache, const float* qkv, const int32_t* slots,
                       const int32_t* positions, int M, int max_len, int C) override {
     cuda::kv_cache_write(ctx_, kcache, vcache, qkv, slots, positions, M, max_len, C);
   }
-  void attention_decode(float* out, const float* qkv, float* kcache, float* vcache,
+  void attention_decode(float* out, const float* qkv, void* kcache, void* vcache,
                         const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
                         int NH) override {
     cuda::attention_decode(ctx_, out, qkv, kcache, vcache, slots, positions, M, max_len, C, NH);

@@ -72,9 +72,9 @@ void scatter_add_rows(Context& ctx, float* dinp, const float* dout, const int32_
 // decode.cu (generation with a KV cache)
 void embedding_forward_at(Context& ctx, float* out, const int32_t* tokens, const int32_t* positions,
                           const float* wte, const float* wpe, int M, int C);
-void kv_cache_write(Context& ctx, float* kcache, float* vcache, const float* qkv,
+void kv_cache_write(Context& ctx, void* kcache, void* vcache, const float* qkv,
                     const int32_t* slots, const int32_t* positions, int M, int max_len, int C);
-void attention_decode(Context& ctx, float* out, const float* qkv, float* kcache, float* vcache,
+void attention_decode(Context& ctx, float* out, const float* qkv, void* kcache, void* vcache,
                       const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
                       int NH);
 void sample_rows(Context& ctx, int32_t* tokens, float* logprobs, const float* logits,

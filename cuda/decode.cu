@@ -11,6 +11,10 @@
 //   sample_rows:          tokens[m] = argmax_v logits[m,v]/T + G(seeds[m], v) (Gumbel-max),
 //                         logprobs[m] = log softmax(logits[m,:V])[tokens[m]]; see ops.h
 //
+// The cache holds float, or fp16 under ctx.kv_half (HH_CUDA_KV_HALF=1 with TF32): the
+// kernels are templates on the stored type T, load through kv_load/kv_load2 (half2 pairs)
+// and store through kv_store (round to nearest); all arithmetic stays fp32.
+//
 // Two variants of attention_decode and sample_rows; ctx.fast_decode (default; off with
 // HH_CUDA_FAST_DECODE=0) picks the second where it applies (head size up to
 // 32·kFastDecodeMaxDims; temperature > 0). On an H100 (124M, batch 64) it took generation
@@ -43,6 +47,8 @@
 //   are dropped only when their score is strictly below a score that exists, so the
 //   argmax with ties to the smallest index is the default kernel's; see
 //   sample_rows_pruned_kernel for the bounds.
+#include <cuda_fp16.h>
+
 #include <cmath>
 
 #include "common.cuh"
@@ -52,6 +58,19 @@ namespace hh::cuda {
 namespace {
 
 constexpr int kDecodeThreads = 128;
+
+// The cache's values: float, or fp16 under ctx.kv_half (stored rounded to nearest, read
+// back exactly; every product and sum stays in fp32).
+__device__ __forceinline__ float kv_load(const float* p) { return *p; }
+__device__ __forceinline__ float kv_load(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ float2 kv_load2(const float* p) {
+  return *reinterpret_cast<const float2*>(p);
+}
+__device__ __forceinline__ float2 kv_load2(const __half* p) {
+  return __half22float2(*reinterpret_cast<const __half2*>(p));
+}
+__device__ __forceinline__ void kv_store(float* p, float x) { *p = x; }
+__device__ __forceinline__ void kv_store(__half* p, float x) { *p = __float2half_rn(x); }
 
 __global__ void embedding_forward_at_kernel(float* out, const int32_t* tokens,
                                             const int32_t* positions, const float* wte,
@@ -66,9 +85,9 @@ __global__ void embedding_forward_at_kernel(float* out, const int32_t* tokens,
   }
 }
 
-__global__ void kv_cache_write_kernel(float* kcache, float* vcache, const float* qkv,
-                                      const int32_t* slots, const int32_t* positions, int M,
-                                      int max_len, int C) {
+template <typename T>
+__global__ void kv_cache_write_kernel(T* kcache, T* vcache, const float* qkv, const int32_t* slots,
+                                      const int32_t* positions, int M, int max_len, int C) {
   const size_t total = static_cast<size_t>(M) * C;
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < total;
        i += size_t(gridDim.x) * blockDim.x) {
@@ -77,8 +96,8 @@ __global__ void kv_cache_write_kernel(float* kcache, float* vcache, const float*
     if (pos < 0) continue;
     const size_t at = (static_cast<size_t>(slots[m]) * max_len + pos) * C + c;
     const float* row = qkv + m * 3 * C;
-    kcache[at] = row[C + c];
-    vcache[at] = row[2 * C + c];
+    kv_store(kcache + at, row[C + c]);
+    kv_store(vcache + at, row[2 * C + c]);
   }
 }
 
@@ -87,15 +106,15 @@ __global__ void kv_cache_write_kernel(float* kcache, float* vcache, const float*
 // it visible to the whole block, the only reader of that slot in this step (distinct
 // slots). The cache pointers carry no __restrict__/const, so the compiler never routes
 // the block's later reads of them through the non-coherent read-only path.
-__device__ __forceinline__ void append_head_kv(float* kcache, float* vcache, const float* qkv,
-                                               size_t base, int m, int h, int hs, int C, int pos,
-                                               int max_len) {
+template <typename T>
+__device__ __forceinline__ void append_head_kv(T* kcache, T* vcache, const float* qkv, size_t base,
+                                               int m, int h, int hs, int C, int pos, int max_len) {
   if (pos >= 0 && pos < max_len) {
     const float* row = qkv + static_cast<size_t>(m) * 3 * C + static_cast<size_t>(h) * hs;
     const size_t at = base + static_cast<size_t>(pos) * C;
     for (int i = threadIdx.x; i < hs; i += blockDim.x) {
-      kcache[at + i] = row[C + i];
-      vcache[at + i] = row[2 * C + i];
+      kv_store(kcache + at + i, row[C + i]);
+      kv_store(vcache + at + i, row[2 * C + i]);
     }
   }
   __syncthreads();
@@ -113,7 +132,8 @@ __device__ float block_max(float x, float* shared) {
 }
 
 // grid (M, NH); dynamic shared memory: max_len scores + hs floats of q.
-__global__ void attention_decode_kernel(float* out, const float* qkv, float* kcache, float* vcache,
+template <typename T>
+__global__ void attention_decode_kernel(float* out, const float* qkv, T* kcache, T* vcache,
                                         const int32_t* slots, const int32_t* positions, int max_len,
                                         int C, int NH, float scale) {
   wait_for_previous_kernel();  // launched with launch(): see common.cuh
@@ -130,9 +150,9 @@ __global__ void attention_decode_kernel(float* out, const float* qkv, float* kca
   append_head_kv(kcache, vcache, qkv, base, m, h, hs, C, positions[m], max_len);  // + q[] sync
   float local_max = -INFINITY;
   for (int t = threadIdx.x; t < n; t += blockDim.x) {
-    const float* k = kcache + base + static_cast<size_t>(t) * C;
+    const T* k = kcache + base + static_cast<size_t>(t) * C;
     float dot = 0.0f;
-    for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+    for (int i = 0; i < hs; i++) dot += q[i] * kv_load(k + i);
     scores[t] = dot * scale;
     local_max = fmaxf(local_max, scores[t]);
   }
@@ -147,7 +167,8 @@ __global__ void attention_decode_kernel(float* out, const float* qkv, float* kca
   float* o = out + static_cast<size_t>(m) * C + static_cast<size_t>(h) * hs;
   for (int d = threadIdx.x; d < hs; d += blockDim.x) {
     float acc = 0.0f;
-    for (int t = 0; t < n; t++) acc += scores[t] * vcache[base + static_cast<size_t>(t) * C + d];
+    for (int t = 0; t < n; t++)
+      acc += scores[t] * kv_load(vcache + base + static_cast<size_t>(t) * C + d);
     o[d] = acc * inv_sum;
   }
 }
@@ -157,19 +178,19 @@ constexpr int kFastDecodeWarps = 8;
 constexpr int kFastDecodeMaxDims = 8;  // dimensions per lane: head sizes up to 256
 
 // Lane `lane`'s dimensions of a head of size hs: d = lane + 32j for j < D (those ≥ hs are
-// absent: 0 in q, k and v, never stored); with kPairs (hs = 32·D, D even, 8-byte aligned
-// rows) the pairs d = 64(j/2) + 2·lane + (j%2), loaded as one float2.
+// absent: 0 in q, k and v, never stored); with kPairs (hs = 32·D, D even, rows aligned to
+// two values) the pairs d = 64(j/2) + 2·lane + (j%2), loaded as one float2 (or half2).
 template <int D, bool kPairs>
 __device__ __forceinline__ int lane_dim(int lane, int j) {
   return kPairs ? 64 * (j / 2) + 2 * lane + (j % 2) : lane + 32 * j;
 }
 
-template <int D, bool kPairs>
-__device__ __forceinline__ void load_dims(float (&dst)[D], const float* src, int lane, int hs) {
+template <int D, bool kPairs, typename T>
+__device__ __forceinline__ void load_dims(float (&dst)[D], const T* src, int lane, int hs) {
   if constexpr (kPairs) {
 #pragma unroll
     for (int j = 0; j < D; j += 2) {
-      const float2 pair = *reinterpret_cast<const float2*>(src + lane_dim<D, kPairs>(lane, j));
+      const float2 pair = kv_load2(src + lane_dim<D, kPairs>(lane, j));
       dst[j] = pair.x;
       dst[j + 1] = pair.y;
     }
@@ -177,15 +198,15 @@ __device__ __forceinline__ void load_dims(float (&dst)[D], const float* src, int
 #pragma unroll
     for (int j = 0; j < D; j++) {
       const int d = lane_dim<D, kPairs>(lane, j);
-      dst[j] = d < hs ? src[d] : 0.0f;
+      dst[j] = d < hs ? kv_load(src + d) : 0.0f;
     }
   }
 }
 
 // U keys of one warp, t, t + stride, ..., t + (U−1)·stride (all < n): loads first, then U
 // interleaved shuffle reductions, then one online-softmax step over the U scores in order.
-template <int U, int D, bool kPairs>
-__device__ __forceinline__ void decode_keys(const float* kbase, const float* vbase, size_t C, int t,
+template <int U, int D, bool kPairs, typename T>
+__device__ __forceinline__ void decode_keys(const T* kbase, const T* vbase, size_t C, int t,
                                             int stride, const float (&q)[D], float (&acc)[D],
                                             float& run_max, float& run_sum, float scale, int lane,
                                             int hs) {
@@ -235,12 +256,11 @@ __device__ __forceinline__ void decode_keys(const float* kbase, const float* vba
 
 // grid (M, NH), block kFastDecodeWarps·32; dynamic shared memory: kFastDecodeWarps·(hs + 2)
 // floats. D = ⌈hs/32⌉ dimensions per lane.
-template <int D, bool kPairs>
+template <int D, bool kPairs, typename T>
 __global__ void __launch_bounds__(kFastDecodeWarps * 32)
-    attention_decode_warps_kernel(float* __restrict__ out, const float* __restrict__ qkv,
-                                  float* kcache, float* vcache, const int32_t* slots,
-                                  const int32_t* positions, int max_len, int C, int NH,
-                                  float scale) {
+    attention_decode_warps_kernel(float* __restrict__ out, const float* __restrict__ qkv, T* kcache,
+                                  T* vcache, const int32_t* slots, const int32_t* positions,
+                                  int max_len, int C, int NH, float scale) {
   wait_for_previous_kernel();  // launched with launch(): see common.cuh
   constexpr int W = kFastDecodeWarps;
   constexpr int kUnroll = D <= 2 ? 4 : 2;  // keys in flight per warp (4 for hs ≤ 64; 2: no spills)
@@ -256,8 +276,8 @@ __global__ void __launch_bounds__(kFastDecodeWarps * 32)
   const int n = min(positions[m], max_len - 1) + 1;
   const size_t base = static_cast<size_t>(slots[m]) * max_len * C + static_cast<size_t>(h) * hs;
   append_head_kv(kcache, vcache, qkv, base, m, h, hs, C, positions[m], max_len);
-  const float* kbase = kcache + base;
-  const float* vbase = vcache + base;
+  const T* kbase = kcache + base;
+  const T* vbase = vcache + base;
   float q[D], acc[D];
   load_dims<D, kPairs>(q, qkv + static_cast<size_t>(m) * 3 * C + static_cast<size_t>(h) * hs, lane,
                        hs);
@@ -593,48 +613,58 @@ void embedding_forward_at(Context& ctx, float* out, const int32_t* tokens, const
          positions, wte, wpe, M, C);
 }
 
-void kv_cache_write(Context& ctx, float* kcache, float* vcache, const float* qkv,
+void kv_cache_write(Context& ctx, void* kcache, void* vcache, const float* qkv,
                     const int32_t* slots, const int32_t* positions, int M, int max_len, int C) {
   const size_t total = static_cast<size_t>(M) * C;
   if (total == 0) return;
-  kv_cache_write_kernel<<<grid_for(total, 256, ctx), 256, 0, ctx.stream>>>(
-      kcache, vcache, qkv, slots, positions, M, max_len, C);
+  const int blocks = grid_for(total, 256, ctx);
+  if (ctx.kv_half)
+    kv_cache_write_kernel<<<blocks, 256, 0, ctx.stream>>>(static_cast<__half*>(kcache),
+                                                          static_cast<__half*>(vcache), qkv, slots,
+                                                          positions, M, max_len, C);
+  else
+    kv_cache_write_kernel<<<blocks, 256, 0, ctx.stream>>>(static_cast<float*>(kcache),
+                                                          static_cast<float*>(vcache), qkv, slots,
+                                                          positions, M, max_len, C);
   CUDA_CHECK_LAUNCH();
 }
 
 namespace {
 
-template <int D>
+template <int D, typename T>
 void launch_attention_decode_warps(Context& ctx, bool pairs, dim3 grid, size_t shared_bytes,
-                                   float* out, const float* qkv, float* kcache, float* vcache,
+                                   float* out, const float* qkv, T* kcache, T* vcache,
                                    const int32_t* slots, const int32_t* positions, int max_len,
                                    int C, int NH, float scale) {
-  auto* kernel = attention_decode_warps_kernel<D, false>;
+  auto* kernel = attention_decode_warps_kernel<D, false, T>;
   if constexpr (D % 2 == 0)
-    if (pairs) kernel = attention_decode_warps_kernel<D, true>;
+    if (pairs) kernel = attention_decode_warps_kernel<D, true, T>;
   launch(ctx, kernel, grid, kFastDecodeWarps * 32, shared_bytes, out, qkv, kcache, vcache, slots,
          positions, max_len, C, NH, scale);
 }
 
-bool aligned8(const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; }
+bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // The warp-parallel kernel for D = ⌈hs/32⌉ dimensions per lane (hs ≤ 32·kFastDecodeMaxDims).
-void attention_decode_fast(Context& ctx, float* out, const float* qkv, float* kcache, float* vcache,
+template <typename T>
+void attention_decode_fast(Context& ctx, float* out, const float* qkv, T* kcache, T* vcache,
                            const int32_t* slots, const int32_t* positions, int M, int max_len,
                            int C, int NH) {
   const int hs = C / NH;
   const int dims = (hs + 31) / 32;
-  // float2 pairs: hs a multiple of 64 makes every row offset (m·3C + h·hs, (slot·max_len +
-  // t)·C + h·hs) even; the base pointers must be 8-byte aligned too.
-  const bool pairs = hs % 64 == 0 && aligned8(qkv) && aligned8(kcache) && aligned8(vcache);
+  // Pairs: hs a multiple of 64 makes every row offset (m·3C + h·hs, (slot·max_len + t)·C +
+  // h·hs) even; the base pointers must be aligned to two values too (float2 for q, float2
+  // or half2 for the cache).
+  const bool pairs = hs % 64 == 0 && aligned(qkv, 2 * sizeof(float)) &&
+                     aligned(kcache, 2 * sizeof(T)) && aligned(vcache, 2 * sizeof(T));
   const size_t shared_bytes = sizeof(float) * kFastDecodeWarps * (static_cast<size_t>(hs) + 2);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const dim3 grid(M, NH);
   switch (dims) {
-#define HH_DECODE_CASE(D)                                                                      \
-  case D:                                                                                      \
-    launch_attention_decode_warps<D>(ctx, pairs, grid, shared_bytes, out, qkv, kcache, vcache, \
-                                     slots, positions, max_len, C, NH, scale);                 \
+#define HH_DECODE_CASE(D)                                                                         \
+  case D:                                                                                         \
+    launch_attention_decode_warps<D, T>(ctx, pairs, grid, shared_bytes, out, qkv, kcache, vcache, \
+                                        slots, positions, max_len, C, NH, scale);                 \
     break;
     HH_DECODE_CASE(1)
     HH_DECODE_CASE(2)
@@ -651,13 +681,10 @@ void attention_decode_fast(Context& ctx, float* out, const float* qkv, float* kc
   }
 }
 
-}  // namespace
-
-void attention_decode(Context& ctx, float* out, const float* qkv, float* kcache, float* vcache,
-                      const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
-                      int NH) {
-  if (M <= 0) return;
-  HH_CHECK(NH > 0 && C % NH == 0, "attention_decode: width C=", C, " is not a multiple of NH=", NH);
+template <typename T>
+void attention_decode_as(Context& ctx, float* out, const float* qkv, T* kcache, T* vcache,
+                         const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
+                         int NH) {
   const int hs = C / NH;
   if (ctx.fast_decode && hs >= 1 && hs <= 32 * kFastDecodeMaxDims) {
     attention_decode_fast(ctx, out, qkv, kcache, vcache, slots, positions, M, max_len, C, NH);
@@ -668,8 +695,23 @@ void attention_decode(Context& ctx, float* out, const float* qkv, float* kcache,
   HH_CHECK(shared_bytes + 32 * sizeof(float) <= 48 * 1024, "attention_decode: max_len ", max_len,
            " + head size ", hs, " floats exceed the 48 KiB of shared memory per block");
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  launch(ctx, attention_decode_kernel, dim3(M, NH), kDecodeThreads, shared_bytes, out, qkv, kcache,
-         vcache, slots, positions, max_len, C, NH, scale);
+  launch(ctx, attention_decode_kernel<T>, dim3(M, NH), kDecodeThreads, shared_bytes, out, qkv,
+         kcache, vcache, slots, positions, max_len, C, NH, scale);
+}
+
+}  // namespace
+
+void attention_decode(Context& ctx, float* out, const float* qkv, void* kcache, void* vcache,
+                      const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
+                      int NH) {
+  if (M <= 0) return;
+  HH_CHECK(NH > 0 && C % NH == 0, "attention_decode: width C=", C, " is not a multiple of NH=", NH);
+  if (ctx.kv_half)
+    attention_decode_as(ctx, out, qkv, static_cast<__half*>(kcache), static_cast<__half*>(vcache),
+                        slots, positions, M, max_len, C, NH);
+  else
+    attention_decode_as(ctx, out, qkv, static_cast<float*>(kcache), static_cast<float*>(vcache),
+                        slots, positions, M, max_len, C, NH);
 }
 
 }  // namespace hh::cuda

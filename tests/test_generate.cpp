@@ -196,6 +196,22 @@ TEST_F(GenerateTest, CudaDecodingMatchesCpu) {
     EXPECT_EQ(s1[i].generated_ids, s2[i].generated_ids);
     for (int32_t id : s1[i].generated_ids) EXPECT_LT(id, tok_.vocab_size());
   }
+  // HH_CUDA_KV_HALF=1: an fp16 cache rounds k and v to TF32's 10 mantissa bits once more
+  // (the prefill's attention products already round them so), so the decoded logits get
+  // up to twice the TF32 allowance against the full forward.
+  const char* saved = std::getenv("HH_CUDA_KV_HALF");
+  const std::string saved_value = saved ? saved : "";
+  setenv("HH_CUDA_KV_HALF", "1", 1);
+  auto half = make_backend("cuda");
+  if (saved)
+    setenv("HH_CUDA_KV_HALF", saved_value.c_str(), 1);
+  else
+    unsetenv("HH_CUDA_KV_HALF");
+  ASSERT_EQ(half->kv_value_bytes(), 2u);
+  GPT half_model(*half, model_.config(), false);
+  for (const ParamTensor& t : model_.param_tensors())
+    half_model.set_param(t.name, model_.get_param(t.name));
+  check_cache_matches_full_recompute(half_model, tok_, 4e-3);
 #else
   GTEST_SKIP() << "hh was built without CUDA";
 #endif

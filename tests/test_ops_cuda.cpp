@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -108,6 +109,7 @@ void set_cuda_env(bool tf32, bool lt, int flash = 0, bool fuse = true, bool fast
   setenv("HH_CUDA_FUSE", fuse ? "1" : "0", 1);
   setenv("HH_CUDA_FAST_DECODE", fast_decode ? "1" : "0", 1);
   setenv("HH_CUDA_LT_TUNE", "0", 1);
+  setenv("HH_CUDA_KV_HALF", "0", 1);
 }
 
 class CudaParity : public ::testing::Test {
@@ -972,6 +974,107 @@ TEST_F(CudaParity, DecodeWithKvCache) {
     expect_close(ref, download(*gpu, out_f), kExact, tag);
     EXPECT_EQ(download(*gpu, k_f), k_after) << tag << ": appended keys";
     EXPECT_EQ(download(*gpu, v_f), v_after) << tag << ": appended values";
+  }
+}
+
+// fp16 bits of x, rounded to nearest even, for normal fp16 values (|x| in [2^-14, 65504]),
+// which is all the half-cache test below makes.
+uint16_t half_bits(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  const uint32_t sign = (b >> 16) & 0x8000u;
+  b &= 0x7fffffffu;
+  b += 0xfffu + ((b >> 13) & 1u);  // round the 13 dropped mantissa bits to nearest even
+  const uint32_t exponent = (b >> 23) - 127 + 15, mantissa = (b >> 13) & 0x3ffu;
+  return static_cast<uint16_t>(sign | (exponent << 10) | mantissa);
+}
+float half_value(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16, exponent = ((h >> 10) & 0x1fu) - 15 + 127;
+  const uint32_t b = sign | (exponent << 23) | ((h & 0x3ffu) << 13);
+  float x;
+  std::memcpy(&x, &b, sizeof(x));
+  return x;
+}
+
+// HH_CUDA_KV_HALF=1 (with TF32): the cache holds fp16. The CPU reference runs on the values
+// the GPU holds — the caches and the rows' k, v rounded to fp16 — so the outputs agree to
+// kExact (fp32 arithmetic on the same numbers), and the appended entries are the rounded
+// k, v bit for bit. Both kernels; hs 64 with half2 pairs, 48 and a misaligned 64 without.
+TEST_F(CudaParity, DecodeWithHalfKvCache) {
+  struct Case {
+    int C, NH, max_len, M, offset;
+  };
+  const Case cases[] = {{768, 12, 90, 16, 0}, {96, 2, 37, 5, 0}, {128, 2, 33, 4, 1}};
+  for (bool fast : {false, true}) {
+    set_cuda_env(/*tf32=*/true, /*lt=*/true, /*flash=*/0, /*fuse=*/true, fast);
+    setenv("HH_CUDA_KV_HALF", "1", 1);
+    auto gpu = hh::make_cuda_backend(0);
+    setenv("HH_CUDA_KV_HALF", "0", 1);
+    ASSERT_EQ(gpu->kv_value_bytes(), 2u);
+    uint32_t seed = 300;
+    for (const Case& c : cases) {
+      const int S = c.M + 2;
+      const std::string tag = std::string(" fast_decode=") + (fast ? "1" : "0") +
+                              " C=" + std::to_string(c.C) + " NH=" + std::to_string(c.NH) +
+                              " offset=" + std::to_string(c.offset);
+      // Magnitudes in [0.25, 1]: normal fp16 numbers, exactly representable after rounding.
+      auto normal = [&](size_t n) {
+        auto v = random_floats(n, seed++);
+        for (float& x : v) x = std::copysign(0.25f + 0.75f * std::fabs(x), x);
+        return v;
+      };
+      const size_t cache_n = static_cast<size_t>(S) * c.max_len * c.C;
+      auto qkv = normal(static_cast<size_t>(c.M) * 3 * c.C);
+      auto kc = normal(cache_n), vc = normal(cache_n);
+      std::vector<int32_t> slots(c.M), positions = random_ints(c.M, seed++, 0, c.max_len - 1);
+      for (int m = 0; m < c.M; m++) slots[m] = (m * 5 + 1) % S;  // distinct (S > M, 5 ∤ S)
+      positions[0] = 0;
+      positions[c.M - 1] = c.max_len - 1;
+      // The CPU's inputs: every cache value and the rows' k, v as the fp16 the GPU stores.
+      auto rounded = [](std::vector<float> v) {
+        for (float& x : v) x = half_value(half_bits(x));
+        return v;
+      };
+      std::vector<float> qkv_ref = qkv;
+      for (int m = 0; m < c.M; m++)
+        for (int i = c.C; i < 3 * c.C; i++) {
+          float& x = qkv_ref[static_cast<size_t>(m) * 3 * c.C + i];
+          x = half_value(half_bits(x));
+        }
+      auto k_c = upload(*cpu_, rounded(kc)), v_c = upload(*cpu_, rounded(vc));
+      auto qkv_c = upload(*cpu_, qkv_ref);
+      auto slots_c = upload(*cpu_, slots), pos_c = upload(*cpu_, positions);
+      hh::Buffer<float> out_c(*cpu_, static_cast<size_t>(c.M) * c.C);
+      cpu_->attention_decode(out_c.data(), qkv_c.data(), k_c.data(), v_c.data(), slots_c.data(),
+                             pos_c.data(), c.M, c.max_len, c.C, c.NH);
+      // The GPU's: fp16 caches (offset values in, so the pairs path is off when odd).
+      std::vector<uint16_t> kh(cache_n + c.offset, 0), vh(cache_n + c.offset, 0);
+      for (size_t i = 0; i < cache_n; i++) {
+        kh[i + c.offset] = half_bits(kc[i]);
+        vh[i + c.offset] = half_bits(vc[i]);
+      }
+      auto k_g = upload(*gpu, kh), v_g = upload(*gpu, vh);
+      auto qkv_g = upload(*gpu, qkv);
+      auto slots_g = upload(*gpu, slots), pos_g = upload(*gpu, positions);
+      hh::Buffer<float> out_g(*gpu, static_cast<size_t>(c.M) * c.C);
+      gpu->attention_decode(out_g.data(), qkv_g.data(), k_g.data() + c.offset,
+                            v_g.data() + c.offset, slots_g.data(), pos_g.data(), c.M, c.max_len,
+                            c.C, c.NH);
+      expect_close(download(*cpu_, out_c), download(*gpu, out_g), kExact,
+                   "attention_decode, fp16 cache" + tag);
+      const auto k_ref = download(*cpu_, k_c), v_ref = download(*cpu_, v_c);
+      const auto k_got = download(*gpu, k_g), v_got = download(*gpu, v_g);
+      size_t wrong = 0;
+      for (size_t i = 0; i < cache_n; i++)
+        wrong += (k_got[i + c.offset] != half_bits(k_ref[i])) +
+                 (v_got[i + c.offset] != half_bits(v_ref[i]));
+      EXPECT_EQ(wrong, 0u) << "fp16 caches after the append differ" << tag;
+      // kv_cache_write (prefill) stores the same rounding.
+      gpu->kv_cache_write(k_g.data() + c.offset, v_g.data() + c.offset, qkv_g.data(),
+                          slots_g.data(), pos_g.data(), c.M, c.max_len, c.C);
+      EXPECT_EQ(download(*gpu, k_g), k_got) << "kv_cache_write, fp16" << tag;
+      EXPECT_EQ(download(*gpu, v_g), v_got) << "kv_cache_write, fp16" << tag;
+    }
   }
 }
 

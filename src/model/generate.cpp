@@ -157,7 +157,9 @@ int32_t sample_token(const float* logits, int V, const SamplingOptions& options,
 // KVCache
 
 void KVCache::reserve(Backend& backend, int n_layer, int slots, int max_len, int C) {
-  const size_t floats = static_cast<size_t>(n_layer) * slots * max_len * C;
+  value_bytes_ = backend.kv_value_bytes();
+  const size_t values = static_cast<size_t>(n_layer) * slots * max_len * C;
+  const size_t floats = (values * value_bytes_ + sizeof(float) - 1) / sizeof(float);
   n_layer_ = n_layer;
   slots_ = slots;
   max_len_ = max_len;

@@ -90,10 +90,11 @@ using StreamCallback = std::function<void(int sequence, const std::string& piece
 class KVCache {
  public:
   KVCache() = default;
-  // (Re)allocates when the shape grows; contents are undefined until written.
+  // (Re)allocates when the shape grows; contents are undefined until written. Values are
+  // in the backend's cache format (Backend::kv_value_bytes() each).
   void reserve(Backend& backend, int n_layer, int slots, int max_len, int C);
-  float* keys(int layer) { return k_.data() + layer * layer_floats(); }
-  float* values(int layer) { return v_.data() + layer * layer_floats(); }
+  void* keys(int layer) { return reinterpret_cast<char*>(k_.data()) + layer * layer_bytes(); }
+  void* values(int layer) { return reinterpret_cast<char*>(v_.data()) + layer * layer_bytes(); }
   int slots() const { return slots_; }
   int max_len() const { return max_len_; }
   size_t bytes() const { return k_.bytes() + v_.bytes(); }
@@ -104,9 +105,10 @@ class KVCache {
   }
 
  private:
-  size_t layer_floats() const { return static_cast<size_t>(slots_) * max_len_ * C_; }
-  Buffer<float> k_, v_;
+  size_t layer_bytes() const { return static_cast<size_t>(slots_) * max_len_ * C_ * value_bytes_; }
+  Buffer<float> k_, v_;  // raw storage, sized in floats
   int n_layer_ = 0, slots_ = 0, max_len_ = 0, C_ = 0;
+  size_t value_bytes_ = sizeof(float);
 };
 
 class Generator {

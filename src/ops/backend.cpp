@@ -150,14 +150,16 @@ class CpuBackend final : public Backend {
                             const float* wte, const float* wpe, int M, int C) override {
     cpu::embedding_forward_at(out, tokens, positions, wte, wpe, M, C);
   }
-  void kv_cache_write(float* kcache, float* vcache, const float* qkv, const int32_t* slots,
+  void kv_cache_write(void* kcache, void* vcache, const float* qkv, const int32_t* slots,
                       const int32_t* positions, int M, int max_len, int C) override {
-    cpu::kv_cache_write(kcache, vcache, qkv, slots, positions, M, max_len, C);
+    cpu::kv_cache_write(static_cast<float*>(kcache), static_cast<float*>(vcache), qkv, slots,
+                        positions, M, max_len, C);
   }
-  void attention_decode(float* out, const float* qkv, float* kcache, float* vcache,
+  void attention_decode(float* out, const float* qkv, void* kcache, void* vcache,
                         const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
                         int NH) override {
-    cpu::attention_decode(out, qkv, kcache, vcache, slots, positions, M, max_len, C, NH);
+    cpu::attention_decode(out, qkv, static_cast<float*>(kcache), static_cast<float*>(vcache), slots,
+                          positions, M, max_len, C, NH);
   }
   void sample_rows(int32_t* tokens, float* logprobs, const float* logits, const uint64_t* seeds,
                    float temperature, int M, int V, int Vp) override {

@@ -182,20 +182,23 @@ class Backend {
 
   // ---- generation with a KV cache (cpu/decode.cpp, cuda/decode.cu) ----
   // M rows, each one sequence at its own position. Caches are [S][max_len][C] (S slots,
-  // one per sequence); row m belongs to slot slots[m] and sits at position positions[m].
+  // one per sequence) of kv_value_bytes() each: float, or on CUDA with TF32 and
+  // HH_CUDA_KV_HALF=1 fp16 (10 mantissa bits, as TF32 rounds the prefill's operands); row m
+  // belongs to slot slots[m] and sits at position positions[m].
   // out[m,:] = wte[tokens[m],:] + wpe[positions[m],:]
   virtual void embedding_forward_at(float* out, const int32_t* tokens, const int32_t* positions,
                                     const float* wte, const float* wpe, int M, int C) = 0;
   // kcache[slots[m], positions[m], :] = k of qkv[m,:]; vcache likewise with v (qkv as in
   // attention_forward: q | k | v, each C wide). Rows with positions[m] < 0 are skipped.
-  virtual void kv_cache_write(float* kcache, float* vcache, const float* qkv, const int32_t* slots,
+  virtual size_t kv_value_bytes() const { return sizeof(float); }
+  virtual void kv_cache_write(void* kcache, void* vcache, const float* qkv, const int32_t* slots,
                               const int32_t* positions, int M, int max_len, int C) = 0;
   // One decode step's attention: appends row m's k and v (of qkv[m,:]) to its slot at
   // positions[m], as kv_cache_write, then attends with its query (the q part) over the
   // slot's keys and values 0..positions[m]. Per head h, with hs = C/NH and scale 1/√hs:
   // out[m,h] = Σ_t softmax_t(scale·q_h·k_h[t])·v_h[t]. Rows must have distinct slots (a
   // row reads only what it and earlier steps wrote), so no kernel waits for another row.
-  virtual void attention_decode(float* out, const float* qkv, float* kcache, float* vcache,
+  virtual void attention_decode(float* out, const float* qkv, void* kcache, void* vcache,
                                 const int32_t* slots, const int32_t* positions, int M, int max_len,
                                 int C, int NH) = 0;
 
