@@ -348,6 +348,14 @@ __device__ __forceinline__ float gumbel(uint64_t seed, int v) {
   return gumbel_of_u(gumbel_u(seed, v));
 }
 
+// A column's score x·inv_t + g with two IEEE roundings, as the CPU's float expression (no
+// FMA on its baseline x86-64): the samplers pick the same tokens as the CPU, not only
+// nearly always. Plain `x * inv_t + g` under --use_fast_math may be fused or not, as ptxas
+// decides per site.
+__device__ __forceinline__ float gumbel_score(float x, float inv_t, float g) {
+  return __fadd_rn(__fmul_rn(x, inv_t), g);
+}
+
 // Online log-sum-exp (max, Σ exp(x − max)) of the samplers. lse_add takes one logit and
 // says whether it is the new max; −∞ adds nothing (−∞ − (−∞) would be NaN), NaN is skipped.
 __device__ __forceinline__ bool lse_add(float& run_max, float& run_sum, float x) {
@@ -359,6 +367,29 @@ __device__ __forceinline__ bool lse_add(float& run_max, float& run_sum, float x)
   if (x > -INFINITY) run_sum += expf(x - run_max);
   return false;
 }
+// Calls f(v, row[v]) for this thread's columns v = threadIdx.x + k·blockDim.x < V in
+// increasing order, as the plain strided loop would, but with the loads of kRowBatch
+// columns issued before any is used: with one block per row (64 blocks at batch 64) the
+// plain loop waits one memory round trip per column step, ~98 of them for GPT-2's
+// vocabulary; batched, ~13.
+constexpr int kRowBatch = 8;
+template <typename F>
+__device__ __forceinline__ void for_row_columns(const float* row, int V, F&& f) {
+  for (int v0 = threadIdx.x; v0 < V; v0 += kRowBatch * blockDim.x) {
+    float x[kRowBatch];
+#pragma unroll
+    for (int u = 0; u < kRowBatch; u++) {
+      const int v = v0 + u * static_cast<int>(blockDim.x);
+      x[u] = v < V ? row[v] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kRowBatch; u++) {
+      const int v = v0 + u * static_cast<int>(blockDim.x);
+      if (v < V) f(v, x[u]);
+    }
+  }
+}
+
 // Merges another (max, sum) pair by rescaling both to the larger max.
 __device__ __forceinline__ void lse_merge(float& run_max, float& run_sum, float o_max,
                                           float o_sum) {
@@ -390,19 +421,18 @@ __global__ void sample_rows_kernel(int32_t* tokens, float* logprobs, const float
   const float* row = logits + static_cast<size_t>(m) * Vp;
   const uint64_t seed = seeds[m];
   const bool greedy = temperature == 0.0f;
-  const float inv_t = greedy ? 1.0f : 1.0f / temperature;
+  const float inv_t = greedy ? 1.0f : __fdiv_rn(1.0f, temperature);  // IEEE, as the CPU
   // Per thread: the best (score, index) and the online log-sum-exp (max, Σ exp(x - max)).
   float best_score = -INFINITY, run_max = -INFINITY, run_sum = 0.0f;
   int best = V;  // larger than every real index: loses all ties
-  for (int v = threadIdx.x; v < V; v += blockDim.x) {
-    const float x = row[v];
-    const float score = greedy ? x : x * inv_t + gumbel(seed, v);
+  for_row_columns(row, V, [&](int v, float x) {
+    const float score = greedy ? x : gumbel_score(x, inv_t, gumbel(seed, v));
     if (score > best_score) {  // v increases, so the first of equal scores stays
       best_score = score;
       best = v;
     }
     lse_add(run_max, run_sum, x);
-  }
+  });
   // Warp, then block: combine (score, index) by max with the smaller index on ties, and
   // (max, sum) pairs by rescaling to the larger max.
   for (int offset = 16; offset > 0; offset >>= 1) {
@@ -451,10 +481,10 @@ constexpr int kSampleWarps = kSampleThreads / 32;
 //
 // A column v is dropped only if score(v) < thr, where thr is always a score some column
 // really has (or a lower bound on one), so thr ≤ the winning score and v can be neither the
-// winner nor tied with it. score(v) = x·inv_t + g is computed by the same expression as in
-// sample_rows_kernel, so with one rounding (fma) or two (mul, add), whichever the compiler
-// picks; the bounds below are computed both ways, with the non-contractible __f*_rn
-// intrinsics, so they hold for either.
+// winner nor tied with it. score(v) = fl(fl(x·inv_t) + g), inv_t = fl(1/T), as in
+// sample_rows_kernel and the CPU: the non-contractible __f*_rn intrinsics fix both roundings
+// whatever ptxas fuses elsewhere. The bounds below are computed with one rounding (fma) and
+// with two, so they would hold for either.
 // Stage A: g ≤ kGumbelMax < B = kGumbelMax + slack, and rounding is monotone, so
 //   score(v) ≤ max(fma(x, inv_t, B), fl(fl(x·inv_t) + B)) =: bound; bound < thr drops v.
 //   NaN (x NaN) compares false and keeps v, whose NaN score then loses, as in the default.
@@ -481,15 +511,14 @@ __global__ void __launch_bounds__(kSampleThreads)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const float* row = logits + static_cast<size_t>(m) * Vp;
   const uint64_t seed = seeds[m];
-  const float inv_t = 1.0f / temperature;  // as in sample_rows_kernel (same instruction)
+  const float inv_t = __fdiv_rn(1.0f, temperature);  // IEEE, as sample_rows_kernel and the CPU
 
   // Pass 1: the online log-sum-exp, and the first column holding each thread's max.
   float run_max = -INFINITY, run_sum = 0.0f;
   int arg = V;
-  for (int v = threadIdx.x; v < V; v += blockDim.x) {
-    const float x = row[v];
+  for_row_columns(row, V, [&](int v, float x) {
     if (lse_add(run_max, run_sum, x)) arg = v;
-  }
+  });
   for (int offset = 16; offset > 0; offset >>= 1) {
     const float o_max = __shfl_xor_sync(0xffffffffu, run_max, offset);
     const float o_sum = __shfl_xor_sync(0xffffffffu, run_sum, offset);
@@ -534,40 +563,47 @@ __global__ void __launch_bounds__(kSampleThreads)
   int* queue = s_queue[warp];
   int count = 0;  // warp-uniform
   auto consider = [&](int v) {
-    float x = row[v];
-    const float g = gumbel(seed, v);
-    // The empty asm makes x depend on g, so x·inv_t is computed right before the add, as in
-    // sample_rows_kernel (PTX: mul, sub next to each other in one block), and ptxas rounds it
-    // the same way (fused or not) there and here.
-    asm("" : "+f"(x) : "f"(g));
-    const float score = x * inv_t + g;  // sample_rows_kernel's expression
+    const float score = gumbel_score(row[v], inv_t, gumbel(seed, v));
     if (score > best_score || (score == best_score && score > -INFINITY && v < best)) {
       best_score = score;
       best = v;
     }
   };
-  for (int v0 = warp * 32; v0 < V; v0 += kSampleThreads) {
-    const int v = v0 + lane;
-    bool keep = false;
-    if (v < V) {
-      const float x = row[v];
-      const float bound =
-          fmaxf(__fmaf_rn(x, inv_t, kBound), __fadd_rn(__fmul_rn(x, inv_t), kBound));
-      keep = !(bound < thr);
-      if (keep && stage_b) keep = !(1.0f - gumbel_u(seed, v) > expf(__fmaf_rn(x, inv_t, thr_b)));
+  // The warp's steps v0 = warp·32 + k·kSampleThreads in order, kRowBatch steps' loads at a
+  // time (as for_row_columns; the steps are warp-uniform, so the ballots below stay whole).
+  for (int w0 = warp * 32; w0 < V; w0 += kRowBatch * kSampleThreads) {
+    float xs[kRowBatch];
+#pragma unroll
+    for (int u = 0; u < kRowBatch; u++) {
+      const int v = w0 + u * kSampleThreads + lane;
+      xs[u] = v < V ? row[v] : 0.0f;
     }
-    const unsigned ballot = __ballot_sync(0xffffffffu, keep);
-    if (keep) queue[count + __popc(ballot & ((1u << lane) - 1u))] = v;
-    count += __popc(ballot);
-    if (count >= 32) {  // a full warp of noise: queue[0..32), then move the rest down
-      __syncwarp();
-      consider(queue[lane]);
-      if (lane < count - 32) queue[lane] = queue[lane + 32];  // lane reads and writes queue[lane]
-      __syncwarp();
-      count -= 32;
-      thr = fmaxf(thr, warp_max(best_score));  // a score found: still ≤ the winner's
-      thr_b = kPruneSlack - thr;
-      stage_b = fabsf(thr) <= kStageBMaxThr;
+#pragma unroll
+    for (int u = 0; u < kRowBatch; u++) {
+      const int v0 = w0 + u * kSampleThreads;
+      if (v0 >= V) break;  // warp-uniform
+      const int v = v0 + lane;
+      bool keep = false;
+      if (v < V) {
+        const float x = xs[u];
+        const float bound =
+            fmaxf(__fmaf_rn(x, inv_t, kBound), __fadd_rn(__fmul_rn(x, inv_t), kBound));
+        keep = !(bound < thr);
+        if (keep && stage_b) keep = !(1.0f - gumbel_u(seed, v) > expf(__fmaf_rn(x, inv_t, thr_b)));
+      }
+      const unsigned ballot = __ballot_sync(0xffffffffu, keep);
+      if (keep) queue[count + __popc(ballot & ((1u << lane) - 1u))] = v;
+      count += __popc(ballot);
+      if (count >= 32) {  // a full warp of noise: queue[0..32), then move the rest down
+        __syncwarp();
+        consider(queue[lane]);
+        if (lane < count - 32) queue[lane] = queue[lane + 32];  // lane reads and writes queue[lane]
+        __syncwarp();
+        count -= 32;
+        thr = fmaxf(thr, warp_max(best_score));  // a score found: still ≤ the winner's
+        thr_b = kPruneSlack - thr;
+        stage_b = fabsf(thr) <= kStageBMaxThr;
+      }
     }
   }
   __syncwarp();

@@ -41,6 +41,51 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
   }
 }
 
+// The same for rows of C ≤ 32·K: the lane's K values are loaded once, all at once, and kept
+// in registers, instead of three strided passes over memory (each a chain of dependent
+// round trips: the forward of a decode step, 64 rows, is latency-bound). The sums add the
+// lane's values in the loop kernel's order, so the results are the same.
+template <int K>
+__global__ void layernorm_forward_regs_kernel(float* out, float* mean, float* rstd,
+                                              const float* inp, const float* weight,
+                                              const float* bias, int N, int C) {
+  wait_for_previous_kernel();  // launched with launch(): see common.cuh
+  const int lane = threadIdx.x % 32;
+  const int row = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
+  if (row >= N) return;
+  const float* x = inp + static_cast<size_t>(row) * C;
+  float v[K];
+#pragma unroll
+  for (int j = 0; j < K; j++) v[j] = lane + 32 * j < C ? x[lane + 32 * j] : 0.0f;
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < K; j++)
+    if (lane + 32 * j < C) sum += v[j];
+  const float m = warp_sum(sum) / C;
+  float sum_sq = 0.0f;
+#pragma unroll
+  for (int j = 0; j < K; j++) {
+    if (lane + 32 * j < C) {
+      const float d = v[j] - m;
+      sum_sq += d * d;
+    }
+  }
+  const float s = 1.0f / sqrtf(warp_sum(sum_sq) / C + kLayerNormEps);
+  float* o = out + static_cast<size_t>(row) * C;
+#pragma unroll
+  for (int j = 0; j < K; j++) {
+    const int c = lane + 32 * j;
+    if (c < C) {
+      const float xhat = (v[j] - m) * s;
+      o[c] = xhat * weight[c] + (bias ? bias[c] : 0.0f);
+    }
+  }
+  if (lane == 0) {
+    if (mean) mean[row] = m;
+    if (rstd) rstd[row] = s;
+  }
+}
+
 __global__ void layernorm_backward_input_kernel(float* dinp, const float* dout, const float* inp,
                                                 const float* weight, const float* mean,
                                                 const float* rstd, int N, int C) {
@@ -92,8 +137,26 @@ struct Dout {
 void layernorm_forward(Context& ctx, float* out, float* mean, float* rstd, const float* inp,
                        const float* weight, const float* bias, int N, int C) {
   if (N <= 0 || C <= 0) return;
-  launch(ctx, layernorm_forward_kernel, ceil_div(N, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, out,
-         mean, rstd, inp, weight, bias, N, C);
+  const int blocks = ceil_div(N, kWarpsPerBlock), threads = 32 * kWarpsPerBlock;
+  // Rows up to 1024 wide in registers (K = 8, 16, 24 or 32 values per lane); wider ones loop.
+  const int K = (C + 255) / 256 * 8;
+  switch (K) {
+    case 8:
+      return launch(ctx, layernorm_forward_regs_kernel<8>, blocks, threads, 0, out, mean, rstd, inp,
+                    weight, bias, N, C);
+    case 16:
+      return launch(ctx, layernorm_forward_regs_kernel<16>, blocks, threads, 0, out, mean, rstd,
+                    inp, weight, bias, N, C);
+    case 24:
+      return launch(ctx, layernorm_forward_regs_kernel<24>, blocks, threads, 0, out, mean, rstd,
+                    inp, weight, bias, N, C);
+    case 32:
+      return launch(ctx, layernorm_forward_regs_kernel<32>, blocks, threads, 0, out, mean, rstd,
+                    inp, weight, bias, N, C);
+    default:
+      return launch(ctx, layernorm_forward_kernel, blocks, threads, 0, out, mean, rstd, inp, weight,
+                    bias, N, C);
+  }
 }
 
 void layernorm_backward(Context& ctx, float* dinp, float* dweight, float* dbias, const float* dout,
