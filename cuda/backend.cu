@@ -27,6 +27,8 @@
 //                   sampler (default: warp-parallel attention_decode, pruned sampler)
 //   HH_CUDA_KV_HALF=1 with TF32 on: the KV cache stores fp16 (half the bytes attention_decode
 //                   reads per step; decode.cu)
+//   HH_CUDA_SKINNY=1 products of 16..64 rows (decode steps) on our TF32 tensor-core kernel
+//                   instead of cuBLAS, where the shape fits (matmul.cu)
 //   HH_CUDA_PDL=1   programmatic dependent launch (sm_90+) for the kernels of a decode step
 //                   that are ours (LayerNorm, GELU, embedding, attention_decode, sampler;
 //                   common.cuh's launch())
@@ -101,6 +103,7 @@ class CudaBackend : public Backend {
     ctx_.fast_decode = env_flag("HH_CUDA_FAST_DECODE", true);
     ctx_.pdl = env_flag("HH_CUDA_PDL", false) && prop.major >= 9;
     ctx_.kv_half = env_flag("HH_CUDA_KV_HALF", false) && ctx_.tf32;
+    ctx_.skinny = env_flag("HH_CUDA_SKINNY", false) && prop.major >= 8;
     graphs_ = env_flag("HH_CUDA_GRAPHS", true);
     if (const char* top = std::getenv("HH_CUDA_KERNEL_TIMES"); top && std::atoi(top) > 0) {
       const std::string why_not = kernel_times_start();

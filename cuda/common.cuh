@@ -58,6 +58,7 @@ struct Context {
   bool fast_decode = true;  // HH_CUDA_FAST_DECODE=0: the plain decode attention and sampler
   bool pdl = false;         // HH_CUDA_PDL=1: launch() uses programmatic dependent launch
   bool kv_half = false;     // HH_CUDA_KV_HALF=1 (with TF32): the KV cache holds fp16
+  bool skinny = false;      // HH_CUDA_SKINNY=1 (with TF32): few-row products in matmul.cu
   int num_sms = 1;
   size_t max_shared_optin = 48 * 1024;  // shared memory a block may opt in to (bytes)
 

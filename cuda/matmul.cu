@@ -29,11 +29,24 @@
 // a bias then take cuBLASLt too (EPILOGUE_DEFAULT), so the LM head is tuned as well. The
 // pick is made by the clock, so two runs may pick differently and differ in the last bits.
 //
+// Few rows (HH_CUDA_SKINNY=1, off by default; written without a GPU, unmeasured): a decode
+// step multiplies 64 rows by each weight matrix, where cuBLAS runs a general GEMM kernel
+// (and split-K). skinny_matmul_kernel gives each block 32 output columns and all rows; its
+// 8 warps split K, each accumulating the rows × 32 tile on TF32 tensor cores (WMMA
+// m16n16k8, x rows as matrix_a, W rows as a column-major matrix_b, as attention_flash_tc.cu's
+// mma_abt); the 8 partial tiles meet in shared memory, every output adds them in warp order,
+// then the bias and the residual (deterministic, no atomics). W is read once; x, M·K floats,
+// once per block from L2. Taken for 16, 32, 48 or 64 rows, K a multiple of 64, and output
+// widths that give at least half the GPU's SMs a block (qkv and fc at 124M); the rest stays
+// with cuBLAS.
+//
 // Fused (ops.h's matmul_residual_forward, on unless HH_CUDA_FUSE=0): the residual add rides
 // in the same BIAS epilogue with beta = 1 and C = residual. Measured on an H100
 // (2026-11-27, 124M step): this saves 0.7 ms of 62; cuBLASLt's GELU_AUX_BIAS and DGELU
 // epilogues cost 0.6 and 1.4 ms more than gelu.cu's kernels (fp32 epilogues run as a
 // separate pass), and BGRADB saved nothing over our column sum, so those are not used.
+#include <mma.h>
+
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -241,11 +254,124 @@ bool lt_matmul(Context& ctx, int N, int IC, int OC, const float* weight, const f
   return true;
 }
 
+constexpr int kSkinnyWarps = 8, kSkinnyCols = 32;
+using SkinnyA = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8,
+                                       nvcuda::wmma::precision::tf32, nvcuda::wmma::row_major>;
+using SkinnyB = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 8,
+                                       nvcuda::wmma::precision::tf32, nvcuda::wmma::col_major>;
+using SkinnyAcc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float>;
+
+template <typename Frag>
+__device__ __forceinline__ void to_tf32(Frag& f) {
+#pragma unroll
+  for (int i = 0; i < f.num_elements; i++) f.x[i] = nvcuda::wmma::__float_to_tf32(f.x[i]);
+}
+
+// grid OC/32, block 8 warps; rows M = 16·RT; dynamic shared memory 8·M·32 floats.
+// out[m, n] = Σ_k x[m, k]·w[n, k] (+ bias[n]) (+ residual[m, n]); out may be residual.
+template <int RT>
+__global__ void __launch_bounds__(kSkinnyWarps * 32)
+    skinny_matmul_kernel(float* out, const float* x, const float* w, const float* bias,
+                         const float* residual, int K, int OC) {
+  namespace wmma = nvcuda::wmma;
+  wait_for_previous_kernel();                        // launched with launch(): see common.cuh
+  extern __shared__ __align__(128) float partial[];  // [warp][16·RT rows][32 columns]
+  constexpr int CT = kSkinnyCols / 16, BM = 16 * RT;
+  const int warp = threadIdx.x / 32;
+  const int n0 = blockIdx.x * kSkinnyCols;
+  const int kw = K / kSkinnyWarps;  // a multiple of 8
+  const float* xw = x + static_cast<size_t>(warp) * kw;
+  const float* ww = w + static_cast<size_t>(n0) * K + static_cast<size_t>(warp) * kw;
+  SkinnyAcc acc[RT][CT];
+#pragma unroll
+  for (int r = 0; r < RT; r++)
+#pragma unroll
+    for (int c = 0; c < CT; c++) wmma::fill_fragment(acc[r][c], 0.0f);
+#pragma unroll 2
+  for (int k = 0; k < kw; k += 8) {
+    SkinnyB fb[CT];
+#pragma unroll
+    for (int c = 0; c < CT; c++) {
+      wmma::load_matrix_sync(fb[c], ww + static_cast<size_t>(16 * c) * K + k, K);
+      to_tf32(fb[c]);
+    }
+#pragma unroll
+    for (int r = 0; r < RT; r++) {
+      SkinnyA fa;
+      wmma::load_matrix_sync(fa, xw + static_cast<size_t>(16 * r) * K + k, K);
+      to_tf32(fa);
+#pragma unroll
+      for (int c = 0; c < CT; c++) wmma::mma_sync(acc[r][c], fa, fb[c], acc[r][c]);
+    }
+  }
+  float* mine = partial + warp * BM * kSkinnyCols;
+#pragma unroll
+  for (int r = 0; r < RT; r++)
+#pragma unroll
+    for (int c = 0; c < CT; c++)
+      wmma::store_matrix_sync(mine + 16 * r * kSkinnyCols + 16 * c, acc[r][c], kSkinnyCols,
+                              wmma::mem_row_major);
+  __syncthreads();
+  for (int i = threadIdx.x; i < BM * kSkinnyCols; i += blockDim.x) {
+    float s = 0.0f;
+#pragma unroll
+    for (int v = 0; v < kSkinnyWarps; v++) s += partial[v * BM * kSkinnyCols + i];
+    const int n = n0 + i % kSkinnyCols;
+    const size_t at = static_cast<size_t>(i / kSkinnyCols) * OC + n;
+    if (bias) s += bias[n];
+    if (residual) s += residual[at];
+    out[at] = s;
+  }
+}
+
+template <int RT>
+void launch_skinny(Context& ctx, float* out, const float* inp, const float* weight,
+                   const float* bias, const float* residual, int IC, int OC) {
+  const size_t shared = sizeof(float) * kSkinnyWarps * 16 * RT * kSkinnyCols;  // 64 KiB at RT 4
+  static const bool opted_in = [&] {
+    CUDA_CHECK(cudaFuncSetAttribute(skinny_matmul_kernel<RT>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(shared)));
+    return true;
+  }();
+  (void)opted_in;
+  launch(ctx, skinny_matmul_kernel<RT>, OC / kSkinnyCols, kSkinnyWarps * 32, shared, out, inp,
+         weight, bias, residual, IC, OC);
+}
+
+// The few-rows path, when the switch is on and the shape and pointers fit; false otherwise
+// (nothing written).
+bool skinny_matmul(Context& ctx, float* out, const float* inp, const float* weight,
+                   const float* bias, const float* residual, int N, int IC, int OC) {
+  if (!ctx.skinny || !ctx.tf32 || N % 16 != 0 || N < 16 || N > 64) return false;
+  if (IC % (8 * kSkinnyWarps) != 0 || OC % kSkinnyCols != 0) return false;
+  if (OC / kSkinnyCols < ctx.num_sms / 2) return false;  // too few blocks: cuBLAS splits K
+  // WMMA loads need 32-byte aligned rows: the bases here, IC % 64 for the row offsets.
+  if (reinterpret_cast<uintptr_t>(inp) % 32 != 0 || reinterpret_cast<uintptr_t>(weight) % 32 != 0)
+    return false;
+  switch (N / 16) {
+    case 1:
+      launch_skinny<1>(ctx, out, inp, weight, bias, residual, IC, OC);
+      break;
+    case 2:
+      launch_skinny<2>(ctx, out, inp, weight, bias, residual, IC, OC);
+      break;
+    case 3:
+      launch_skinny<3>(ctx, out, inp, weight, bias, residual, IC, OC);
+      break;
+    default:
+      launch_skinny<4>(ctx, out, inp, weight, bias, residual, IC, OC);
+      break;
+  }
+  return true;
+}
+
 }  // namespace
 
 void matmul_forward(Context& ctx, float* out, const float* inp, const float* weight,
                     const float* bias, int N, int IC, int OC) {
   if (N <= 0 || OC <= 0) return;
+  if (skinny_matmul(ctx, out, inp, weight, bias, nullptr, N, IC, OC)) return;
   if (lt_matmul(ctx, N, IC, OC, weight, inp, 0.0f, out, out, bias)) return;
   const float one = 1.0f, zero = 0.0f;
   CUBLAS_CHECK(cublasSgemm(ctx.cublas, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, &one, weight, IC, inp,
@@ -261,6 +387,7 @@ void matmul_forward(Context& ctx, float* out, const float* inp, const float* wei
 void matmul_residual_forward(Context& ctx, float* out, const float* inp, const float* weight,
                              const float* bias, const float* residual, int N, int IC, int OC) {
   if (N <= 0 || OC <= 0) return;
+  if (ctx.fuse && skinny_matmul(ctx, out, inp, weight, bias, residual, N, IC, OC)) return;
   if (ctx.fuse && bias && out != residual &&
       lt_matmul(ctx, N, IC, OC, weight, inp, 1.0f, residual, out, bias))
     return;

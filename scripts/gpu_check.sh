@@ -143,7 +143,7 @@ fi
 
 step "4. compute-sanitizer memcheck (op subset + the small scalar-head model test)"
 if command -v compute-sanitizer >/dev/null && [ -x "$BUILD/test_ops_cuda" ] && in_budget; then
-  FILTER='CudaParity.Embedding:CudaParity.LayerNorm:CudaParity.AttentionExactFp32:CudaParity.CrossEntropyInPlaceAndMasked:CudaParity.GatherScatterRows:CudaParity.AdamWAndFlatUtilities:CudaParity.AttentionFlash:CudaParity.DecodeWithKvCache:CudaParity.WholeModelScalarHead:CudaParity.CrossEntropyBackwardStagedRow:CudaParity.DecodeAttentionFastVariants:CudaParity.DecodeWithHalfKvCache:CudaParity.FusedMatmuls:CudaParity.AttentionFlashTensorCores'
+  FILTER='CudaParity.Embedding:CudaParity.LayerNorm:CudaParity.AttentionExactFp32:CudaParity.CrossEntropyInPlaceAndMasked:CudaParity.GatherScatterRows:CudaParity.AdamWAndFlatUtilities:CudaParity.AttentionFlash:CudaParity.DecodeWithKvCache:CudaParity.WholeModelScalarHead:CudaParity.CrossEntropyBackwardStagedRow:CudaParity.DecodeAttentionFastVariants:CudaParity.DecodeWithHalfKvCache:CudaParity.SkinnyMatmulMatchesTheCpu:CudaParity.FusedMatmuls:CudaParity.AttentionFlashTensorCores'
   set +e
   timeout 180 compute-sanitizer --tool memcheck --error-exitcode 99 --leak-check no \
     "$BUILD/test_ops_cuda" --gtest_filter="$FILTER" >"$LOGDIR/sanitizer.log" 2>&1
@@ -208,7 +208,7 @@ train_step() {
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a && in_budget; then
   ATTN_SWEEP=""
   IFS=";" read -r -a TRAIN_CFGS <<<"${HH_GPU_TRAIN_SWEEP:-default;HH_CUDA_LT_TUNE=1;HH_CUDA_ATTN_BLOCKS=1;HH_CUDA_FUSE=0}"
-  IFS=";" read -r -a GEN_CFGS <<<"${HH_GPU_GEN_SWEEP:-default;HH_CUDA_LT_TUNE=1;HH_CUDA_PDL=1;HH_CUDA_KV_HALF=1;HH_CUDA_LT_TUNE=1 HH_CUDA_PDL=1 HH_CUDA_KV_HALF=1;HH_CUDA_GRAPHS=0}"
+  IFS=";" read -r -a GEN_CFGS <<<"${HH_GPU_GEN_SWEEP:-default;HH_CUDA_LT_TUNE=1;HH_CUDA_SKINNY=1;HH_CUDA_PDL=1;HH_CUDA_KV_HALF=1;HH_CUDA_LT_TUNE=1 HH_CUDA_PDL=1 HH_CUDA_KV_HALF=1;HH_CUDA_SKINNY=1 HH_CUDA_PDL=1 HH_CUDA_KV_HALF=1;HH_CUDA_GRAPHS=0}"
   for cfg in "${TRAIN_CFGS[@]}"; do
     read -r ms gib <<<"$(train_step "$cfg" 8 1024 8)"
     echo "train step [$cfg]: $ms ms/step, peak $gib GiB"

@@ -110,6 +110,7 @@ void set_cuda_env(bool tf32, bool lt, int flash = 0, bool fuse = true, bool fast
   setenv("HH_CUDA_FAST_DECODE", fast_decode ? "1" : "0", 1);
   setenv("HH_CUDA_LT_TUNE", "0", 1);
   setenv("HH_CUDA_KV_HALF", "0", 1);
+  setenv("HH_CUDA_SKINNY", "0", 1);
 }
 
 class CudaParity : public ::testing::Test {
@@ -325,6 +326,70 @@ TEST_F(CudaParity, TunedMatmulsMatchTheCpu) {
         EXPECT_EQ(download(*gpu, inp_g), inp) << what << ": the input changed";
       }
     }
+  }
+}
+
+// HH_CUDA_SKINNY=1: products of 16..64 rows on our TF32 tensor-core kernel (a decode step's
+// qkv and fc shapes; 16 to 64 rows; bias, no bias, residual, residual in place). Against the
+// CPU at the TF32 tolerance, the same bits on a second call, and other bits than cuBLAS's
+// (its K order differs), so the kernel really ran. Shapes it does not take (37 rows, too few
+// columns) still agree through cuBLAS.
+TEST_F(CudaParity, SkinnyMatmulMatchesTheCpu) {
+  struct Shape {
+    int N, IC, OC;
+    bool skinny;  // the kernel takes it (at least half the H100's SMs get a block)
+  };
+  set_cuda_env(/*tf32=*/true, /*lt=*/true);
+  auto plain = hh::make_cuda_backend(0);
+  setenv("HH_CUDA_SKINNY", "1", 1);
+  auto gpu = hh::make_cuda_backend(0);
+  setenv("HH_CUDA_SKINNY", "0", 1);
+  for (Shape s :
+       {Shape{64, 768, 2304, true}, Shape{64, 768, 3072, true}, Shape{16, 768, 2304, true},
+        Shape{48, 3072, 4096, true}, Shape{37, 768, 2304, false}, Shape{64, 768, 768, false}}) {
+    const std::string tag =
+        " N=" + std::to_string(s.N) + " IC=" + std::to_string(s.IC) + " OC=" + std::to_string(s.OC);
+    const size_t n_in = static_cast<size_t>(s.N) * s.IC, n_out = static_cast<size_t>(s.N) * s.OC;
+    auto inp = random_floats(n_in, 60), w = random_floats(static_cast<size_t>(s.OC) * s.IC, 61);
+    auto bias = random_floats(s.OC, 62), residual = random_floats(n_out, 63);
+    auto [inp_c, inp_g] = both(inp);
+    auto [b_c, b_g] = both(bias);
+    auto [r_c, r_g] = both(residual);
+    auto w_c = upload(*cpu_, w), w_g = upload(*gpu, w);
+    auto inp_p = upload(*plain, inp), w_p = upload(*plain, w), b_p = upload(*plain, bias);
+    auto r_p = upload(*plain, residual);
+    for (int kind = 0; kind < 4; kind++) {  // bias, no bias, bias + residual, in place
+      const std::string what = std::string(kind == 0   ? "skinny matmul"
+                                           : kind == 1 ? "skinny matmul, no bias"
+                                           : kind == 2 ? "skinny matmul + residual"
+                                                       : "skinny matmul + residual in place") +
+                               tag;
+      auto run = [&](hh::Backend& be, const float* x, const float* wt, const float* b,
+                     hh::Buffer<float>& r) {
+        hh::Buffer<float> out(be, n_out);
+        if (kind == 3) {  // out = residual: the residual buffer is overwritten, so a copy
+          be.copy_on_device(out.data(), r.data(), n_out * sizeof(float));
+          be.matmul_residual_forward(out.data(), x, wt, b, out.data(), s.N, s.IC, s.OC);
+        } else if (kind == 2) {
+          be.matmul_residual_forward(out.data(), x, wt, b, r.data(), s.N, s.IC, s.OC);
+        } else {
+          be.matmul_forward(out.data(), x, wt, kind == 0 ? b : nullptr, s.N, s.IC, s.OC);
+        }
+        return download(be, out);
+      };
+      const auto want = run(*cpu_, inp_c.data(), w_c.data(), b_c.data(), r_c);
+      const auto got = run(*gpu, inp_g.data(), w_g.data(), b_g.data(), r_g);
+      expect_close(want, got, kTf32, what);
+      EXPECT_EQ(run(*gpu, inp_g.data(), w_g.data(), b_g.data(), r_g), got)
+          << what << ": a second call differs";
+      const auto cublas = run(*plain, inp_p.data(), w_p.data(), b_p.data(), r_p);
+      if (s.skinny) {
+        EXPECT_NE(got, cublas) << what << ": the same bits as cuBLAS (did the kernel run?)";
+      } else {
+        EXPECT_EQ(got, cublas) << what << ": a shape the kernel does not take changed";
+      }
+    }
+    EXPECT_EQ(download(*gpu, r_g), residual) << "the residual input is read only" << tag;
   }
 }
 
