@@ -130,10 +130,33 @@ class GenerateTest : public ::testing::Test {
       : be_(make_cpu_backend()),
         tok_(byte_tokenizer()),
         model_(random_model(*be_, tiny_config(tok_.vocab_size()), 11)) {}
+  // model_'s parameters on another backend.
+  std::unique_ptr<GPT> model_on(Backend& be) const {
+    auto copy = std::make_unique<GPT>(be, model_.config(), false);
+    for (const ParamTensor& t : model_.param_tensors())
+      copy->set_param(t.name, model_.get_param(t.name));
+    return copy;
+  }
   std::unique_ptr<Backend> be_;
   Tokenizer tok_;
   GPT model_;
 };
+
+#ifdef HH_WITH_CUDA
+// A CUDA backend made with the environment switch `name` set to `value` (the switches are
+// read when a backend is made); the variable is restored afterwards.
+std::unique_ptr<Backend> cuda_backend_with(const char* name, const char* value) {
+  const char* saved = std::getenv(name);
+  const std::string saved_value = saved ? saved : "";
+  setenv(name, value, 1);
+  auto be = make_backend("cuda");
+  if (saved)
+    setenv(name, saved_value.c_str(), 1);
+  else
+    unsetenv(name);
+  return be;
+}
+#endif
 
 // ---------------------------------------------------------------------------------------
 // The cache
@@ -177,9 +200,8 @@ TEST_F(GenerateTest, CudaDecodingMatchesCpu) {
 #ifdef HH_WITH_CUDA
   if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
   auto cuda = make_backend("cuda");
-  GPT gpu_model(*cuda, model_.config(), false);
-  for (const ParamTensor& t : model_.param_tensors())
-    gpu_model.set_param(t.name, model_.get_param(t.name));
+  const auto gpu_copy = model_on(*cuda);
+  GPT& gpu_model = *gpu_copy;
   // TF32 matmuls (the CUDA default) agree with the CPU to ~1e-3.
   check_cache_matches_full_recompute(gpu_model, tok_, 2e-3);
   std::vector<std::vector<int32_t>> prompts = {{1, 2, 3, 4}, {5}};
@@ -199,19 +221,9 @@ TEST_F(GenerateTest, CudaDecodingMatchesCpu) {
   // HH_CUDA_KV_HALF=1: an fp16 cache rounds k and v to TF32's 10 mantissa bits once more
   // (the prefill's attention products already round them so), so the decoded logits get
   // up to twice the TF32 allowance against the full forward.
-  const char* saved = std::getenv("HH_CUDA_KV_HALF");
-  const std::string saved_value = saved ? saved : "";
-  setenv("HH_CUDA_KV_HALF", "1", 1);
-  auto half = make_backend("cuda");
-  if (saved)
-    setenv("HH_CUDA_KV_HALF", saved_value.c_str(), 1);
-  else
-    unsetenv("HH_CUDA_KV_HALF");
+  auto half = cuda_backend_with("HH_CUDA_KV_HALF", "1");
   ASSERT_EQ(half->kv_value_bytes(), 2u);
-  GPT half_model(*half, model_.config(), false);
-  for (const ParamTensor& t : model_.param_tensors())
-    half_model.set_param(t.name, model_.get_param(t.name));
-  check_cache_matches_full_recompute(half_model, tok_, 4e-3);
+  check_cache_matches_full_recompute(*model_on(*half), tok_, 4e-3);
 #else
   GTEST_SKIP() << "hh was built without CUDA";
 #endif
@@ -283,27 +295,13 @@ TEST_F(GenerateTest, RunAheadGivesTheStepByStepSamples) {
 TEST_F(GenerateTest, CudaGraphsMatchEagerBitForBit) {
 #ifdef HH_WITH_CUDA
   if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-  const char* saved = std::getenv("HH_CUDA_GRAPHS");
-  const std::string saved_value = saved ? saved : "";
-  std::unique_ptr<Backend> be[2];  // [0] graphs off, [1] on
-  for (int g = 0; g < 2; g++) {
-    setenv("HH_CUDA_GRAPHS", g ? "1" : "0", 1);
-    be[g] = make_backend("cuda");
-  }
-  if (saved)
-    setenv("HH_CUDA_GRAPHS", saved_value.c_str(), 1);
-  else
-    unsetenv("HH_CUDA_GRAPHS");
+  std::unique_ptr<Backend> be[2] = {cuda_backend_with("HH_CUDA_GRAPHS", "0"),
+                                    cuda_backend_with("HH_CUDA_GRAPHS", "1")};
   ASSERT_FALSE(be[0]->graphs_enabled());
   ASSERT_TRUE(be[1]->graphs_enabled());
-  std::vector<std::unique_ptr<GPT>> models;
-  std::vector<std::unique_ptr<Generator>> gens;
-  for (int g = 0; g < 2; g++) {
-    models.push_back(std::make_unique<GPT>(*be[g], model_.config(), false));
-    for (const ParamTensor& t : model_.param_tensors())
-      models[g]->set_param(t.name, model_.get_param(t.name));
-    gens.push_back(std::make_unique<Generator>(*models[g], tok_));
-  }
+  std::unique_ptr<GPT> models[2] = {model_on(*be[0]), model_on(*be[1])};
+  std::unique_ptr<Generator> gens[2] = {std::make_unique<Generator>(*models[0], tok_),
+                                        std::make_unique<Generator>(*models[1], tok_)};
   Generator &off = *gens[0], &on = *gens[1];
   const int V = tok_.vocab_size();
   Rng rng(17);
@@ -399,25 +397,11 @@ TEST_F(GenerateTest, CudaGraphsMatchEagerBitForBit) {
 TEST_F(GenerateTest, CudaPdlMatchesPlainLaunches) {
 #ifdef HH_WITH_CUDA
   if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-  const char* saved = std::getenv("HH_CUDA_PDL");
-  const std::string saved_value = saved ? saved : "";
-  std::unique_ptr<Backend> be[2];  // [0] plain launches, [1] PDL
-  for (int p = 0; p < 2; p++) {
-    setenv("HH_CUDA_PDL", p ? "1" : "0", 1);
-    be[p] = make_backend("cuda");
-  }
-  if (saved)
-    setenv("HH_CUDA_PDL", saved_value.c_str(), 1);
-  else
-    unsetenv("HH_CUDA_PDL");
-  std::vector<std::unique_ptr<GPT>> models;
-  std::vector<std::unique_ptr<Generator>> gens;
-  for (int p = 0; p < 2; p++) {
-    models.push_back(std::make_unique<GPT>(*be[p], model_.config(), false));
-    for (const ParamTensor& t : model_.param_tensors())
-      models[p]->set_param(t.name, model_.get_param(t.name));
-    gens.push_back(std::make_unique<Generator>(*models[p], tok_));
-  }
+  std::unique_ptr<Backend> be[2] = {cuda_backend_with("HH_CUDA_PDL", "0"),
+                                    cuda_backend_with("HH_CUDA_PDL", "1")};
+  std::unique_ptr<GPT> models[2] = {model_on(*be[0]), model_on(*be[1])};
+  std::unique_ptr<Generator> gens[2] = {std::make_unique<Generator>(*models[0], tok_),
+                                        std::make_unique<Generator>(*models[1], tok_)};
   Rng rng(23);
   SamplingOptions host = staggered_stops(7);
   host.top_k = 20;
