@@ -275,6 +275,26 @@ TEST_F(CudaParity, Matmul) {
 // The fused matmuls (ops.h) against the CPU's plain sequence, unfused (HH_CUDA_FUSE=0) and
 // fused (the residual in the cuBLASLt epilogue), fp32 and TF32. The odd shape has no
 // 16-byte aligned rows, so the fused run takes the fallback there.
+// Random operands of out = residual + inp·Wᵀ + bias at one shape, on the CPU and on `gpu`
+// (every GPU operand on that backend: another backend's upload runs on its own stream).
+struct MatmulOperands {
+  MatmulOperands(hh::Backend& cpu, hh::Backend& gpu, int N, int IC, int OC, uint32_t seed)
+      : inp(random_floats(static_cast<size_t>(N) * IC, seed)),
+        w(random_floats(static_cast<size_t>(OC) * IC, seed + 1)),
+        bias(random_floats(OC, seed + 2)),
+        residual(random_floats(static_cast<size_t>(N) * OC, seed + 3)),
+        inp_c(upload(cpu, inp)),
+        w_c(upload(cpu, w)),
+        b_c(upload(cpu, bias)),
+        r_c(upload(cpu, residual)),
+        inp_g(upload(gpu, inp)),
+        w_g(upload(gpu, w)),
+        b_g(upload(gpu, bias)),
+        r_g(upload(gpu, residual)) {}
+  std::vector<float> inp, w, bias, residual;
+  hh::Buffer<float> inp_c, w_c, b_c, r_c, inp_g, w_g, b_g, r_g;
+};
+
 // HH_CUDA_LT_TUNE=1: every forward product (with and without bias, with the residual) takes
 // a cuBLASLt plan that timed its candidates on the first call's operands. Whatever it picked
 // must agree with the CPU, give the same bits on the next call, leave the inputs alone, and
@@ -295,13 +315,8 @@ TEST_F(CudaParity, TunedMatmulsMatchTheCpu) {
       const std::string tag = std::string(" tf32=") + (tf32 ? "1" : "0") +
                               " N=" + std::to_string(s.N) + " IC=" + std::to_string(s.IC) +
                               " OC=" + std::to_string(s.OC);
-      const size_t n_in = static_cast<size_t>(s.N) * s.IC, n_out = static_cast<size_t>(s.N) * s.OC;
-      auto inp = random_floats(n_in, 50), w = random_floats(static_cast<size_t>(s.OC) * s.IC, 51);
-      auto bias = random_floats(s.OC, 52), residual = random_floats(n_out, 53);
-      auto [inp_c, inp_g] = both(inp);
-      auto [b_c, b_g] = both(bias);
-      auto [r_c, r_g] = both(residual);
-      auto w_c = upload(*cpu_, w), w_g = upload(*gpu, w);
+      const size_t n_out = static_cast<size_t>(s.N) * s.OC;
+      MatmulOperands op(*cpu_, *gpu, s.N, s.IC, s.OC, 50);
       for (int kind = 0; kind < 3; kind++) {  // bias, no bias, bias + residual
         const std::string what = std::string(kind == 0   ? "tuned matmul"
                                              : kind == 1 ? "tuned matmul, no bias"
@@ -316,14 +331,14 @@ TEST_F(CudaParity, TunedMatmulsMatchTheCpu) {
           else
             be.matmul_forward(out, x, wt, kind == 0 ? b : nullptr, s.N, s.IC, s.OC);
         };
-        run(*cpu_, out_c.data(), inp_c.data(), w_c.data(), b_c.data(), r_c.data());
-        run(*gpu, out_g.data(), inp_g.data(), w_g.data(), b_g.data(), r_g.data());
+        run(*cpu_, out_c.data(), op.inp_c.data(), op.w_c.data(), op.b_c.data(), op.r_c.data());
+        run(*gpu, out_g.data(), op.inp_g.data(), op.w_g.data(), op.b_g.data(), op.r_g.data());
         const auto first = download(*gpu, out_g);
         expect_close(download(*cpu_, out_c), first, tol, what);
-        run(*gpu, out_g.data(), inp_g.data(), w_g.data(), b_g.data(), r_g.data());
+        run(*gpu, out_g.data(), op.inp_g.data(), op.w_g.data(), op.b_g.data(), op.r_g.data());
         EXPECT_EQ(download(*gpu, out_g), first) << what << ": a second call differs";
-        EXPECT_EQ(download(*gpu, r_g), residual) << what << ": the residual changed";
-        EXPECT_EQ(download(*gpu, inp_g), inp) << what << ": the input changed";
+        EXPECT_EQ(download(*gpu, op.r_g), op.residual) << what << ": the residual changed";
+        EXPECT_EQ(download(*gpu, op.inp_g), op.inp) << what << ": the input changed";
       }
     }
   }
@@ -349,15 +364,10 @@ TEST_F(CudaParity, SkinnyMatmulMatchesTheCpu) {
         Shape{48, 3072, 4096, true}, Shape{37, 768, 2304, false}, Shape{64, 768, 768, false}}) {
     const std::string tag =
         " N=" + std::to_string(s.N) + " IC=" + std::to_string(s.IC) + " OC=" + std::to_string(s.OC);
-    const size_t n_in = static_cast<size_t>(s.N) * s.IC, n_out = static_cast<size_t>(s.N) * s.OC;
-    auto inp = random_floats(n_in, 60), w = random_floats(static_cast<size_t>(s.OC) * s.IC, 61);
-    auto bias = random_floats(s.OC, 62), residual = random_floats(n_out, 63);
-    auto [inp_c, inp_g] = both(inp);
-    auto [b_c, b_g] = both(bias);
-    auto [r_c, r_g] = both(residual);
-    auto w_c = upload(*cpu_, w), w_g = upload(*gpu, w);
-    auto inp_p = upload(*plain, inp), w_p = upload(*plain, w), b_p = upload(*plain, bias);
-    auto r_p = upload(*plain, residual);
+    const size_t n_out = static_cast<size_t>(s.N) * s.OC;
+    MatmulOperands op(*cpu_, *gpu, s.N, s.IC, s.OC, 60);
+    auto inp_p = upload(*plain, op.inp), w_p = upload(*plain, op.w), b_p = upload(*plain, op.bias);
+    auto r_p = upload(*plain, op.residual);
     for (int kind = 0; kind < 4; kind++) {  // bias, no bias, bias + residual, in place
       const std::string what = std::string(kind == 0   ? "skinny matmul"
                                            : kind == 1 ? "skinny matmul, no bias"
@@ -377,10 +387,10 @@ TEST_F(CudaParity, SkinnyMatmulMatchesTheCpu) {
         }
         return download(be, out);
       };
-      const auto want = run(*cpu_, inp_c.data(), w_c.data(), b_c.data(), r_c);
-      const auto got = run(*gpu, inp_g.data(), w_g.data(), b_g.data(), r_g);
+      const auto want = run(*cpu_, op.inp_c.data(), op.w_c.data(), op.b_c.data(), op.r_c);
+      const auto got = run(*gpu, op.inp_g.data(), op.w_g.data(), op.b_g.data(), op.r_g);
       expect_close(want, got, kTf32, what);
-      EXPECT_EQ(run(*gpu, inp_g.data(), w_g.data(), b_g.data(), r_g), got)
+      EXPECT_EQ(run(*gpu, op.inp_g.data(), op.w_g.data(), op.b_g.data(), op.r_g), got)
           << what << ": a second call differs";
       const auto cublas = run(*plain, inp_p.data(), w_p.data(), b_p.data(), r_p);
       if (s.skinny) {
@@ -389,7 +399,7 @@ TEST_F(CudaParity, SkinnyMatmulMatchesTheCpu) {
         EXPECT_EQ(got, cublas) << what << ": a shape the kernel does not take changed";
       }
     }
-    EXPECT_EQ(download(*gpu, r_g), residual) << "the residual input is read only" << tag;
+    EXPECT_EQ(download(*gpu, op.r_g), op.residual) << "the residual input is read only" << tag;
   }
 }
 
