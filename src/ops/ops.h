@@ -188,9 +188,10 @@ class Backend {
   // out[m,:] = wte[tokens[m],:] + wpe[positions[m],:]
   virtual void embedding_forward_at(float* out, const int32_t* tokens, const int32_t* positions,
                                     const float* wte, const float* wpe, int M, int C) = 0;
+  // Bytes per cached value (the caches are this backend's storage, sized by the caller).
+  virtual size_t kv_value_bytes() const { return sizeof(float); }
   // kcache[slots[m], positions[m], :] = k of qkv[m,:]; vcache likewise with v (qkv as in
   // attention_forward: q | k | v, each C wide). Rows with positions[m] < 0 are skipped.
-  virtual size_t kv_value_bytes() const { return sizeof(float); }
   virtual void kv_cache_write(void* kcache, void* vcache, const float* qkv, const int32_t* slots,
                               const int32_t* positions, int M, int max_len, int C) = 0;
   // One decode step's attention: appends row m's k and v (of qkv[m,:]) to its slot at
