@@ -37,8 +37,9 @@
 // mma_abt); the 8 partial tiles meet in shared memory, every output adds them in warp order,
 // then the bias and the residual (deterministic, no atomics). W is read once; x, M·K floats,
 // once per block from L2. Taken for 16, 32, 48 or 64 rows, K a multiple of 64, and output
-// widths that give at least half the GPU's SMs a block (qkv and fc at 124M); the rest stays
-// with cuBLAS.
+// widths that give at least half the GPU's SMs a block (qkv, fc and the LM head at 124M; at
+// 64 rows x is re-read from L2 twice the weight's bytes, whatever the width); the 768-wide
+// projections stay with cuBLAS. scripts/skinny_check.py replays the addressing in numpy.
 //
 // Fused (ops.h's matmul_residual_forward, on unless HH_CUDA_FUSE=0): the residual add rides
 // in the same BIAS epilogue with beta = 1 and C = residual. Measured on an H100

@@ -345,10 +345,10 @@ TEST_F(CudaParity, TunedMatmulsMatchTheCpu) {
 }
 
 // HH_CUDA_SKINNY=1: products of 16..64 rows on our TF32 tensor-core kernel (a decode step's
-// qkv and fc shapes; 16 to 64 rows; bias, no bias, residual, residual in place). Against the
-// CPU at the TF32 tolerance, the same bits on a second call, and other bits than cuBLAS's
-// (its K order differs), so the kernel really ran. Shapes it does not take (37 rows, too few
-// columns) still agree through cuBLAS.
+// qkv, fc and LM-head shapes; 16 to 64 rows; bias, no bias, residual, residual in place). Against
+// the CPU at the TF32 tolerance, the same bits on a second call, and other bits than cuBLAS's (its
+// K order differs), so the kernel really ran. Shapes it does not take (37 rows, too few columns)
+// still agree through cuBLAS.
 TEST_F(CudaParity, SkinnyMatmulMatchesTheCpu) {
   struct Shape {
     int N, IC, OC;
@@ -361,7 +361,8 @@ TEST_F(CudaParity, SkinnyMatmulMatchesTheCpu) {
   setenv("HH_CUDA_SKINNY", "0", 1);
   for (Shape s :
        {Shape{64, 768, 2304, true}, Shape{64, 768, 3072, true}, Shape{16, 768, 2304, true},
-        Shape{48, 3072, 4096, true}, Shape{37, 768, 2304, false}, Shape{64, 768, 768, false}}) {
+        Shape{48, 3072, 4096, true}, Shape{64, 768, 50304, true}, Shape{37, 768, 2304, false},
+        Shape{64, 768, 768, false}}) {
     const std::string tag =
         " N=" + std::to_string(s.N) + " IC=" + std::to_string(s.IC) + " OC=" + std::to_string(s.OC);
     const size_t n_out = static_cast<size_t>(s.N) * s.OC;
