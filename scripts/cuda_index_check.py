@@ -8,11 +8,9 @@ index logic, and compares both with plain numpy math. Every difference printed s
 """
 import sys
 
-try:
-    import numpy as np
-except ImportError:
-    print("cuda_index_check: skipped (needs numpy: apt-get install python3-numpy)")
-    sys.exit(77)
+from replay_checks import numpy_or_skip
+
+np = numpy_or_skip("cuda_index_check")
 rng = np.random.default_rng(0)
 
 def gemm(ta, tb, m, n, k, alpha, A, ao, lda, B, bo, ldb, beta, C, co, ldc):

@@ -14,22 +14,12 @@ math.
   /usr/bin/python3 scripts/decode_fast_check.py
 """
 import math
-import sys
 
-try:
-    import numpy as np
-except ImportError:
-    print("decode_fast_check: skipped (needs numpy: apt-get install python3-numpy)")
-    sys.exit(77)
+from replay_checks import Checks, numpy_or_skip
 
+np = numpy_or_skip("decode_fast_check")
 f32 = np.float32
-failures = []
-
-
-def check(ok, what):
-    if not ok:
-        failures.append(what)
-        print("FAIL:", what)
+check = Checks("decode_fast_check")
 
 
 # ---- 1. the Gumbel noise's range, from the exact u limits ----
@@ -299,7 +289,4 @@ for i, (name, make) in enumerate(kinds.items()):
         print("  %-20s T=%-3g token %5d  A %5d  B %5d  evaluated %5d" %
               (name, temperature, got, st["a"], st["b"], st["evaluated"]))
 
-if failures:
-    print("decode_fast_check: %d failures" % len(failures))
-    sys.exit(1)
-print("decode_fast_check: all checks passed")
+check.finish()

@@ -19,26 +19,22 @@ TF32-rounded operands (the test's tolerance). Planted bugs (--plant) must fail.
 """
 import sys
 
-try:
-    import numpy as np
-except ImportError:
-    print("flash_tc_check: skipped (needs numpy: apt-get install python3-numpy)")
-    sys.exit(77)
+from replay_checks import Checks, numpy_or_skip
 
+np = numpy_or_skip("flash_tc_check")
 f32 = np.float32
 TILE = 64  # kTile
 PAD = 4  # kPad
 LDS = TILE + PAD  # kLdS
 SUPPORTED = (16, 32, 48, 64)  # with_head_size
 MAX_OPTIN = 227 * 1024  # H100 sharedMemPerBlockOptin
-failures = []
+check = Checks("flash_tc_check")
 PLANT = None  # name of a deliberately broken variant (self-test of this checker)
 
 
-def check(ok, what):
-    if not ok:
-        failures.append(what)
-        print("FAIL:", what)
+def set_plant(plant):
+    global PLANT
+    PLANT = plant
 
 
 def tf32(x):
@@ -364,29 +360,16 @@ def supported(hs, T, tf32_on=True, flash=2):
 
 
 def main():
-    global PLANT
     if "--plant" in sys.argv[1:]:  # each planted bug must be caught
-        for plant in ("key_end", "mask", "rescale", "diag"):
-            PLANT = plant
-            before = len(failures)
-            print(f"planted bug {plant}:")
-            with np.errstate(all="ignore"):  # a planted bug may well make NaNs
-                run_shape(2, 130, 2, 16, [130, 70], 5, quiet=True)
-            caught = len(failures) > before
-            del failures[before:]
-            check(caught, f"planted bug {plant} not caught")
-            print(f"  caught: {caught}")
-        PLANT = None
+        check.planted_bugs_caught(("key_end", "mask", "rescale", "diag"), set_plant,
+                                  lambda: run_shape(2, 130, 2, 16, [130, 70], 5, quiet=True))
     check_layout()
     check(all(supported(hs, 10) for hs in SUPPORTED), "supported head sizes")
     check(not any(supported(hs, 10) for hs in (8, 24, 40, 80, 96, 128)), "unsupported head sizes fall back")
     check(not supported(64, 10, tf32_on=False) and not supported(64, 10, flash=1), "switches")
     for i, (B, T, NH, hs, lengths) in enumerate(SHAPES):
         run_shape(B, T, NH, hs, lengths, 100 + i)
-    if failures:
-        print(f"flash_tc_check: {len(failures)} failure(s)")
-        sys.exit(1)
-    print("flash_tc_check: all checks passed")
+    check.finish()
 
 
 if __name__ == "__main__":

@@ -15,22 +15,18 @@ bugs (--plant) must fail.
 """
 import sys
 
-try:
-    import numpy as np
-except ImportError:
-    print("skinny_check: skipped (needs numpy: apt-get install python3-numpy)")
-    sys.exit(77)
+from replay_checks import Checks, numpy_or_skip
 
+np = numpy_or_skip("skinny_check")
 WARPS, COLS = 8, 32  # kSkinnyWarps, kSkinnyCols
 H100_SMS = 132
-failures = []
-PLANT = None
+check = Checks("skinny_check")
+PLANT = None  # name of a deliberately broken variant (self-test of this checker)
 
 
-def check(ok, what):
-    if not ok:
-        failures.append(what)
-        print("FAIL:", what)
+def set_plant(plant):
+    global PLANT
+    PLANT = plant
 
 
 def wmma_rules(off, ldm, what):
@@ -122,7 +118,6 @@ def run(N, K, OC, rng, quiet=False):
 
 
 def main():
-    global PLANT
     rng = np.random.default_rng(0)
     # Small shapes with every row count (the grid is OC/32 whatever the SM rule says).
     for N in (16, 32, 48, 64):
@@ -135,20 +130,11 @@ def main():
                               ((64, 100, 2304), False), ((80, 768, 2304), False)):
         check(fits(n, ic, oc) == want, f"rule for {n}x{ic}x{oc}: expected {want}")
     if "--plant" in sys.argv[1:]:  # each planted bug must be caught
-        for plant in ("warp_slice", "row_tile", "store_col", "warps"):
-            PLANT = plant
-            before = len(failures)
-            with np.errstate(all="ignore"):
-                err = run(32, 128, 64, np.random.default_rng(1), quiet=True)
-            caught = len(failures) > before or not err < 1e-9
-            del failures[before:]
-            print(f"planted bug {plant}: {'caught' if caught else 'NOT caught'}")
-            check(caught, f"planted bug {plant} not caught")
-        PLANT = None
-    if failures:
-        print(f"skinny_check: {len(failures)} failure(s)")
-        sys.exit(1)
-    print("skinny_check: all passed")
+        check.planted_bugs_caught(
+            ("warp_slice", "row_tile", "store_col", "warps"), set_plant,
+            lambda: check(run(32, 128, 64, np.random.default_rng(1), quiet=True) < 1e-9,
+                          "skinny N=32 K=128 OC=64 (planted)"))
+    check.finish()
 
 
 if __name__ == "__main__":
