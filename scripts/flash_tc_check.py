@@ -44,32 +44,26 @@ def tf32(x):
 
 
 # ---- 1. layout ----
-def forward_smem(hs):
+def carve(hs, parts):
+    """Consecutive regions of the given sizes, as ForwardSmem/BackwardSmem lay them out:
+    (ld, {name: (offset, floats)}, bytes)."""
     ld = hs + PAD
-    q = 0
-    k = q + TILE * ld
-    v = k + TILE * ld
-    o = v + TILE * ld
-    s = o + TILE * ld
-    inv_l = s + TILE * LDS
-    floats = inv_l + TILE
-    return ld, dict(q=(q, TILE * ld), k=(k, TILE * ld), v=(v, TILE * ld), o=(o, TILE * ld),
-                    s=(s, TILE * LDS), inv_l=(inv_l, TILE)), floats * 4
+    sizes = {"tile": TILE * ld, "scores": TILE * LDS, "row": TILE}
+    layout, at = {}, 0
+    for name, kind in parts:
+        layout[name] = (at, sizes[kind])
+        at += sizes[kind]
+    return ld, layout, at * 4
+
+
+def forward_smem(hs):
+    return carve(hs, [("q", "tile"), ("k", "tile"), ("v", "tile"), ("o", "tile"),
+                      ("s", "scores"), ("inv_l", "row")])
 
 
 def backward_smem(hs):
-    ld = hs + PAD
-    a = 0
-    b = a + TILE * ld
-    c = b + TILE * ld
-    d = c + TILE * ld
-    s = d + TILE * ld
-    dp = s + TILE * LDS
-    lse = dp + TILE * LDS
-    dd = lse + TILE
-    floats = dd + TILE
-    return ld, dict(a=(a, TILE * ld), b=(b, TILE * ld), c=(c, TILE * ld), d=(d, TILE * ld),
-                    s=(s, TILE * LDS), dp=(dp, TILE * LDS), lse=(lse, TILE), dd=(dd, TILE)), floats * 4
+    return carve(hs, [("a", "tile"), ("b", "tile"), ("c", "tile"), ("d", "tile"),
+                      ("s", "scores"), ("dp", "scores"), ("lse", "row"), ("dd", "row")])
 
 
 def check_layout():
@@ -128,6 +122,11 @@ def mm(a, b, round_ops):
     return (a.astype(f32) @ b.astype(f32)).astype(f32)
 
 
+def head_qkv(qkv, b, h, C, hs):
+    """Sequence b's q, k and v of head h: [T, hs] views of qkv [B, T, 3C]."""
+    return tuple(qkv[b, :, part * C + h * hs:part * C + (h + 1) * hs] for part in range(3))
+
+
 def forward(qkv, lengths, B, T, C, NH, round_ops):
     hs = C // NH
     scale = f32(1.0 / np.sqrt(f32(hs)))
@@ -137,9 +136,7 @@ def forward(qkv, lengths, B, T, C, NH, round_ops):
     for b in range(B):
         L = min(max(int(lengths[b]), 0), T)
         for h in range(NH):
-            q_all = qkv[b, :, h * hs:(h + 1) * hs]
-            k_all = qkv[b, :, C + h * hs:C + (h + 1) * hs]
-            v_all = qkv[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs]
+            q_all, k_all, v_all = head_qkv(qkv, b, h, C, hs)
             for bx in range(ntiles):
                 q0 = (ntiles - 1 - bx) * TILE
                 rows = min(TILE, T - q0)
@@ -201,9 +198,7 @@ def backward(qkv, dout, out, lse, lengths, B, T, C, NH, round_ops):
     for b in range(B):
         L = min(max(int(lengths[b]), 0), T)
         for h in range(NH):
-            q_all = qkv[b, :, h * hs:(h + 1) * hs]
-            k_all = qkv[b, :, C + h * hs:C + (h + 1) * hs]
-            v_all = qkv[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs]
+            q_all, k_all, v_all = head_qkv(qkv, b, h, C, hs)
             dy_all = dout[b, :, h * hs:(h + 1) * hs]
             cq, ck, cv = h * hs, C + h * hs, 2 * C + h * hs
             # flash_tc_dq_kernel

@@ -807,19 +807,20 @@ TEST_F(CudaParity, AdamWAndFlatUtilities) {
   hh::AdamWParams hp;
   hp.lr = 1e-3f;
   hp.weight_decay = 0.1f;
+  // One step on both backends; parameters and both moments compared.
+  auto step_both = [&](const std::string& tag) {
+    cpu_->adamw_update(p_c.data(), g_c.data(), m_c.data(), v_c.data(), n, hp);
+    gpu_->adamw_update(p_g.data(), g_g.data(), m_g.data(), v_g.data(), n, hp);
+    expect_close(download(*cpu_, p_c), download(*gpu_, p_g), kExact, "adamw params" + tag);
+    expect_close(download(*cpu_, m_c), download(*gpu_, m_g), kExact, "adamw m" + tag);
+    expect_close(download(*cpu_, v_c), download(*gpu_, v_g), kExact, "adamw v" + tag);
+  };
   hp.step = 3;
-  cpu_->adamw_update(p_c.data(), g_c.data(), m_c.data(), v_c.data(), n, hp);
-  gpu_->adamw_update(p_g.data(), g_g.data(), m_g.data(), v_g.data(), n, hp);
-  expect_close(download(*cpu_, p_c), download(*gpu_, p_g), kExact, "adamw params");
-  expect_close(download(*cpu_, m_c), download(*gpu_, m_g), kExact, "adamw m");
-  expect_close(download(*cpu_, v_c), download(*gpu_, v_g), kExact, "adamw v");
+  step_both("");
   // A second step with the clip coefficient applied inside the update.
   hp.step = 4;
   hp.grad_scale = 0.37f;
-  cpu_->adamw_update(p_c.data(), g_c.data(), m_c.data(), v_c.data(), n, hp);
-  gpu_->adamw_update(p_g.data(), g_g.data(), m_g.data(), v_g.data(), n, hp);
-  expect_close(download(*cpu_, p_c), download(*gpu_, p_g), kExact, "adamw params, grad_scale");
-  expect_close(download(*cpu_, m_c), download(*gpu_, m_g), kExact, "adamw m, grad_scale");
+  step_both(", grad_scale");
   EXPECT_EQ(download(*gpu_, g_g), g) << "adamw leaves the gradient as it was";
   const double ss_c = cpu_->sum_squares(g_c.data(), n), ss_g = gpu_->sum_squares(g_g.data(), n);
   EXPECT_NEAR(ss_g, ss_c, 1e-10 * ss_c) << "double accumulation: only the order differs";
