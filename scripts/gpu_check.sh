@@ -15,7 +15,10 @@
 #   HH_GPU_JOBS (16) build jobs; HH_GPU_SKIP_BENCH=1 skips steps 5-5c; HH_GPU_SKIP lists
 #   steps to leave out (torch: step 5; 5c; 5a: the switches, configurations in HH_GPU_TRAIN_SWEEP
 #   and HH_GPU_GEN_SWEEP, ';'-separated; shapes 5b flash hf-generate hf-interop); HH_GPU_PROFILE=1 adds
-#   scripts/gpu_profile.sh (per-kernel times, with HH_GPU_PROFILE_SWITCHES); HH_GPU_SKIP_CTEST=1
+#   scripts/gpu_profile.sh (per-kernel times, with HH_GPU_PROFILE_SWITCHES, else step 5c's);
+#   step 5c runs with the fastest generation configuration of 5a whose switches passed their
+#   tests in step 3 (5a also times the single winners together), or HH_GPU_GEN_SWITCHES;
+#   HH_GPU_SKIP_CTEST=1
 #   skips the whole ctest; HH_GPU_DEMO=1 runs make demo's GPU size (HH_GPU_DEMO_S, 240 s)
 #   with the data at HH_DATA_DIR/hh-rlhf; HH_GPU_BUDGET_S
 #   (540): a step that would start later than this is skipped, so one call fits the device
@@ -205,6 +208,37 @@ train_step() {
   [ -n "$ms" ] || echo "$out" | tail -3 >&2
   echo "${ms:-FAILED} ${gib:-?}"
 }
+# gen_tps "switches": new tokens/s of the 124M generation benchmark (empty on failure).
+gen_tps() {
+  with_switches "$1" timeout 60 "$BUILD/hh-chat" "${GEN[@]}" 2>/dev/null |
+    grep -Eo '"tokens_per_s":[0-9.]+' | cut -d: -f2 | cut -d. -f1 || true
+}
+# The parity tests of each switch (step 3 ran them, setting the switch themselves).
+switch_tests() {
+  case "$1" in
+    HH_CUDA_LT_TUNE) echo "TunedMatmulsMatchTheCpu" ;;
+    HH_CUDA_SKINNY) echo "SkinnyMatmulMatchesTheCpu" ;;
+    HH_CUDA_PDL) echo "CudaPdlMatchesPlainLaunches" ;;
+    HH_CUDA_KV_HALF) echo "DecodeWithHalfKvCache CudaDecodingMatchesCpu" ;;
+    HH_CUDA_FAST_DECODE) echo "DecodeAttentionFastVariants SampleRowsPruned" ;;
+  esac
+}
+# switch_tests_pass "A=1 B=1": false when step 3 ran no tests, or one of a switch's failed.
+switch_tests_pass() {
+  local kv t
+  [ "$GPU_RUN" -gt 0 ] || return 1
+  for kv in $1; do
+    [ "$kv" = default ] && continue
+    for t in $(switch_tests "${kv%%=*}"); do
+      if grep -qE "^\[  FAILED  \] [A-Za-z]+\.$t( |\$)" "$LOGDIR"/test_*.log 2>/dev/null; then
+        echo "[$1] is out: its test $t failed in step 3" >&2
+        return 1
+      fi
+    done
+  done
+}
+# The generation configuration of step 5c: the sweep's fastest (default without a sweep).
+GEN_BEST="${HH_GPU_GEN_SWITCHES:-default}"; GEN_BEST_TPS=0
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a && in_budget; then
   ATTN_SWEEP=""
   IFS=";" read -r -a TRAIN_CFGS <<<"${HH_GPU_TRAIN_SWEEP:-default;HH_CUDA_LT_TUNE=1;HH_CUDA_ATTN_BLOCKS=1;HH_CUDA_FUSE=0}"
@@ -215,12 +249,37 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a
     ATTN_SWEEP="$ATTN_SWEEP [$cfg] ${ms}ms/${gib}GiB;"
   done
   GEN_SWEEP=""
+  declare -A GEN_TPS=()
   for cfg in "${GEN_CFGS[@]}"; do
-    tps=$(with_switches "$cfg" timeout 60 "$BUILD/hh-chat" "${GEN[@]}" 2>/dev/null |
-      grep -Eo '"tokens_per_s":[0-9.]+' | cut -d: -f2 | cut -d. -f1 || true)
-    echo "generate [$cfg]: ${tps:-FAILED} tokens/s"
-    GEN_SWEEP="$GEN_SWEEP [$cfg] ${tps:-FAILED};"
+    GEN_TPS[$cfg]=$(gen_tps "$cfg")
+    echo "generate [$cfg]: ${GEN_TPS[$cfg]:-FAILED} tokens/s"
+    GEN_SWEEP="$GEN_SWEEP [$cfg] ${GEN_TPS[$cfg]:-FAILED};"
   done
+  # Every single switch that beat the default by 1% and passed its tests, together (unless
+  # the list above timed that combination already).
+  COMBO=""
+  base=${GEN_TPS[default]:-0}
+  for cfg in "${GEN_CFGS[@]}"; do
+    case "$cfg" in default | *" "* | HH_CUDA_GRAPHS=*) continue ;; esac
+    tps=${GEN_TPS[$cfg]:-0}
+    if [ "$tps" -gt $((base + base / 100)) ] && switch_tests_pass "$cfg"; then COMBO="$COMBO $cfg"; fi
+  done
+  COMBO=${COMBO# }
+  if [ "$COMBO" != "${COMBO% *}" ] && [ -z "${GEN_TPS[$COMBO]+set}" ]; then
+    GEN_TPS[$COMBO]=$(gen_tps "$COMBO")
+    echo "generate [$COMBO] (the single winners together): ${GEN_TPS[$COMBO]:-FAILED} tokens/s"
+    GEN_SWEEP="$GEN_SWEEP [$COMBO] ${GEN_TPS[$COMBO]:-FAILED};"
+  fi
+  # The fastest configuration whose switches all passed their tests runs step 5c (unless
+  # HH_GPU_GEN_SWITCHES names one).
+  [ -n "${HH_GPU_GEN_SWITCHES:-}" ] || for cfg in "${!GEN_TPS[@]}"; do
+    case "$cfg" in HH_CUDA_GRAPHS=* | *" HH_CUDA_GRAPHS="*) continue ;; esac
+    tps=${GEN_TPS[$cfg]:-0}
+    if [ "$tps" -gt "$GEN_BEST_TPS" ] && switch_tests_pass "$cfg"; then
+      GEN_BEST="$cfg"; GEN_BEST_TPS=$tps
+    fi
+  done
+  echo "fastest generation configuration with passing tests: [$GEN_BEST] $GEN_BEST_TPS tokens/s"
 fi
 
 step "5a'. batch 1 to 64, sequence 64 to 1024 (124M training step, 3 steps each)"
@@ -247,14 +306,16 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5b
   : "${SINGLE_MS:=n/a}" "${NCCL1_MS:=n/a}" "${NCCL1_PCT:=n/a}"
 fi
 
-step "5c. generation (hh-chat --bench vs HF generate), PM pairs/s, PPO phases (124M)"
+step "5c. generation (hh-chat --bench vs HF generate), PM pairs/s, PPO phases (124M) [$GEN_BEST]"
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5c && in_budget; then
   set +e
   if wanted hf-generate; then
-    PYTHON=python3 timeout 150 bash "$ROOT/scripts/bench_generate.sh" cuda "$BUILD" >"$LOGDIR/bench_generate.log" 2>&1
+    PYTHON=python3 with_switches "$GEN_BEST" timeout 150 bash "$ROOT/scripts/bench_generate.sh" cuda "$BUILD" \
+      >"$LOGDIR/bench_generate.log" 2>&1
   else
     # hh alone (HF generate's numbers from an earlier run of this script).
-    timeout 60 "$BUILD/hh-chat" "${GEN[@]}" 2>/dev/null | sed 's/^/hh:  /' >"$LOGDIR/bench_generate.log"
+    with_switches "$GEN_BEST" timeout 60 "$BUILD/hh-chat" "${GEN[@]}" 2>/dev/null | sed 's/^/hh:  /' \
+      >"$LOGDIR/bench_generate.log"
     GEN_HH=$(grep -Eo '"tokens_per_s":[0-9.]+' "$LOGDIR/bench_generate.log" | cut -d: -f2 | cut -d. -f1)
   fi
   tail -6 "$LOGDIR/bench_generate.log"
@@ -266,7 +327,7 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5c
   echo "hh without CUDA graphs: ${GEN_EAGER:-n/a} tokens/s"
   in_budget && timeout 90 "$BUILD/hh-bench" train --pm "${GPT2[@]}" --vocab 50304 --batch 16 --seq 1024 --steps 8 >"$LOGDIR/bench_pm.log" 2>&1
   PM_PAIRS=$(grep -Eo "preference model: [0-9.]+ pairs/s" "$LOGDIR/bench_pm.log" | grep -Eo "[0-9.]+" | head -1)
-  in_budget && timeout 150 "$BUILD/hh-bench" ppo "${GPT2[@]}" --vocab 50258 \
+  in_budget && with_switches "$GEN_BEST" timeout 150 "$BUILD/hh-bench" ppo "${GPT2[@]}" --vocab 50258 \
     --batch 64 --seq 256 --prompt-len 64 --new-tokens 128 --epochs 4 --minibatch 16 --steps 2 \
     --warmup 1 >"$LOGDIR/bench_ppo.log" 2>&1
   cat "$LOGDIR/bench_ppo.log" | grep -v "^{"
@@ -314,7 +375,7 @@ if [ "${HH_GPU_PROFILE:-0}" = "1" ] && [ -x "$BUILD/hh-bench" ] && in_budget; th
   # Whatever is left before HH_GPU_DEADLINE_S (default 540), so the summary still comes.
   LEFT=$(( ${HH_GPU_DEADLINE_S:-540} - ($(date +%s) - START) ))
   HH_PROFILE_DIR="$LOGDIR" HH_PROFILE_S=$(( LEFT > 40 ? LEFT : 40 )) \
-    with_switches "${HH_GPU_PROFILE_SWITCHES:-default}" bash scripts/gpu_profile.sh "$BUILD" 2>&1 |
+    with_switches "${HH_GPU_PROFILE_SWITCHES:-$GEN_BEST}" bash scripts/gpu_profile.sh "$BUILD" 2>&1 |
     tee "$LOGDIR/profile.log"
   set -e
 fi
@@ -337,9 +398,9 @@ step "6. summary"
   echo "| switches: generate tok/s      |$GEN_SWEEP"
   echo "| shapes (ms/step, peak)        |$SHAPES"
   echo "| 124M step: single / NCCL w=1  | $SINGLE_MS ms / $NCCL1_MS ms (all-reduce +$NCCL1_PCT%)"
-  echo "| generate 124M, 64x(64+128)    | hh $GEN_HH tok/s (no graphs ${GEN_EAGER:-n/a}); HF fp32 $GEN_HF"
+  echo "| generate 124M, 64x(64+128)    | hh $GEN_HH tok/s [$GEN_BEST] (no graphs ${GEN_EAGER:-n/a}); HF fp32 $GEN_HF"
   echo "| PM 124M, 8 pairs x 1024       | $PM_PAIRS pairs/s"
-  echo "| PPO 124M, 64 x 128 new tokens | $PPO_PHASES"
+  echo "| PPO 124M, 64 x 128 new tokens | $PPO_PHASES [$GEN_BEST]"
   echo "| total time                    | $(($(date +%s) - START)) s"
 } | tee "$LOGDIR/gpu_check_summary.txt"
 
