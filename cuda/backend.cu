@@ -29,6 +29,8 @@
 //                   reads per step; decode.cu)
 //   HH_CUDA_SKINNY=1 products of 16..64 rows (decode steps) on our TF32 tensor-core kernel
 //                   instead of cuBLAS, where the shape fits (matmul.cu)
+//   HH_CUDA_DECODE_FP16=1 with TF32 on: generation's decode step reads fp16 copies of the
+//                   weights and feeds the matmuls fp16 activations (ops.h: decode_fp16)
 //   HH_CUDA_PDL=1   programmatic dependent launch (sm_90+) for the kernels of a decode step
 //                   that are ours (LayerNorm, GELU, embedding, attention_decode, sampler;
 //                   common.cuh's launch())
@@ -104,6 +106,7 @@ class CudaBackend : public Backend {
     ctx_.pdl = env_flag("HH_CUDA_PDL", false) && prop.major >= 9;
     ctx_.kv_half = env_flag("HH_CUDA_KV_HALF", false) && ctx_.tf32;
     ctx_.skinny = env_flag("HH_CUDA_SKINNY", false) && prop.major >= 8;
+    ctx_.decode_fp16 = env_flag("HH_CUDA_DECODE_FP16", false) && ctx_.tf32;
     graphs_ = env_flag("HH_CUDA_GRAPHS", true);
     if (const char* top = std::getenv("HH_CUDA_KERNEL_TIMES"); top && std::atoi(top) > 0) {
       const std::string why_not = kernel_times_start();
@@ -385,6 +388,26 @@ class CudaBackend : public Backend {
   void sample_rows(int32_t* tokens, float* logprobs, const float* logits, const uint64_t* seeds,
                    float temperature, int M, int V, int Vp) override {
     cuda::sample_rows(ctx_, tokens, logprobs, logits, seeds, temperature, M, V, Vp);
+  }
+  bool decode_fp16() const override { return ctx_.decode_fp16; }
+  void to_half(void* dst, const float* src, size_t n) override { cuda::to_half(ctx_, dst, src, n); }
+  void layernorm_forward_half(void* out, const float* inp, const float* weight, const float* bias,
+                              int N, int C) override {
+    cuda::layernorm_forward_half(ctx_, out, inp, weight, bias, N, C);
+  }
+  void attention_decode_half(void* out, const float* qkv, void* kcache, void* vcache,
+                             const int32_t* slots, const int32_t* positions, int M, int max_len,
+                             int C, int NH) override {
+    cuda::attention_decode_half(ctx_, out, qkv, kcache, vcache, slots, positions, M, max_len, C,
+                                NH);
+  }
+  void matmul_forward_half(float* out, const void* inp, const void* weight, const float* bias,
+                           const float* residual, int N, int IC, int OC) override {
+    cuda::matmul_forward_half(ctx_, out, inp, weight, bias, residual, N, IC, OC);
+  }
+  void matmul_gelu_forward_half(void* out, const void* inp, const void* weight, const void* bias,
+                                int N, int IC, int OC) override {
+    cuda::matmul_gelu_forward_half(ctx_, out, inp, weight, bias, N, IC, OC);
   }
   void adamw_update(float* params, const float* grads, float* m, float* v, size_t n,
                     const AdamWParams& hp) override {

@@ -8,6 +8,7 @@
 
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -47,18 +48,19 @@ struct Context {
   cublasLtHandle_t cublaslt = nullptr;
   void* cublas_workspace = nullptr;  // given to cuBLAS and cuBLASLt (no hidden allocations)
   size_t cublas_workspace_bytes = 0;
-  bool tf32 = true;         // HH_CUDA_TF32=0 turns TF32 tensor cores off (exact fp32 matmuls)
-  bool use_lt = true;       // HH_CUDA_LT=0 turns the cuBLASLt bias-epilogue path off
-  bool lt_tune = false;     // HH_CUDA_LT_TUNE=1: cuBLASLt plans time their candidates
-  int flash = 0;            // HH_CUDA_FLASH=1: fused attention (attention_flash.cu); 2: on TF32
-                            // tensor cores (attention_flash_tc.cu)
-  int attn_heads = 0;       // HH_CUDA_ATTN_HEADS: heads per chunk in attention.cu (0: all)
-  int attn_blocks = 0;      // HH_CUDA_ATTN_BLOCKS: causal row blocks in attention.cu (0: by T)
-  bool fuse = true;         // HH_CUDA_FUSE=0: residual add and cross-entropy backward unfused
-  bool fast_decode = true;  // HH_CUDA_FAST_DECODE=0: the plain decode attention and sampler
-  bool pdl = false;         // HH_CUDA_PDL=1: launch() uses programmatic dependent launch
-  bool kv_half = false;     // HH_CUDA_KV_HALF=1 (with TF32): the KV cache holds fp16
-  bool skinny = false;      // HH_CUDA_SKINNY=1 (with TF32): few-row products in matmul.cu
+  bool tf32 = true;          // HH_CUDA_TF32=0 turns TF32 tensor cores off (exact fp32 matmuls)
+  bool use_lt = true;        // HH_CUDA_LT=0 turns the cuBLASLt bias-epilogue path off
+  bool lt_tune = false;      // HH_CUDA_LT_TUNE=1: cuBLASLt plans time their candidates
+  int flash = 0;             // HH_CUDA_FLASH=1: fused attention (attention_flash.cu); 2: on TF32
+                             // tensor cores (attention_flash_tc.cu)
+  int attn_heads = 0;        // HH_CUDA_ATTN_HEADS: heads per chunk in attention.cu (0: all)
+  int attn_blocks = 0;       // HH_CUDA_ATTN_BLOCKS: causal row blocks in attention.cu (0: by T)
+  bool fuse = true;          // HH_CUDA_FUSE=0: residual add and cross-entropy backward unfused
+  bool fast_decode = true;   // HH_CUDA_FAST_DECODE=0: the plain decode attention and sampler
+  bool pdl = false;          // HH_CUDA_PDL=1: launch() uses programmatic dependent launch
+  bool kv_half = false;      // HH_CUDA_KV_HALF=1 (with TF32): the KV cache holds fp16
+  bool skinny = false;       // HH_CUDA_SKINNY=1 (with TF32): few-row products in matmul.cu
+  bool decode_fp16 = false;  // HH_CUDA_DECODE_FP16=1 (with TF32): ops.h's fp16 decode step
   int num_sms = 1;
   size_t max_shared_optin = 48 * 1024;  // shared memory a block may opt in to (bytes)
 
@@ -87,11 +89,15 @@ struct Context {
 // be scheduled while the kernel before it on the stream is still finishing, so its launch
 // latency hides behind that kernel's tail (inside CUDA graphs too). Such a kernel must call
 // wait_for_previous_kernel() before it touches memory: it returns once the previous kernel
-// has completed and its writes are visible (no kernel here signals completion early), so
-// the order is the stream's. Without the attribute, or before sm_90, the wait is a no-op.
+// has completed and its writes are visible, so the order is the stream's. Without the
+// attribute, or before sm_90, the wait is a no-op. It also lets the next kernel's blocks be
+// scheduled now (launch_dependents): they only start their own wait, which still returns after this
+// whole grid has completed, so nothing is reordered; the next kernel's launch overlaps this one's
+// run instead of following its last block.
 __device__ __forceinline__ void wait_for_previous_kernel() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 
@@ -133,6 +139,11 @@ inline int grid_for(size_t n, int threads, const Context& ctx) {
   if (blocks < 1) blocks = 1;
   return static_cast<int>(blocks);
 }
+
+// A value stored as float, or as fp16 rounded to nearest even (the fp16 KV cache and the fp16
+// decode step); all arithmetic stays fp32.
+__device__ __forceinline__ void store_value(float* p, float x) { *p = x; }
+__device__ __forceinline__ void store_value(__half* p, float x) { *p = __float2half_rn(x); }
 
 __device__ __forceinline__ float warp_sum(float x) {
   for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);

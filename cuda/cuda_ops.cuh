@@ -79,6 +79,17 @@ void attention_decode(Context& ctx, float* out, const float* qkv, void* kcache, 
                       int NH);
 void sample_rows(Context& ctx, int32_t* tokens, float* logprobs, const float* logits,
                  const uint64_t* seeds, float temperature, int M, int V, int Vp);
+// the fp16 decode step (ops.h: decode_fp16): decode.cu, layernorm.cu, matmul.cu
+void to_half(Context& ctx, void* dst, const float* src, size_t n);
+void attention_decode_half(Context& ctx, void* out, const float* qkv, void* kcache, void* vcache,
+                           const int32_t* slots, const int32_t* positions, int M, int max_len,
+                           int C, int NH);
+void layernorm_forward_half(Context& ctx, void* out, const float* inp, const float* weight,
+                            const float* bias, int N, int C);
+void matmul_forward_half(Context& ctx, float* out, const void* inp, const void* weight,
+                         const float* bias, const float* residual, int N, int IC, int OC);
+void matmul_gelu_forward_half(Context& ctx, void* out, const void* inp, const void* weight,
+                              const void* bias, int N, int IC, int OC);
 // adamw.cu (also the flat-buffer utilities)
 void adamw_update(Context& ctx, float* params, const float* grads, float* m, float* v, size_t n,
                   const AdamWParams& hp);

@@ -13,7 +13,7 @@
 //
 // The cache holds float, or fp16 under ctx.kv_half (HH_CUDA_KV_HALF=1 with TF32): the
 // kernels are templates on the stored type T, load through kv_load/kv_load2 (half2 pairs)
-// and store through kv_store (round to nearest); all arithmetic stays fp32.
+// and store through store_value (common.cuh: round to nearest); all arithmetic stays fp32.
 //
 // Two variants of attention_decode and sample_rows; ctx.fast_decode (default; off with
 // HH_CUDA_FAST_DECODE=0) picks the second where it applies (head size up to
@@ -69,8 +69,6 @@ __device__ __forceinline__ float2 kv_load2(const float* p) {
 __device__ __forceinline__ float2 kv_load2(const __half* p) {
   return __half22float2(*reinterpret_cast<const __half2*>(p));
 }
-__device__ __forceinline__ void kv_store(float* p, float x) { *p = x; }
-__device__ __forceinline__ void kv_store(__half* p, float x) { *p = __float2half_rn(x); }
 
 __global__ void embedding_forward_at_kernel(float* out, const int32_t* tokens,
                                             const int32_t* positions, const float* wte,
@@ -96,8 +94,8 @@ __global__ void kv_cache_write_kernel(T* kcache, T* vcache, const float* qkv, co
     if (pos < 0) continue;
     const size_t at = (static_cast<size_t>(slots[m]) * max_len + pos) * C + c;
     const float* row = qkv + m * 3 * C;
-    kv_store(kcache + at, row[C + c]);
-    kv_store(vcache + at, row[2 * C + c]);
+    store_value(kcache + at, row[C + c]);
+    store_value(vcache + at, row[2 * C + c]);
   }
 }
 
@@ -113,8 +111,8 @@ __device__ __forceinline__ void append_head_kv(T* kcache, T* vcache, const float
     const float* row = qkv + static_cast<size_t>(m) * 3 * C + static_cast<size_t>(h) * hs;
     const size_t at = base + static_cast<size_t>(pos) * C;
     for (int i = threadIdx.x; i < hs; i += blockDim.x) {
-      kv_store(kcache + at + i, row[C + i]);
-      kv_store(vcache + at + i, row[2 * C + i]);
+      store_value(kcache + at + i, row[C + i]);
+      store_value(vcache + at + i, row[2 * C + i]);
     }
   }
   __syncthreads();
@@ -131,9 +129,10 @@ __device__ float block_max(float x, float* shared) {
   return warp_max(x);
 }
 
-// grid (M, NH); dynamic shared memory: max_len scores + hs floats of q.
-template <typename T>
-__global__ void attention_decode_kernel(float* out, const float* qkv, T* kcache, T* vcache,
+// grid (M, NH); dynamic shared memory: max_len scores + hs floats of q. TO: the output's
+// type (float; __half for attention_decode_half).
+template <typename T, typename TO>
+__global__ void attention_decode_kernel(TO* out, const float* qkv, T* kcache, T* vcache,
                                         const int32_t* slots, const int32_t* positions, int max_len,
                                         int C, int NH, float scale) {
   wait_for_previous_kernel();  // launched with launch(): see common.cuh
@@ -164,12 +163,12 @@ __global__ void attention_decode_kernel(float* out, const float* qkv, T* kcache,
     local_sum += e;
   }
   const float inv_sum = 1.0f / block_sum(local_sum, reduce);  // its syncs publish scores[]
-  float* o = out + static_cast<size_t>(m) * C + static_cast<size_t>(h) * hs;
+  TO* o = out + static_cast<size_t>(m) * C + static_cast<size_t>(h) * hs;
   for (int d = threadIdx.x; d < hs; d += blockDim.x) {
     float acc = 0.0f;
     for (int t = 0; t < n; t++)
       acc += scores[t] * kv_load(vcache + base + static_cast<size_t>(t) * C + d);
-    o[d] = acc * inv_sum;
+    store_value(o + d, acc * inv_sum);
   }
 }
 
@@ -255,10 +254,10 @@ __device__ __forceinline__ void decode_keys(const T* kbase, const T* vbase, size
 }
 
 // grid (M, NH), block kFastDecodeWarps·32; dynamic shared memory: kFastDecodeWarps·(hs + 2)
-// floats. D = ⌈hs/32⌉ dimensions per lane.
-template <int D, bool kPairs, typename T>
+// floats. D = ⌈hs/32⌉ dimensions per lane; TO as attention_decode_kernel's.
+template <int D, bool kPairs, typename T, typename TO>
 __global__ void __launch_bounds__(kFastDecodeWarps * 32)
-    attention_decode_warps_kernel(float* __restrict__ out, const float* __restrict__ qkv, T* kcache,
+    attention_decode_warps_kernel(TO* __restrict__ out, const float* __restrict__ qkv, T* kcache,
                                   T* vcache, const int32_t* slots, const int32_t* positions,
                                   int max_len, int C, int NH, float scale) {
   wait_for_previous_kernel();  // launched with launch(): see common.cuh
@@ -314,12 +313,12 @@ __global__ void __launch_bounds__(kFastDecodeWarps * 32)
     sum += warp_sum[w] * factor[w];
   }
   const float inv_sum = 1.0f / sum;  // the warp holding max_all adds ≥ 1, unless n ≤ 0
-  float* o = out + static_cast<size_t>(m) * C + static_cast<size_t>(h) * hs;
+  TO* o = out + static_cast<size_t>(m) * C + static_cast<size_t>(h) * hs;
   for (int d = threadIdx.x; d < hs; d += blockDim.x) {
     float a = 0.0f;
 #pragma unroll
     for (int w = 0; w < W; w++) a += warp_acc[w * hs + d] * factor[w];
-    o[d] = a * inv_sum;
+    store_value(o + d, a * inv_sum);
   }
 }
 
@@ -348,10 +347,10 @@ __device__ __forceinline__ float gumbel(uint64_t seed, int v) {
   return gumbel_of_u(gumbel_u(seed, v));
 }
 
-// A column's score x·inv_t + g with two IEEE roundings, as the CPU's float expression (no
-// FMA on its baseline x86-64): the samplers pick the same tokens as the CPU, not only
-// nearly always. Plain `x * inv_t + g` under --use_fast_math may be fused or not, as ptxas
-// decides per site.
+// A column's score x·inv_t + g with two IEEE roundings, as the CPU's gumbel_score (which
+// keeps the compiler from fusing them): the samplers pick the same tokens as the CPU, not
+// only nearly always. Plain `x * inv_t + g` under --use_fast_math may be fused or not, as
+// ptxas decides per site.
 __device__ __forceinline__ float gumbel_score(float x, float inv_t, float g) {
   return __fadd_rn(__fmul_rn(x, inv_t), g);
 }
@@ -667,14 +666,14 @@ void kv_cache_write(Context& ctx, void* kcache, void* vcache, const float* qkv,
 
 namespace {
 
-template <int D, typename T>
+template <int D, typename T, typename TO>
 void launch_attention_decode_warps(Context& ctx, bool pairs, dim3 grid, size_t shared_bytes,
-                                   float* out, const float* qkv, T* kcache, T* vcache,
+                                   TO* out, const float* qkv, T* kcache, T* vcache,
                                    const int32_t* slots, const int32_t* positions, int max_len,
                                    int C, int NH, float scale) {
-  auto* kernel = attention_decode_warps_kernel<D, false, T>;
+  auto* kernel = attention_decode_warps_kernel<D, false, T, TO>;
   if constexpr (D % 2 == 0)
-    if (pairs) kernel = attention_decode_warps_kernel<D, true, T>;
+    if (pairs) kernel = attention_decode_warps_kernel<D, true, T, TO>;
   launch(ctx, kernel, grid, kFastDecodeWarps * 32, shared_bytes, out, qkv, kcache, vcache, slots,
          positions, max_len, C, NH, scale);
 }
@@ -682,8 +681,8 @@ void launch_attention_decode_warps(Context& ctx, bool pairs, dim3 grid, size_t s
 bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // The warp-parallel kernel for D = ⌈hs/32⌉ dimensions per lane (hs ≤ 32·kFastDecodeMaxDims).
-template <typename T>
-void attention_decode_fast(Context& ctx, float* out, const float* qkv, T* kcache, T* vcache,
+template <typename T, typename TO>
+void attention_decode_fast(Context& ctx, TO* out, const float* qkv, T* kcache, T* vcache,
                            const int32_t* slots, const int32_t* positions, int M, int max_len,
                            int C, int NH) {
   const int hs = C / NH;
@@ -697,10 +696,10 @@ void attention_decode_fast(Context& ctx, float* out, const float* qkv, T* kcache
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const dim3 grid(M, NH);
   switch (dims) {
-#define HH_DECODE_CASE(D)                                                                         \
-  case D:                                                                                         \
-    launch_attention_decode_warps<D, T>(ctx, pairs, grid, shared_bytes, out, qkv, kcache, vcache, \
-                                        slots, positions, max_len, C, NH, scale);                 \
+#define HH_DECODE_CASE(D)                                                                     \
+  case D:                                                                                     \
+    launch_attention_decode_warps<D, T, TO>(ctx, pairs, grid, shared_bytes, out, qkv, kcache, \
+                                            vcache, slots, positions, max_len, C, NH, scale); \
     break;
     HH_DECODE_CASE(1)
     HH_DECODE_CASE(2)
@@ -717,8 +716,8 @@ void attention_decode_fast(Context& ctx, float* out, const float* qkv, T* kcache
   }
 }
 
-template <typename T>
-void attention_decode_as(Context& ctx, float* out, const float* qkv, T* kcache, T* vcache,
+template <typename T, typename TO>
+void attention_decode_as(Context& ctx, TO* out, const float* qkv, T* kcache, T* vcache,
                          const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
                          int NH) {
   const int hs = C / NH;
@@ -731,15 +730,15 @@ void attention_decode_as(Context& ctx, float* out, const float* qkv, T* kcache, 
   HH_CHECK(shared_bytes + 32 * sizeof(float) <= 48 * 1024, "attention_decode: max_len ", max_len,
            " + head size ", hs, " floats exceed the 48 KiB of shared memory per block");
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  launch(ctx, attention_decode_kernel<T>, dim3(M, NH), kDecodeThreads, shared_bytes, out, qkv,
+  launch(ctx, attention_decode_kernel<T, TO>, dim3(M, NH), kDecodeThreads, shared_bytes, out, qkv,
          kcache, vcache, slots, positions, max_len, C, NH, scale);
 }
 
-}  // namespace
-
-void attention_decode(Context& ctx, float* out, const float* qkv, void* kcache, void* vcache,
-                      const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
-                      int NH) {
+// The cache's stored type (ctx.kv_half) and the output's, TO.
+template <typename TO>
+void attention_decode_to(Context& ctx, TO* out, const float* qkv, void* kcache, void* vcache,
+                         const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
+                         int NH) {
   if (M <= 0) return;
   HH_CHECK(NH > 0 && C % NH == 0, "attention_decode: width C=", C, " is not a multiple of NH=", NH);
   if (ctx.kv_half)
@@ -748,6 +747,33 @@ void attention_decode(Context& ctx, float* out, const float* qkv, void* kcache, 
   else
     attention_decode_as(ctx, out, qkv, static_cast<float*>(kcache), static_cast<float*>(vcache),
                         slots, positions, M, max_len, C, NH);
+}
+
+__global__ void to_half_kernel(__half* dst, const float* src, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x)
+    dst[i] = __float2half_rn(src[i]);
+}
+
+}  // namespace
+
+void attention_decode(Context& ctx, float* out, const float* qkv, void* kcache, void* vcache,
+                      const int32_t* slots, const int32_t* positions, int M, int max_len, int C,
+                      int NH) {
+  attention_decode_to(ctx, out, qkv, kcache, vcache, slots, positions, M, max_len, C, NH);
+}
+
+void attention_decode_half(Context& ctx, void* out, const float* qkv, void* kcache, void* vcache,
+                           const int32_t* slots, const int32_t* positions, int M, int max_len,
+                           int C, int NH) {
+  attention_decode_to(ctx, static_cast<__half*>(out), qkv, kcache, vcache, slots, positions, M,
+                      max_len, C, NH);
+}
+
+void to_half(Context& ctx, void* dst, const float* src, size_t n) {
+  if (n == 0) return;
+  to_half_kernel<<<grid_for(n, 256, ctx), 256, 0, ctx.stream>>>(static_cast<__half*>(dst), src, n);
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace hh::cuda

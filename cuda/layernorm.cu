@@ -14,7 +14,9 @@ namespace {
 constexpr float kLayerNormEps = 1e-5f;
 constexpr int kWarpsPerBlock = 8;
 
-__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
+// TO: float, or __half for layernorm_forward_half (mean and rstd null).
+template <typename TO>
+__global__ void layernorm_forward_kernel(TO* out, float* mean, float* rstd, const float* inp,
                                          const float* weight, const float* bias, int N, int C) {
   wait_for_previous_kernel();  // launched with launch(): see common.cuh
   const int lane = threadIdx.x % 32;
@@ -30,10 +32,10 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
     sum_sq += d * d;
   }
   const float s = 1.0f / sqrtf(warp_sum(sum_sq) / C + kLayerNormEps);
-  float* o = out + static_cast<size_t>(row) * C;
+  TO* o = out + static_cast<size_t>(row) * C;
   for (int c = lane; c < C; c += 32) {
     const float xhat = (x[c] - m) * s;
-    o[c] = xhat * weight[c] + (bias ? bias[c] : 0.0f);
+    store_value(o + c, xhat * weight[c] + (bias ? bias[c] : 0.0f));
   }
   if (lane == 0) {
     if (mean) mean[row] = m;
@@ -45,10 +47,10 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
 // in registers, instead of three strided passes over memory (each a chain of dependent
 // round trips: the forward of a decode step, 64 rows, is latency-bound). The sums add the
 // lane's values in the loop kernel's order, so the results are the same.
-template <int K>
-__global__ void layernorm_forward_regs_kernel(float* out, float* mean, float* rstd,
-                                              const float* inp, const float* weight,
-                                              const float* bias, int N, int C) {
+template <int K, typename TO>
+__global__ void layernorm_forward_regs_kernel(TO* out, float* mean, float* rstd, const float* inp,
+                                              const float* weight, const float* bias, int N,
+                                              int C) {
   wait_for_previous_kernel();  // launched with launch(): see common.cuh
   const int lane = threadIdx.x % 32;
   const int row = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
@@ -71,13 +73,13 @@ __global__ void layernorm_forward_regs_kernel(float* out, float* mean, float* rs
     }
   }
   const float s = 1.0f / sqrtf(warp_sum(sum_sq) / C + kLayerNormEps);
-  float* o = out + static_cast<size_t>(row) * C;
+  TO* o = out + static_cast<size_t>(row) * C;
 #pragma unroll
   for (int j = 0; j < K; j++) {
     const int c = lane + 32 * j;
     if (c < C) {
       const float xhat = (v[j] - m) * s;
-      o[c] = xhat * weight[c] + (bias ? bias[c] : 0.0f);
+      store_value(o + c, xhat * weight[c] + (bias ? bias[c] : 0.0f));
     }
   }
   if (lane == 0) {
@@ -132,31 +134,43 @@ struct Dout {
   __device__ float operator()(int n, int c) const { return dout[static_cast<size_t>(n) * C + c]; }
 };
 
+// Rows up to 1024 wide in registers (K = 8, 16, 24 or 32 values per lane); wider ones loop.
+template <typename TO>
+void launch_layernorm_forward(Context& ctx, TO* out, float* mean, float* rstd, const float* inp,
+                              const float* weight, const float* bias, int N, int C) {
+  if (N <= 0 || C <= 0) return;
+  const int blocks = ceil_div(N, kWarpsPerBlock), threads = 32 * kWarpsPerBlock;
+  const int K = (C + 255) / 256 * 8;
+  switch (K) {
+    case 8:
+      return launch(ctx, layernorm_forward_regs_kernel<8, TO>, blocks, threads, 0, out, mean, rstd,
+                    inp, weight, bias, N, C);
+    case 16:
+      return launch(ctx, layernorm_forward_regs_kernel<16, TO>, blocks, threads, 0, out, mean, rstd,
+                    inp, weight, bias, N, C);
+    case 24:
+      return launch(ctx, layernorm_forward_regs_kernel<24, TO>, blocks, threads, 0, out, mean, rstd,
+                    inp, weight, bias, N, C);
+    case 32:
+      return launch(ctx, layernorm_forward_regs_kernel<32, TO>, blocks, threads, 0, out, mean, rstd,
+                    inp, weight, bias, N, C);
+    default:
+      return launch(ctx, layernorm_forward_kernel<TO>, blocks, threads, 0, out, mean, rstd, inp,
+                    weight, bias, N, C);
+  }
+}
+
 }  // namespace
 
 void layernorm_forward(Context& ctx, float* out, float* mean, float* rstd, const float* inp,
                        const float* weight, const float* bias, int N, int C) {
-  if (N <= 0 || C <= 0) return;
-  const int blocks = ceil_div(N, kWarpsPerBlock), threads = 32 * kWarpsPerBlock;
-  // Rows up to 1024 wide in registers (K = 8, 16, 24 or 32 values per lane); wider ones loop.
-  const int K = (C + 255) / 256 * 8;
-  switch (K) {
-    case 8:
-      return launch(ctx, layernorm_forward_regs_kernel<8>, blocks, threads, 0, out, mean, rstd, inp,
-                    weight, bias, N, C);
-    case 16:
-      return launch(ctx, layernorm_forward_regs_kernel<16>, blocks, threads, 0, out, mean, rstd,
-                    inp, weight, bias, N, C);
-    case 24:
-      return launch(ctx, layernorm_forward_regs_kernel<24>, blocks, threads, 0, out, mean, rstd,
-                    inp, weight, bias, N, C);
-    case 32:
-      return launch(ctx, layernorm_forward_regs_kernel<32>, blocks, threads, 0, out, mean, rstd,
-                    inp, weight, bias, N, C);
-    default:
-      return launch(ctx, layernorm_forward_kernel, blocks, threads, 0, out, mean, rstd, inp, weight,
-                    bias, N, C);
-  }
+  launch_layernorm_forward(ctx, out, mean, rstd, inp, weight, bias, N, C);
+}
+
+void layernorm_forward_half(Context& ctx, void* out, const float* inp, const float* weight,
+                            const float* bias, int N, int C) {
+  launch_layernorm_forward(ctx, static_cast<__half*>(out), nullptr, nullptr, inp, weight, bias, N,
+                           C);
 }
 
 void layernorm_backward(Context& ctx, float* dinp, float* dweight, float* dbias, const float* dout,

@@ -41,6 +41,13 @@
 // 64 rows x is re-read from L2 twice the weight's bytes, whatever the width); the 768-wide
 // projections stay with cuBLAS. scripts/skinny_check.py replays the addressing in numpy.
 //
+// fp16 decode step (ops.h's matmul_forward_half and matmul_gelu_forward_half, taken by the
+// generator under HH_CUDA_DECODE_FP16=1; written without a GPU, unmeasured): cuBLASLt with
+// fp16 A and B, fp32 accumulation (CUBLAS_COMPUTE_32F), fp32 C and D with the BIAS epilogue
+// (fp32 bias; the residual as C with beta 1), or fp16 D with GELU_BIAS (fp16 bias) for the
+// MLP's first layer, whose output is the next product's fp16 input. Half the weight bytes of
+// TF32 at the same 10 mantissa bits. No fallback: without a cuBLASLt algorithm they throw.
+//
 // Fused (ops.h's matmul_residual_forward, on unless HH_CUDA_FUSE=0): the residual add rides
 // in the same BIAS epilogue with beta = 1 and C = residual. Measured on an H100
 // (2026-11-27, 124M step): this saves 0.7 ms of 62; cuBLASLt's GELU_AUX_BIAS and DGELU
@@ -91,8 +98,14 @@ struct LtPlan {
   cublasLtMatmulAlgo_t algo;
 };
 
-// (N, IC, OC, alignment of A, B, C, D, tf32, bias, tuned, handle)
-using LtKey = std::tuple<int, int, int, int, int, int, int, bool, bool, bool, cublasLtHandle_t>;
+// What a plan multiplies: fp32 (TF32 unless HH_CUDA_TF32=0), or the fp16 decode step's
+// products: fp16 A and B into fp32 C and D (BIAS epilogue, fp32 bias), or into fp16 D through
+// GELU_BIAS (fp16 bias).
+enum LtMode : int { kLtFloat = 0, kLtHalfIn = 1, kLtHalfGelu = 2 };
+
+// (N, IC, OC, alignment of A, B, C, D, tf32, bias, tuned, mode, handle)
+using LtKey =
+    std::tuple<int, int, int, int, int, int, int, bool, bool, bool, int, cublasLtHandle_t>;
 std::map<LtKey, LtPlan>& lt_plans() {
   static std::map<LtKey, LtPlan> plans;
   return plans;
@@ -109,12 +122,12 @@ void set_desc(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, co
 
 // The operands of the call that makes a plan, for timing the candidates.
 struct LtOperands {
-  const float* weight;
-  const float* inp;
+  const void* weight;
+  const void* inp;
   float beta;
-  const float* C;
-  float* out;
-  const float* bias;
+  const void* C;
+  void* out;
+  const void* bias;
 };
 
 constexpr int kTuneCandidates = 8;
@@ -147,20 +160,26 @@ float time_lt_algo(Context& ctx, const LtPlan& plan, const cublasLtMatmulAlgo_t&
 }
 
 LtPlan make_lt_plan(Context& ctx, const LtKey& key, const LtOperands& op) {
-  const auto [N, IC, OC, align_a, align_b, align_c, align_d, tf32, has_bias, tuned, handle] = key;
+  const auto [N, IC, OC, align_a, align_b, align_c, align_d, tf32, has_bias, tuned, mode, handle] =
+      key;
   LtPlan plan;
-  const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const cublasComputeType_t compute =
+      tf32 && mode == kLtFloat ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const cudaDataType_t ab_type = mode == kLtFloat ? CUDA_R_32F : CUDA_R_16F;
+  const cudaDataType_t cd_type = mode == kLtHalfGelu ? CUDA_R_16F : CUDA_R_32F;
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F));
   set_desc(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, CUBLAS_OP_T);
   set_desc(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, CUBLAS_OP_N);
   set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
-           has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
-  if (has_bias) set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, CUDA_R_32F);
+           mode == kLtHalfGelu ? CUBLASLT_EPILOGUE_GELU_BIAS
+           : has_bias          ? CUBLASLT_EPILOGUE_BIAS
+                               : CUBLASLT_EPILOGUE_DEFAULT);
+  if (has_bias) set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, cd_type);
   // Layouts as stored (rows, cols, leading dimension), before TRANSA:
   // A = Wᵀ (IC×OC), B = inpᵀ (IC×N), C = D = outᵀ (OC×N).
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_32F, IC, OC, IC));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_32F, IC, N, IC));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, CUDA_R_32F, OC, N, OC));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, ab_type, IC, OC, IC));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, ab_type, IC, N, IC));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, cd_type, OC, N, OC));
 
   // The heuristic reads the bias pointer's value (never what it points to) to infer its
   // alignment. lt_matmul only takes this path for a 16-byte aligned bias, so a stand-in
@@ -197,8 +216,7 @@ LtPlan make_lt_plan(Context& ctx, const LtKey& key, const LtOperands& op) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   CUDA_CHECK(cudaStreamIsCapturing(ctx.stream, &capture));
   if (!tuned || found == 1 || capture != cudaStreamCaptureStatusNone) return plan;
-  if (has_bias)
-    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(op.bias));
+  if (has_bias) set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, op.bias);
   float best = INFINITY;
   for (int i = 0; i < found; i++) {
     const float ms = time_lt_algo(ctx, plan, results[i].algo, op);
@@ -212,12 +230,12 @@ LtPlan make_lt_plan(Context& ctx, const LtKey& key, const LtOperands& op) {
 }
 
 // out = inp·Wᵀ + bias + beta·C through cuBLASLt's BIAS epilogue (bias null: no epilogue,
-// tuned plans only). False, with nothing written, when no algorithm fits: the caller then
-// takes the plain path.
-bool lt_matmul(Context& ctx, int N, int IC, int OC, const float* weight, const float* inp,
-               float beta, const float* C, float* out, const float* bias) {
-  if (!ctx.use_lt || N <= 0 || IC <= 0 || OC <= 0) return false;
-  if (!bias && !ctx.lt_tune) return false;
+// tuned plans and the fp16 modes only; kLtHalfGelu: gelu(inp·Wᵀ + bias)). False, with nothing
+// written, when no algorithm fits: the caller then takes the plain path (fp32), or fails.
+bool lt_matmul(Context& ctx, LtMode mode, int N, int IC, int OC, const void* weight,
+               const void* inp, float beta, const void* C, void* out, const void* bias) {
+  if (N <= 0 || IC <= 0 || OC <= 0) return false;
+  if (mode == kLtFloat && (!ctx.use_lt || (!bias && !ctx.lt_tune))) return false;
   // cuBLASLt reads the bias with vector loads: 16-byte alignment only.
   if (bias && alignment_bytes(bias) != 16) return false;
   const LtKey key{N,
@@ -230,6 +248,7 @@ bool lt_matmul(Context& ctx, int N, int IC, int OC, const float* weight, const f
                   ctx.tf32,
                   bias != nullptr,
                   ctx.lt_tune,
+                  mode,
                   ctx.cublaslt};
   LtPlan* plan;
   {
@@ -240,7 +259,7 @@ bool lt_matmul(Context& ctx, int N, int IC, int OC, const float* weight, const f
     plan = &it->second;
   }
   if (!plan->ok) return false;
-  if (bias) set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(bias));
+  if (bias) set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   const float one = 1.0f;
   const cublasStatus_t status = cublasLtMatmul(
       ctx.cublaslt, plan->desc, &one, weight, plan->a, inp, plan->b, &beta, C, plan->c, out,
@@ -269,7 +288,8 @@ __device__ __forceinline__ void to_tf32(Frag& f) {
 }
 
 // grid OC/32, block 8 warps; rows M = 16·RT; dynamic shared memory 8·M·32 floats.
-// out[m, n] = Σ_k x[m, k]·w[n, k] (+ bias[n]) (+ residual[m, n]); out may be residual.
+// out[m, n] = Σ_k x[m, k]·w[n, k] (+ bias[n]) (+ residual[m, n]); out is not residual
+// (ops.h defines the in-place product as matmul then add: 2·(x·Wᵀ + b), not this sum).
 template <int RT>
 __global__ void __launch_bounds__(kSkinnyWarps * 32)
     skinny_matmul_kernel(float* out, const float* x, const float* w, const float* bias,
@@ -373,7 +393,7 @@ void matmul_forward(Context& ctx, float* out, const float* inp, const float* wei
                     const float* bias, int N, int IC, int OC) {
   if (N <= 0 || OC <= 0) return;
   if (skinny_matmul(ctx, out, inp, weight, bias, nullptr, N, IC, OC)) return;
-  if (lt_matmul(ctx, N, IC, OC, weight, inp, 0.0f, out, out, bias)) return;
+  if (lt_matmul(ctx, kLtFloat, N, IC, OC, weight, inp, 0.0f, out, out, bias)) return;
   const float one = 1.0f, zero = 0.0f;
   CUBLAS_CHECK(cublasSgemm(ctx.cublas, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, &one, weight, IC, inp,
                            IC, &zero, out, OC));
@@ -388,12 +408,33 @@ void matmul_forward(Context& ctx, float* out, const float* inp, const float* wei
 void matmul_residual_forward(Context& ctx, float* out, const float* inp, const float* weight,
                              const float* bias, const float* residual, int N, int IC, int OC) {
   if (N <= 0 || OC <= 0) return;
-  if (ctx.fuse && skinny_matmul(ctx, out, inp, weight, bias, residual, N, IC, OC)) return;
+  if (ctx.fuse && out != residual &&
+      skinny_matmul(ctx, out, inp, weight, bias, residual, N, IC, OC))
+    return;
   if (ctx.fuse && bias && out != residual &&
-      lt_matmul(ctx, N, IC, OC, weight, inp, 1.0f, residual, out, bias))
+      lt_matmul(ctx, kLtFloat, N, IC, OC, weight, inp, 1.0f, residual, out, bias))
     return;
   matmul_forward(ctx, out, inp, weight, bias, N, IC, OC);
   residual_forward(ctx, out, residual, out, static_cast<size_t>(N) * OC);
+}
+
+void matmul_forward_half(Context& ctx, float* out, const void* inp, const void* weight,
+                         const float* bias, const float* residual, int N, int IC, int OC) {
+  if (N <= 0 || OC <= 0) return;
+  HH_CHECK(out != residual, "matmul_forward_half: out may not alias residual");
+  HH_CHECK(lt_matmul(ctx, kLtHalfIn, N, IC, OC, weight, inp, residual ? 1.0f : 0.0f,
+                     residual ? residual : out, out, bias),
+           "matmul_forward_half: cuBLASLt has no fp16 -> fp32 algorithm for ", N, " x ", IC, " x ",
+           OC, " (needed by HH_CUDA_DECODE_FP16=1)");
+}
+
+void matmul_gelu_forward_half(Context& ctx, void* out, const void* inp, const void* weight,
+                              const void* bias, int N, int IC, int OC) {
+  if (N <= 0 || OC <= 0) return;
+  HH_CHECK(bias != nullptr, "matmul_gelu_forward_half: the bias is required");
+  HH_CHECK(lt_matmul(ctx, kLtHalfGelu, N, IC, OC, weight, inp, 0.0f, out, out, bias),
+           "matmul_gelu_forward_half: cuBLASLt has no fp16 GELU_BIAS algorithm for ", N, " x ", IC,
+           " x ", OC, " (needed by HH_CUDA_DECODE_FP16=1)");
 }
 
 void matmul_backward(Context& ctx, float* dinp, float* dweight, float* dbias, const float* dout,

@@ -27,13 +27,21 @@ if [ "$MODE" = cuda ]; then
   HF_TF32=$("$PYTHON" scripts/reference/bench_hf_generate.py --device cuda --batch 64 \
        --prompt-len 64 --new-tokens 128 --repeats 3 --tf32 || echo '{"skipped": "failed"}')
   echo "hf (tf32): $HF_TF32"
-  "$PYTHON" - "$HH" "$HF" "$HF_TF32" <<'EOF'
+  # hh storing fp16 (the KV cache, or the decode step's weights and matmul inputs): HF
+  # generate on an fp16 model too, the like-for-like row.
+  HF_FP16='{"skipped": "hh stores no fp16"}'
+  if [ "${HH_CUDA_DECODE_FP16:-0}" = 1 ] || [ "${HH_CUDA_KV_HALF:-0}" = 1 ]; then
+    HF_FP16=$("$PYTHON" scripts/reference/bench_hf_generate.py --device cuda --batch 64 \
+         --prompt-len 64 --new-tokens 128 --repeats 3 --fp16 || echo '{"skipped": "failed"}')
+    echo "hf (fp16): $HF_FP16"
+  fi
+  "$PYTHON" - "$HH" "$HF" "$HF_TF32" "$HF_FP16" <<'EOF'
 import json, sys
-hh, hf, hf32 = (json.loads(s) for s in sys.argv[1:4])
+hh, hf, hf32, hf16 = (json.loads(s) for s in sys.argv[1:5])
 print(f"| impl | tokens/s | hh speed-up |")
 print(f"| --- | --- | --- |")
 print(f"| hh (cuda, KV cache) | {hh['tokens_per_s']:.0f} | 1.00x |")
-for name, r in (("HF generate fp32", hf), ("HF generate tf32", hf32)):
+for name, r in (("HF generate fp32", hf), ("HF generate tf32", hf32), ("HF generate fp16", hf16)):
     if "tokens_per_s" in r:
         print(f"| {name} | {r['tokens_per_s']:.0f} | {hh['tokens_per_s'] / r['tokens_per_s']:.2f}x |")
     else:

@@ -49,7 +49,7 @@ BUILD_STATUS="not run"; TEST_STATUS="not run"; SANITIZER_STATUS="not run"; GPU_F
 HH_TOKS="n/a"; HH_PEAK="n/a"; TORCH_TOKS="n/a"; TORCH_PEAK="n/a"; RATIO="n/a"
 FLASH_TOKS="n/a"; FLASH_PEAK="n/a"; FLASH_RATIO="n/a"
 SINGLE_MS="n/a"; NCCL1_MS="n/a"; NCCL1_PCT="n/a"
-GEN_HH="n/a"; GEN_HF="n/a"; GEN_EAGER="n/a"; PM_PAIRS="n/a"; PPO_PHASES="n/a"
+GEN_HH="n/a"; GEN_HF="n/a"; GEN_HF16=""; GEN_EAGER="n/a"; PM_PAIRS="n/a"; PPO_PHASES="n/a"
 
 step "0. machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -146,9 +146,9 @@ fi
 
 step "4. compute-sanitizer memcheck (op subset + the small scalar-head model test)"
 if command -v compute-sanitizer >/dev/null && [ -x "$BUILD/test_ops_cuda" ] && in_budget; then
-  FILTER='CudaParity.Embedding:CudaParity.LayerNorm:CudaParity.AttentionExactFp32:CudaParity.CrossEntropyInPlaceAndMasked:CudaParity.GatherScatterRows:CudaParity.AdamWAndFlatUtilities:CudaParity.AttentionFlash:CudaParity.DecodeWithKvCache:CudaParity.WholeModelScalarHead:CudaParity.CrossEntropyBackwardStagedRow:CudaParity.DecodeAttentionFastVariants:CudaParity.DecodeWithHalfKvCache:CudaParity.SkinnyMatmulMatchesTheCpu:CudaParity.FusedMatmuls:CudaParity.AttentionFlashTensorCores'
+  FILTER='CudaParity.Embedding:CudaParity.LayerNorm:CudaParity.AttentionExactFp32:CudaParity.CrossEntropyInPlaceAndMasked:CudaParity.GatherScatterRows:CudaParity.AdamWAndFlatUtilities:CudaParity.AttentionFlash:CudaParity.DecodeWithKvCache:CudaParity.WholeModelScalarHead:CudaParity.CrossEntropyBackwardStagedRow:CudaParity.DecodeAttentionFastVariants:CudaParity.DecodeWithHalfKvCache:CudaParity.DecodeOnFp16Storage:CudaParity.SkinnyMatmulMatchesTheCpu:CudaParity.FusedMatmuls:CudaParity.AttentionFlashTensorCores'
   set +e
-  timeout 180 compute-sanitizer --tool memcheck --error-exitcode 99 --leak-check no \
+  timeout 240 compute-sanitizer --tool memcheck --error-exitcode 99 --leak-check no \
     "$BUILD/test_ops_cuda" --gtest_filter="$FILTER" >"$LOGDIR/sanitizer.log" 2>&1
   rc=$?
   set -e
@@ -220,6 +220,7 @@ switch_tests() {
     HH_CUDA_SKINNY) echo "SkinnyMatmulMatchesTheCpu" ;;
     HH_CUDA_PDL) echo "CudaPdlMatchesPlainLaunches" ;;
     HH_CUDA_KV_HALF) echo "DecodeWithHalfKvCache CudaDecodingMatchesCpu" ;;
+    HH_CUDA_DECODE_FP16) echo "DecodeOnFp16Storage CudaDecodingMatchesCpu" ;;
     HH_CUDA_FAST_DECODE) echo "DecodeAttentionFastVariants SampleRowsPruned" ;;
   esac
 }
@@ -242,7 +243,7 @@ GEN_BEST="${HH_GPU_GEN_SWITCHES:-default}"; GEN_BEST_TPS=0
 if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a && in_budget; then
   ATTN_SWEEP=""
   IFS=";" read -r -a TRAIN_CFGS <<<"${HH_GPU_TRAIN_SWEEP:-default;HH_CUDA_LT_TUNE=1;HH_CUDA_ATTN_BLOCKS=1;HH_CUDA_FUSE=0}"
-  IFS=";" read -r -a GEN_CFGS <<<"${HH_GPU_GEN_SWEEP:-default;HH_CUDA_LT_TUNE=1;HH_CUDA_SKINNY=1;HH_CUDA_PDL=1;HH_CUDA_KV_HALF=1;HH_CUDA_LT_TUNE=1 HH_CUDA_PDL=1 HH_CUDA_KV_HALF=1;HH_CUDA_SKINNY=1 HH_CUDA_PDL=1 HH_CUDA_KV_HALF=1;HH_CUDA_GRAPHS=0}"
+  IFS=";" read -r -a GEN_CFGS <<<"${HH_GPU_GEN_SWEEP:-default;HH_CUDA_LT_TUNE=1;HH_CUDA_SKINNY=1;HH_CUDA_PDL=1;HH_CUDA_KV_HALF=1;HH_CUDA_DECODE_FP16=1;HH_CUDA_DECODE_FP16=1 HH_CUDA_KV_HALF=1 HH_CUDA_PDL=1;HH_CUDA_SKINNY=1 HH_CUDA_PDL=1 HH_CUDA_KV_HALF=1;HH_CUDA_GRAPHS=0}"
   for cfg in "${TRAIN_CFGS[@]}"; do
     read -r ms gib <<<"$(train_step "$cfg" 8 1024 8)"
     echo "train step [$cfg]: $ms ms/step, peak $gib GiB"
@@ -321,6 +322,7 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5c
   tail -6 "$LOGDIR/bench_generate.log"
   wanted hf-generate >/dev/null && GEN_HH=$(grep -E "^\| hh " "$LOGDIR/bench_generate.log" | awk -F'|' '{print $3}' | tr -d ' ')
   GEN_HF=$(grep -E "^\| HF generate fp32" "$LOGDIR/bench_generate.log" | awk -F'|' '{print $3 "(" $4 ")"}' | tr -d ' ')
+  GEN_HF16=$(grep -E "^\| HF generate fp16 \| [0-9]" "$LOGDIR/bench_generate.log" | awk -F'|' '{print $3 "(" $4 ")"}' | tr -d ' ')
   # The same hh bench without CUDA graphs (eager decode steps), for the graphs' share.
   GEN_EAGER=$(HH_CUDA_GRAPHS=0 timeout 60 "$BUILD/hh-chat" "${GEN[@]}" 2>/dev/null |
     grep -Eo '"tokens_per_s":[0-9.]+' | cut -d: -f2 | cut -d. -f1)
@@ -398,7 +400,7 @@ step "6. summary"
   echo "| switches: generate tok/s      |$GEN_SWEEP"
   echo "| shapes (ms/step, peak)        |$SHAPES"
   echo "| 124M step: single / NCCL w=1  | $SINGLE_MS ms / $NCCL1_MS ms (all-reduce +$NCCL1_PCT%)"
-  echo "| generate 124M, 64x(64+128)    | hh $GEN_HH tok/s [$GEN_BEST] (no graphs ${GEN_EAGER:-n/a}); HF fp32 $GEN_HF"
+  echo "| generate 124M, 64x(64+128)    | hh $GEN_HH tok/s [$GEN_BEST] (no graphs ${GEN_EAGER:-n/a}); HF fp32 $GEN_HF${GEN_HF16:+; HF fp16 $GEN_HF16}"
   echo "| PM 124M, 8 pairs x 1024       | $PM_PAIRS pairs/s"
   echo "| PPO 124M, 64 x 128 new tokens | $PPO_PHASES [$GEN_BEST]"
   echo "| total time                    | $(($(date +%s) - START)) s"

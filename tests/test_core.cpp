@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/flags.h"
+#include "core/half.h"
 #include "core/json.h"
 #include "core/metrics.h"
 #include "core/rng.h"
@@ -470,7 +471,7 @@ TEST(SafeTensors, ReadsFileWrittenByPython) {
   EXPECT_EQ(f.metadata().at("stage"), "sft");
   EXPECT_EQ(f.metadata().at("note"), "caf\xC3\xA9 \xE2\x9C\x93");
   EXPECT_EQ(f.metadata().at("step"), "12");
-  EXPECT_EQ(f.tensors().size(), 10u);
+  EXPECT_EQ(f.tensors().size(), 12u);
   std::vector<float> w = f.read_f32("weight", {2, 3});
   for (int k = 0; k < 6; ++k) EXPECT_EQ(w[k], static_cast<float>(0.25 * k - 1.1)) << k;
   EXPECT_EQ(f.read_f32("scalar", {}), std::vector<float>{2.75f});
@@ -489,6 +490,45 @@ TEST(SafeTensors, ReadsFileWrittenByPython) {
   EXPECT_EQ(f.read_i32("ids32"), (std::vector<int32_t>{1, -2, 3, 50257}));
   EXPECT_EQ(f.info("bytes").dtype, DType::U8);
   EXPECT_EQ(f.data("bytes")[2], 255);
+}
+
+// float_to_half against PyTorch's float32 -> float16 (round to nearest even) on values over
+// the whole range: subnormal and normal ties, the overflow edge (65520 and up: inf).
+TEST(Half, RoundingMatchesPyTorch) {
+  const std::string path = std::string(HH_SOURCE_DIR) + "/tests/fixtures/core_python.safetensors";
+  SafeTensorsFile f = SafeTensorsFile::load(path);
+  const std::vector<float> x = f.read_f32("rounding_f32");
+  const TensorInfo& info = f.info("rounding_f16");
+  ASSERT_EQ(info.dtype, DType::F16);
+  ASSERT_EQ(static_cast<size_t>(info.numel()), x.size());
+  const uint8_t* want = f.data("rounding_f16");
+  for (size_t i = 0; i < x.size(); i++) {
+    const uint16_t expected = static_cast<uint16_t>(want[2 * i] | (want[2 * i + 1] << 8));
+    EXPECT_EQ(float_to_half(x[i]), expected) << "x = " << x[i] << " (index " << i << ")";
+  }
+}
+
+// Every finite half survives float_to_half(half_to_float(h)); the midpoint between two
+// neighbours goes to the even one, and just above it to the upper one.
+TEST(Half, RoundTripsEveryHalfAndBreaksTiesToEven) {
+  for (uint32_t h = 0; h < 0x10000u; h++) {
+    if ((h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0) continue;  // NaN
+    ASSERT_EQ(float_to_half(half_to_float(static_cast<uint16_t>(h))), h) << std::hex << h;
+  }
+  for (uint32_t h = 0; h < 0x7bffu; h++) {
+    const double lo = half_to_float(static_cast<uint16_t>(h));
+    const double hi = half_to_float(static_cast<uint16_t>(h + 1));
+    const float mid = static_cast<float>((lo + hi) / 2);  // exact in float
+    ASSERT_EQ(float_to_half(mid), (h & 1u) ? h + 1 : h) << std::hex << h;
+    ASSERT_EQ(float_to_half(std::nextafter(mid, 1e9f)), h + 1) << std::hex << h;
+    ASSERT_EQ(float_to_half(-mid), ((h & 1u) ? h + 1 : h) | 0x8000u) << std::hex << h;
+  }
+  EXPECT_EQ(float_to_half(65519.996f), 0x7bffu);
+  EXPECT_EQ(float_to_half(65520.0f), 0x7c00u);
+  EXPECT_EQ(float_to_half(-1e30f), 0xfc00u);
+  EXPECT_EQ(float_to_half(std::ldexp(1.0f, -25)), 0u);  // a tie with 0: even
+  EXPECT_EQ(float_to_half(std::nextafter(std::ldexp(1.0f, -25), 1.0f)), 1u);
+  EXPECT_TRUE(std::isnan(half_to_float(float_to_half(std::nanf("")))));
 }
 
 TEST(SafeTensors, CorruptionIsRejectedWithFileName) {

@@ -142,21 +142,20 @@ class GenerateTest : public ::testing::Test {
   GPT model_;
 };
 
-#ifdef HH_WITH_CUDA
-// A CUDA backend made with the environment switch `name` set to `value` (the switches are
-// read when a backend is made); the variable is restored afterwards.
-std::unique_ptr<Backend> cuda_backend_with(const char* name, const char* value) {
+// A backend ("cpu", "cuda") made with the environment switch `name` set to `value` (the
+// switches are read when a backend is made); the variable is restored afterwards.
+std::unique_ptr<Backend> backend_with(const std::string& device, const char* name,
+                                      const char* value) {
   const char* saved = std::getenv(name);
   const std::string saved_value = saved ? saved : "";
   setenv(name, value, 1);
-  auto be = make_backend("cuda");
+  auto be = make_backend(device);
   if (saved)
     setenv(name, saved_value.c_str(), 1);
   else
     unsetenv(name);
   return be;
 }
-#endif
 
 // ---------------------------------------------------------------------------------------
 // The cache
@@ -194,6 +193,40 @@ TEST_F(GenerateTest, CachedDecodingMatchesFullRecompute) {
   check_cache_matches_full_recompute(model_, tok_, 1e-5);
 }
 
+// Two generate() calls with one seed and no stops: the same n tokens, inside the vocabulary.
+void expect_seed_reproduces(Generator& gen, const std::vector<std::vector<int32_t>>& prompts, int n,
+                            uint64_t seed, int vocab) {
+  SamplingOptions opt;
+  opt.max_new_tokens = n;
+  opt.stop_strings = {};
+  opt.stop_at_eot = false;
+  opt.seed = seed;
+  const auto s1 = gen.generate(prompts, opt), s2 = gen.generate(prompts, opt);
+  for (size_t i = 0; i < prompts.size(); i++) {
+    EXPECT_EQ(s1[i].generated_ids, s2[i].generated_ids) << "sequence " << i;
+    EXPECT_EQ(s1[i].generated_ids.size(), static_cast<size_t>(n)) << "sequence " << i;
+    for (int32_t id : s1[i].generated_ids) EXPECT_LT(id, vocab);
+  }
+}
+
+// The fp16 decode step (ops.h: decode_fp16) on the CPU reference: the weights' fp16 copies and
+// fp16 matmul inputs round to 10 mantissa bits, TF32's, so the decoded logits keep to twice
+// the TF32 allowance against the full fp32 forward; and they are not the fp32 step's (the
+// fp16 ops ran). The prefill stays fp32: exact.
+TEST_F(GenerateTest, DecodeOnFp16StorageOnTheCpu) {
+  auto half = backend_with("cpu", "HH_CPU_DECODE_FP16", "1");
+  ASSERT_TRUE(half->decode_fp16());
+  auto model = model_on(*half);
+  check_cache_matches_full_recompute(*model, tok_, 4e-3);
+  std::vector<std::vector<int32_t>> prompts = {{1, 2, 3, 4}, {5}};
+  Generator fp32(model_, tok_), fp16(*model, tok_);
+  EXPECT_EQ(fp16.prefill(prompts, 8), fp32.prefill(prompts, 8));
+  const std::vector<float> a = fp32.decode({0, 1}, {7, 8}), b = fp16.decode({0, 1}, {7, 8});
+  EXPECT_GT(rel_err(b, a), 1e-6) << "the fp16 step gave the fp32 step's logits";
+  EXPECT_LT(rel_err(b, a), 4e-3);
+  expect_seed_reproduces(fp16, prompts, 6, 4, tok_.vocab_size());  // sampling through it
+}
+
 // The same on the CUDA backend (when built with CUDA and a GPU is present), plus its
 // sample_rows: greedy agrees with the CPU's, and seeds reproduce.
 TEST_F(GenerateTest, CudaDecodingMatchesCpu) {
@@ -208,22 +241,26 @@ TEST_F(GenerateTest, CudaDecodingMatchesCpu) {
   Generator cpu_gen(model_, tok_), gpu_gen(gpu_model, tok_);
   std::vector<float> a = cpu_gen.prefill(prompts, 8), b = gpu_gen.prefill(prompts, 8);
   EXPECT_LT(rel_err(b, a), 1e-2);
-  SamplingOptions opt;
-  opt.max_new_tokens = 8;
-  opt.stop_strings = {};
-  opt.stop_at_eot = false;
-  opt.seed = 2;
-  auto s1 = gpu_gen.generate(prompts, opt), s2 = gpu_gen.generate(prompts, opt);
-  for (int i = 0; i < 2; i++) {
-    EXPECT_EQ(s1[i].generated_ids, s2[i].generated_ids);
-    for (int32_t id : s1[i].generated_ids) EXPECT_LT(id, tok_.vocab_size());
-  }
+  expect_seed_reproduces(gpu_gen, prompts, 8, 2, tok_.vocab_size());
   // HH_CUDA_KV_HALF=1: an fp16 cache rounds k and v to TF32's 10 mantissa bits once more
   // (the prefill's attention products already round them so), so the decoded logits get
   // up to twice the TF32 allowance against the full forward.
-  auto half = cuda_backend_with("HH_CUDA_KV_HALF", "1");
+  auto half = backend_with("cuda", "HH_CUDA_KV_HALF", "1");
   ASSERT_EQ(half->kv_value_bytes(), 2u);
   check_cache_matches_full_recompute(*model_on(*half), tok_, 4e-3);
+  // HH_CUDA_DECODE_FP16=1: the fp16 decode step, as on the CPU reference (above), and against
+  // it: the same fp16 values, so only the sums' order and a rare fp16 rounding of a value
+  // one fp32 ulp from a tie differ.
+  auto fp16 = backend_with("cuda", "HH_CUDA_DECODE_FP16", "1");
+  ASSERT_TRUE(fp16->decode_fp16());
+  const auto fp16_model = model_on(*fp16);
+  check_cache_matches_full_recompute(*fp16_model, tok_, 4e-3);
+  auto cpu_fp16 = backend_with("cpu", "HH_CPU_DECODE_FP16", "1");
+  const auto cpu_fp16_model = model_on(*cpu_fp16);
+  Generator want(*cpu_fp16_model, tok_), got(*fp16_model, tok_);
+  want.prefill(prompts, 8);
+  got.prefill(prompts, 8);
+  EXPECT_LT(rel_err(got.decode({0, 1}, {7, 8}), want.decode({0, 1}, {7, 8})), 2e-3);
 #else
   GTEST_SKIP() << "hh was built without CUDA";
 #endif
@@ -295,8 +332,8 @@ TEST_F(GenerateTest, RunAheadGivesTheStepByStepSamples) {
 TEST_F(GenerateTest, CudaGraphsMatchEagerBitForBit) {
 #ifdef HH_WITH_CUDA
   if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-  std::unique_ptr<Backend> be[2] = {cuda_backend_with("HH_CUDA_GRAPHS", "0"),
-                                    cuda_backend_with("HH_CUDA_GRAPHS", "1")};
+  std::unique_ptr<Backend> be[2] = {backend_with("cuda", "HH_CUDA_GRAPHS", "0"),
+                                    backend_with("cuda", "HH_CUDA_GRAPHS", "1")};
   ASSERT_FALSE(be[0]->graphs_enabled());
   ASSERT_TRUE(be[1]->graphs_enabled());
   std::unique_ptr<GPT> models[2] = {model_on(*be[0]), model_on(*be[1])};
@@ -341,17 +378,19 @@ TEST_F(GenerateTest, CudaGraphsMatchEagerBitForBit) {
   EXPECT_EQ(off.graph_replays(), 0);
 
   // A batch with the cache layout of the last one (same size, same rounded max_len) replays
-  // the graphs captured for it: the same call twice captures nothing the second time.
+  // the graphs captured for it. A step's key is captured when it is seen the second time,
+  // and a row count may first appear in this call, so after two calls every key of the
+  // call has its graph: the third captures nothing.
   {
     const auto prompts = random_prompts(rng, 5, V);
     const SamplingOptions opt = staggered_stops(5);
     const auto want = off.generate(prompts, opt);
-    for (int call_again = 0; call_again < 2; call_again++) {
+    for (int call_again = 0; call_again < 3; call_again++) {
       const int64_t captures = on.graph_captures(), replays = on.graph_replays();
       const auto got = on.generate(prompts, opt);
       for (int b = 0; b < 5; b++) EXPECT_EQ(got[b].generated_ids, want[b].generated_ids);
       EXPECT_GT(on.graph_replays(), replays);
-      if (call_again) {
+      if (call_again == 2) {
         EXPECT_EQ(on.graph_captures(), captures) << "the same layout captured again";
       }
     }
@@ -397,8 +436,8 @@ TEST_F(GenerateTest, CudaGraphsMatchEagerBitForBit) {
 TEST_F(GenerateTest, CudaPdlMatchesPlainLaunches) {
 #ifdef HH_WITH_CUDA
   if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-  std::unique_ptr<Backend> be[2] = {cuda_backend_with("HH_CUDA_PDL", "0"),
-                                    cuda_backend_with("HH_CUDA_PDL", "1")};
+  std::unique_ptr<Backend> be[2] = {backend_with("cuda", "HH_CUDA_PDL", "0"),
+                                    backend_with("cuda", "HH_CUDA_PDL", "1")};
   std::unique_ptr<GPT> models[2] = {model_on(*be[0]), model_on(*be[1])};
   std::unique_ptr<Generator> gens[2] = {std::make_unique<Generator>(*models[0], tok_),
                                         std::make_unique<Generator>(*models[1], tok_)};

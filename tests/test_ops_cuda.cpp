@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/half.h"
 #include "model/gpt.h"
 #include "ops/ops.h"
 
@@ -111,6 +112,7 @@ void set_cuda_env(bool tf32, bool lt, int flash = 0, bool fuse = true, bool fast
   setenv("HH_CUDA_LT_TUNE", "0", 1);
   setenv("HH_CUDA_KV_HALF", "0", 1);
   setenv("HH_CUDA_SKINNY", "0", 1);
+  setenv("HH_CUDA_DECODE_FP16", "0", 1);
 }
 
 class CudaParity : public ::testing::Test {
@@ -1071,6 +1073,121 @@ float half_value(uint16_t h) {
   float x;
   std::memcpy(&x, &b, sizeof(x));
   return x;
+}
+
+// The fp16 decode step's ops (ops.h: decode_fp16; HH_CUDA_DECODE_FP16=1 makes the generator
+// use them) against the CPU reference, which runs the fp32 ops on the same fp16 values:
+// - to_half is exact: the same bits (subnormals, ties and the overflow edge included);
+// - fp32 outputs of the products: an fp16 × fp16 product is exact in fp32, so only the
+//   sums' order differs: kExact;
+// - fp16 outputs may differ by one fp16 step (2^-10 relative) where the fp32 value before
+//   rounding differs in its last bits right at a tie: compared widened, at kHalfStep. The
+//   GELU epilogue is cuBLASLt's tanh-GELU: twice that.
+TEST_F(CudaParity, DecodeOnFp16Storage) {
+  constexpr double kHalfStep = 1.1e-3;
+  auto halves = [](const std::vector<float>& x) {
+    std::vector<uint16_t> h(x.size());
+    for (size_t i = 0; i < x.size(); i++) h[i] = hh::float_to_half(x[i]);
+    return h;
+  };
+  auto widen = [](const std::vector<uint16_t>& h) {
+    std::vector<float> x(h.size());
+    for (size_t i = 0; i < h.size(); i++) x[i] = hh::half_to_float(h[i]);
+    return x;
+  };
+  // to_half over the range, with exact ties between neighbouring halves.
+  std::vector<float> x = random_floats(4096, 200, 3.0f);
+  for (float scale : {1e-8f, 1e-6f, 3e-5f, 7e4f})
+    for (float v : random_floats(64, 201, scale)) x.push_back(v);
+  for (uint16_t h : {0x0001, 0x03ff, 0x3c00, 0x7bfe})
+    x.push_back(0.5f * (hh::half_to_float(h) + hh::half_to_float(static_cast<uint16_t>(h + 1))));
+  x.push_back(65520.0f);
+  {
+    auto [x_c, x_g] = both(x);
+    hh::Buffer<uint16_t> h_c(*cpu_, x.size()), h_g(*gpu_, x.size());
+    cpu_->to_half(h_c.data(), x_c.data(), x.size());
+    gpu_->to_half(h_g.data(), x_g.data(), x.size());
+    EXPECT_EQ(download(*cpu_, h_c), download(*gpu_, h_g)) << "to_half";
+  }
+  // layernorm_forward_half: the register kernel (768) and the loop kernel (1100).
+  for (int C : {768, 1100}) {
+    const int N = 64;
+    auto inp = random_floats(static_cast<size_t>(N) * C, 202, 3.0f);
+    auto w = random_floats(C, 203), b = random_floats(C, 204);
+    auto [inp_c, inp_g] = both(inp);
+    auto [w_c, w_g] = both(w);
+    auto [b_c, b_g] = both(b);
+    hh::Buffer<uint16_t> out_c(*cpu_, inp.size()), out_g(*gpu_, inp.size());
+    cpu_->layernorm_forward_half(out_c.data(), inp_c.data(), w_c.data(), b_c.data(), N, C);
+    gpu_->layernorm_forward_half(out_g.data(), inp_g.data(), w_g.data(), b_g.data(), N, C);
+    expect_close(widen(download(*cpu_, out_c)), widen(download(*gpu_, out_g)), kHalfStep,
+                 "layernorm_forward_half C=" + std::to_string(C));
+  }
+  // attention_decode_half on a float cache (both kernels: the warp-parallel default and,
+  // with HH_CUDA_FAST_DECODE=0, the plain one), GPT-2's head size.
+  {
+    const int S = 3, max_len = 40, NH = 12, hs = 64, C = NH * hs, M = 3;
+    const std::vector<int32_t> slots = {2, 0, 1}, positions = {0, 39, 17};
+    auto qkv = random_floats(static_cast<size_t>(M) * 3 * C, 205);
+    auto k0 = random_floats(static_cast<size_t>(S) * max_len * C, 206);
+    auto v0 = random_floats(k0.size(), 207);
+    auto qkv_c = upload(*cpu_, qkv), k_c = upload(*cpu_, k0), v_c = upload(*cpu_, v0);
+    auto slots_c = upload(*cpu_, slots), pos_c = upload(*cpu_, positions);
+    hh::Buffer<uint16_t> out_c(*cpu_, static_cast<size_t>(M) * C);
+    cpu_->attention_decode_half(out_c.data(), qkv_c.data(), k_c.data(), v_c.data(), slots_c.data(),
+                                pos_c.data(), M, max_len, C, NH);
+    const auto want = widen(download(*cpu_, out_c));
+    for (bool fast : {true, false}) {
+      set_cuda_env(/*tf32=*/false, /*lt=*/true, /*flash=*/0, /*fuse=*/true, fast);
+      auto gpu = hh::make_cuda_backend(0);
+      auto qkv_g = upload(*gpu, qkv), k_g = upload(*gpu, k0), v_g = upload(*gpu, v0);
+      auto slots_g = upload(*gpu, slots), pos_g = upload(*gpu, positions);
+      hh::Buffer<uint16_t> out_g(*gpu, static_cast<size_t>(M) * C);
+      gpu->attention_decode_half(out_g.data(), qkv_g.data(), k_g.data(), v_g.data(), slots_g.data(),
+                                 pos_g.data(), M, max_len, C, NH);
+      const std::string what = std::string("attention_decode_half fast=") + (fast ? "1" : "0");
+      expect_close(want, widen(download(*gpu, out_g)), kHalfStep, what);
+      EXPECT_EQ(download(*gpu, k_g), download(*cpu_, k_c)) << what << ": appended keys";
+    }
+    set_cuda_env(/*tf32=*/false, /*lt=*/true);
+  }
+  // The products: GPT-2's decode shapes (qkv; the MLP's projection with the residual; a
+  // head without a bias) and a small ragged one; GELU's for the MLP's first layer.
+  struct Shape {
+    int N, IC, OC;
+    bool bias, residual;
+  };
+  for (const Shape& sh : {Shape{64, 768, 2304, true, false}, Shape{64, 3072, 768, true, true},
+                          Shape{64, 768, 4096, false, false}, Shape{5, 64, 96, true, true}}) {
+    const std::string what = "matmul_forward_half " + std::to_string(sh.N) + "x" +
+                             std::to_string(sh.IC) + "x" + std::to_string(sh.OC);
+    const auto inp = halves(random_floats(static_cast<size_t>(sh.N) * sh.IC, 208, 2.0f));
+    const auto w = halves(random_floats(static_cast<size_t>(sh.OC) * sh.IC, 209, 0.1f));
+    auto [inp_c, inp_g] = both(inp);
+    auto [w_c, w_g] = both(w);
+    auto [b_c, b_g] = both(random_floats(sh.OC, 210));
+    auto [r_c, r_g] = both(random_floats(static_cast<size_t>(sh.N) * sh.OC, 211, 5.0f));
+    hh::Buffer<float> out_c(*cpu_, static_cast<size_t>(sh.N) * sh.OC),
+        out_g(*gpu_, static_cast<size_t>(sh.N) * sh.OC);
+    cpu_->matmul_forward_half(out_c.data(), inp_c.data(), w_c.data(),
+                              sh.bias ? b_c.data() : nullptr, sh.residual ? r_c.data() : nullptr,
+                              sh.N, sh.IC, sh.OC);
+    gpu_->matmul_forward_half(out_g.data(), inp_g.data(), w_g.data(),
+                              sh.bias ? b_g.data() : nullptr, sh.residual ? r_g.data() : nullptr,
+                              sh.N, sh.IC, sh.OC);
+    expect_close(download(*cpu_, out_c), download(*gpu_, out_g), kExact, what);
+    if (sh.residual) continue;
+    hh::Buffer<uint16_t> g_c(*cpu_, static_cast<size_t>(sh.N) * sh.OC),
+        g_g(*gpu_, static_cast<size_t>(sh.N) * sh.OC);
+    const auto bias_h = halves(random_floats(sh.OC, 212));
+    auto [bh_c, bh_g] = both(bias_h);
+    cpu_->matmul_gelu_forward_half(g_c.data(), inp_c.data(), w_c.data(), bh_c.data(), sh.N, sh.IC,
+                                   sh.OC);
+    gpu_->matmul_gelu_forward_half(g_g.data(), inp_g.data(), w_g.data(), bh_g.data(), sh.N, sh.IC,
+                                   sh.OC);
+    expect_close(widen(download(*cpu_, g_c)), widen(download(*gpu_, g_g)), 2 * kHalfStep,
+                 "matmul_gelu_forward_half " + what.substr(what.find(' ') + 1));
+  }
 }
 
 // HH_CUDA_KV_HALF=1 (with TF32): the cache holds fp16. The CPU reference runs on the values

@@ -6,7 +6,7 @@ random prompts [batch, prompt_len], generate(do_sample=True, top_k=0, exactly
 max_new_tokens new tokens each, KV cache on). Prints one JSON line with tokens/s.
 
 Usage: bench_hf_generate.py [--batch 64] [--prompt-len 64] [--new-tokens 128]
-                            [--device cuda] [--repeats 3] [--tf32]
+                            [--device cuda] [--repeats 3] [--tf32] [--fp16]
 """
 import argparse
 import json
@@ -22,6 +22,8 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (hh's CUDA default)")
+    ap.add_argument("--fp16", action="store_true",
+                    help="the model in fp16 (the row beside hh's fp16 storage switches)")
     a = ap.parse_args()
     try:
         import torch
@@ -32,6 +34,8 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config()).to(a.device).eval()
+    if a.fp16:
+        model = model.half()
     prompts = torch.randint(0, 50256, (a.batch, a.prompt_len), device=a.device)
     mask = torch.ones_like(prompts)
 
@@ -51,7 +55,7 @@ def main():
         out = run()
         seconds += time.perf_counter() - t0
         tokens += (out.shape[1] - a.prompt_len) * a.batch
-    print(json.dumps({"impl": "hf-generate", "device": a.device, "tf32": a.tf32,
+    print(json.dumps({"impl": "hf-generate", "device": a.device, "tf32": a.tf32, "fp16": a.fp16,
                       "batch": a.batch, "prompt_len": a.prompt_len,
                       "max_new_tokens": a.new_tokens, "new_tokens": tokens,
                       "seconds": seconds, "tokens_per_s": tokens / seconds}))

@@ -94,7 +94,26 @@ def main():
     f16 = specials.to(torch.float16)
     bf16 = torch.tensor([1.0, -2.5, 3.0e38, 1e-30, -0.0, float("inf"), 0.1, 3.14159],
                         dtype=torch.float64).to(torch.bfloat16)
+    # float32 -> float16 rounding (hh::float_to_half, the CUDA backend's __float2half_rn):
+    # values over the whole range, exact ties between neighbouring halves (normal and
+    # subnormal), the overflow edge, and PyTorch's round-to-nearest-even results.
+    gen = torch.Generator().manual_seed(7)
+    scales = torch.tensor([1e-9, 1e-7, 3e-6, 6e-5, 1e-3, 0.02, 1.0, 30.0, 3000.0, 60000.0],
+                          dtype=torch.float64)
+    spread = (torch.randn(len(scales), 40, generator=gen, dtype=torch.float64) *
+              scales[:, None]).flatten()
+    halves = torch.tensor([0x0001, 0x0002, 0x03ff, 0x0400, 0x0401, 0x3c00, 0x3c01, 0x7bfe],
+                          dtype=torch.int32).to(torch.int16).view(torch.float16).to(torch.float64)
+    upper = torch.tensor([0x0002, 0x0003, 0x0400, 0x0401, 0x0402, 0x3c01, 0x3c02, 0x7bff],
+                         dtype=torch.int32).to(torch.int16).view(torch.float16).to(torch.float64)
+    ties = (halves + upper) / 2  # exact in float32
+    edges = torch.tensor([65504.0, 65519.0, 65519.99, 65520.0, 1e6, 2.0 ** -25, 2.0 ** -25 * 1.0001,
+                          2.0 ** -26, 2.0 ** -24, 2.0 ** -14 * (1 - 2.0 ** -12), 0.0],
+                         dtype=torch.float64)
+    rounding = torch.cat([spread, ties, -ties, edges, -edges]).to(torch.float32)
     tensors = [
+        ("rounding_f32", "F32", [rounding.numel()], raw(rounding)),
+        ("rounding_f16", "F16", [rounding.numel()], raw(rounding.to(torch.float16).view(torch.int16))),
         ("weight", "F32", [2, 3], raw(w)),
         ("empty", "F32", [0, 4], b""),
         ("scalar", "F32", [], raw(torch.tensor(2.75, dtype=torch.float32))),

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/fileio.h"
+#include "core/half.h"
 #include "core/json.h"
 
 namespace hh {
@@ -24,28 +25,6 @@ bool dtype_from_name(const std::string& s, DType* out) {
     }
   }
   return false;
-}
-
-// IEEE half -> float: sign, 5-bit exponent (bias 15), 10-bit mantissa; subnormals,
-// infinities and NaNs handled.
-float half_to_float(uint16_t h) {
-  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exponent = (h >> 10) & 0x1fu;
-  uint32_t mantissa = h & 0x3ffu;
-  uint32_t bits;
-  if (exponent == 0x1f) {
-    bits = sign | 0x7f800000u | (mantissa << 13);
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // subnormal: value = mantissa * 2^-24
-    float v = static_cast<float>(mantissa) * (1.0f / 16777216.0f);
-    return sign ? -v : v;
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
 }
 
 // bfloat16 is the top 16 bits of a float32.

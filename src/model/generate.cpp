@@ -249,20 +249,30 @@ void Generator::release_memory() {
                            &att_saved_, &last_, &logits_})
     b->reset();
   step_in_dev_.reset();
+  half_params_.reset();
   lengths_.clear();
   max_len_ = 0;
 }
 
 // logits_ = ln_f(hidden) · wteᵀ for M rows, [M, Vp] on the device (plan_* sized logits_).
-void Generator::compute_logits(const float* hidden, int M) {
+void Generator::compute_logits(const float* hidden, int M, bool half) {
   Backend& be = model_.backend();
   const GPTConfig& cfg = model_.config();
   const int C = cfg.n_embd, Vp = cfg.padded_vocab_size;
-  be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), hidden,
-                       model_.param_data("transformer.ln_f.weight"),
-                       model_.param_data("transformer.ln_f.bias"), M, C);
-  be.matmul_forward(logits_.data(), ln_.data(), model_.param_data("transformer.wte.weight"),
-                    nullptr, M, C, Vp);
+  const float* lnf_w = model_.param_data("transformer.ln_f.weight");
+  const float* lnf_b = model_.param_data("transformer.ln_f.bias");
+  const float* wte = model_.param_data("transformer.wte.weight");
+  if (half) {
+    be.layernorm_forward_half(ln_.data(), hidden, lnf_w, lnf_b, M, C);
+    be.matmul_forward_half(logits_.data(), ln_.data(), half_of(wte), nullptr, nullptr, M, C, Vp);
+    return;
+  }
+  be.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), hidden, lnf_w, lnf_b, M, C);
+  be.matmul_forward(logits_.data(), ln_.data(), wte, nullptr, M, C, Vp);
+}
+
+const void* Generator::half_of(const float* param) const {
+  return half_params_.data() + (param - model_.params().data());
 }
 
 void Generator::sample_device(int M, float temperature) {
@@ -391,6 +401,23 @@ void Generator::layer_forward(int l, int rows, const std::function<void()>& atte
                              4 * C, C);
 }
 
+void Generator::layer_forward_half(int l, int rows, const std::function<void()>& attend) {
+  Backend& be = model_.backend();
+  const int C = model_.config().n_embd;
+  const LayerParams p = layer_params(model_, l);
+  be.layernorm_forward_half(ln_.data(), x_.data(), p.ln1_w, p.ln1_b, rows, C);
+  be.matmul_forward_half(qkv_.data(), ln_.data(), half_of(p.qkv_w), p.qkv_b, nullptr, rows, C,
+                         3 * C);
+  attend();
+  be.matmul_forward_half(x2_.data(), atty_.data(), half_of(p.proj_w), p.proj_b, x_.data(), rows, C,
+                         C);
+  be.layernorm_forward_half(ln_.data(), x2_.data(), p.ln2_w, p.ln2_b, rows, C);
+  be.matmul_gelu_forward_half(fch_gelu_.data(), ln_.data(), half_of(p.fc_w), half_of(p.fc_b), rows,
+                              C, 4 * C);
+  be.matmul_forward_half(x_.data(), fch_gelu_.data(), half_of(p.fcproj_w), p.fcproj_b, x2_.data(),
+                         rows, 4 * C, C);
+}
+
 // The model's forward over right-padded prompts [B, T], one layer at a time; each layer's
 // k and v rows go to the cache (padded rows are skipped: position -1). The logits are
 // computed for the last real row of each prompt only.
@@ -432,6 +459,12 @@ void Generator::prefill_device(const std::vector<std::vector<int32_t>>& prompts,
   max_len_ = max_len;
   cache_.reserve(be, cfg.n_layer, B, max_len, C);
   plan_prefill(B, T);
+  decode_half_ = be.decode_fp16();
+  if (decode_half_) {
+    const Buffer<float>& params = model_.params();
+    if (grow(half_params_, be, params.size())) drop_graphs();
+    be.to_half(half_params_.data(), params.data(), params.size());
+  }
   be.copy_to_device(tokens_dev_.data(), tokens.data(), N * sizeof(int32_t));
   be.copy_to_device(positions_dev_.data(), positions.data(), N * sizeof(int32_t));
   be.copy_to_device(slots_dev_.data(), slots.data(), N * sizeof(int32_t));
@@ -511,12 +544,19 @@ void Generator::decode_device(const std::vector<int32_t>& seqs, const std::vecto
                             model_.param_data("transformer.wte.weight"),
                             model_.param_data("transformer.wpe.weight"), M, C);
     for (int l = 0; l < cfg.n_layer; l++) {
-      layer_forward(l, M, [&] {
-        be.attention_decode(atty_.data(), qkv_.data(), cache_.keys(l), cache_.values(l), slots_dev,
-                            positions_dev, M, max_len_, C, NH);
-      });
+      if (decode_half_) {
+        layer_forward_half(l, M, [&] {
+          be.attention_decode_half(atty_.data(), qkv_.data(), cache_.keys(l), cache_.values(l),
+                                   slots_dev, positions_dev, M, max_len_, C, NH);
+        });
+      } else {
+        layer_forward(l, M, [&] {
+          be.attention_decode(atty_.data(), qkv_.data(), cache_.keys(l), cache_.values(l),
+                              slots_dev, positions_dev, M, max_len_, C, NH);
+        });
+      }
     }
-    compute_logits(x_.data(), M);
+    compute_logits(x_.data(), M, decode_half_);
     if (seeds) sample_device(M, temperature);
   });
   for (int i = 0; i < M; i++) lengths_[seqs[i]]++;

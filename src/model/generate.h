@@ -159,9 +159,15 @@ class Generator {
   void decode_device(const std::vector<int32_t>& seqs, const std::vector<int32_t>* tokens,
                      const std::vector<uint64_t>* seeds = nullptr, float temperature = 0.0f);
   void layer_forward(int l, int rows, const std::function<void()>& attend);
+  // The decode step's block on fp16 storage (Backend::decode_fp16), attend writing fp16 to
+  // atty_; ln_, atty_ and fch_gelu_ then hold fp16 values (half their size).
+  void layer_forward_half(int l, int rows, const std::function<void()>& attend);
   void plan_prefill(int B, int T);
   bool plan_decode(int M);  // true when a buffer moved
-  void compute_logits(const float* hidden, int M);
+  // logits_ from the final LayerNorm and the tied head; half: on the weights' fp16 copies.
+  void compute_logits(const float* hidden, int M, bool half = false);
+  // The fp16 copy of a parameter (Backend::decode_fp16): the same offset in half_params_.
+  const void* half_of(const float* param) const;
   std::vector<float> host_logits(int M);
   // sample_rows over the M rows of logits_ with the seeds at seeds_dev() (uploaded before).
   void sample_device(int M, float temperature);
@@ -197,6 +203,10 @@ class Generator {
   Buffer<float> x_, x2_, ln_, mean_, rstd_, qkv_, atty_, fch_, fch_gelu_, att_saved_;
   Buffer<float> last_, logits_;
   std::vector<float> host_logits_;
+  // Backend::decode_fp16: every parameter as fp16, refreshed at each prefill (the model may
+  // have changed since: PPO updates the policy between rollouts); decode steps read these.
+  Buffer<uint16_t> half_params_;
+  bool decode_half_ = false;
 
   int64_t last_new_tokens_ = 0;
   double last_seconds_ = 0;

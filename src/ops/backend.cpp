@@ -165,6 +165,32 @@ class CpuBackend final : public Backend {
                    float temperature, int M, int V, int Vp) override {
     cpu::sample_rows(tokens, logprobs, logits, seeds, temperature, M, V, Vp);
   }
+  // The fp16 decode step runs here only for tests (HH_CPU_DECODE_FP16=1): the reference.
+  bool decode_fp16() const override { return decode_fp16_; }
+  void to_half(void* dst, const float* src, size_t n) override {
+    cpu::to_half(static_cast<uint16_t*>(dst), src, n);
+  }
+  void layernorm_forward_half(void* out, const float* inp, const float* weight, const float* bias,
+                              int N, int C) override {
+    cpu::layernorm_forward_half(static_cast<uint16_t*>(out), inp, weight, bias, N, C);
+  }
+  void attention_decode_half(void* out, const float* qkv, void* kcache, void* vcache,
+                             const int32_t* slots, const int32_t* positions, int M, int max_len,
+                             int C, int NH) override {
+    cpu::attention_decode_half(static_cast<uint16_t*>(out), qkv, static_cast<float*>(kcache),
+                               static_cast<float*>(vcache), slots, positions, M, max_len, C, NH);
+  }
+  void matmul_forward_half(float* out, const void* inp, const void* weight, const float* bias,
+                           const float* residual, int N, int IC, int OC) override {
+    cpu::matmul_forward_half(out, static_cast<const uint16_t*>(inp),
+                             static_cast<const uint16_t*>(weight), bias, residual, N, IC, OC);
+  }
+  void matmul_gelu_forward_half(void* out, const void* inp, const void* weight, const void* bias,
+                                int N, int IC, int OC) override {
+    cpu::matmul_gelu_forward_half(static_cast<uint16_t*>(out), static_cast<const uint16_t*>(inp),
+                                  static_cast<const uint16_t*>(weight),
+                                  static_cast<const uint16_t*>(bias), N, IC, OC);
+  }
   void adamw_update(float* params, const float* grads, float* m, float* v, size_t n,
                     const AdamWParams& hp) override {
     cpu::adamw_update(params, grads, m, v, n, hp);
@@ -173,6 +199,10 @@ class CpuBackend final : public Backend {
   void scale(float* x, float s, size_t n) override { cpu::scale(x, s, n); }
 
  private:
+  const bool decode_fp16_ = [] {
+    const char* v = std::getenv("HH_CPU_DECODE_FP16");
+    return v && std::string(v) == "1";
+  }();
   mutable std::mutex mutex_;
   std::unordered_map<void*, size_t> sizes_;  // live allocations and their rounded sizes
   size_t current_bytes_ = 0;

@@ -216,6 +216,33 @@ class Backend {
   virtual void sample_rows(int32_t* tokens, float* logprobs, const float* logits,
                            const uint64_t* seeds, float temperature, int M, int V, int Vp) = 0;
 
+  // ---- the decode step on fp16 storage (cpu/decode.cpp, cuda/decode.cu, cuda/matmul.cu) ----
+  // With decode_fp16() (CUDA with TF32 and HH_CUDA_DECODE_FP16=1; the CPU reference with
+  // HH_CPU_DECODE_FP16=1, for tests) the generator's decode step reads fp16 copies of the
+  // weights and feeds the matmuls fp16 activations: half the bytes of the fp32 weights, which
+  // a decode step of 64 rows spends most of its matmul time reading. fp16 keeps TF32's 10
+  // mantissa bits; values are rounded to nearest even when stored (hh::float_to_half) and
+  // read back exactly; every product, sum, bias, residual, softmax and the logits stay fp32.
+  // Pointers typed void* hold fp16.
+  virtual bool decode_fp16() const { return false; }
+  // dst[i] = fp16(src[i])
+  virtual void to_half(void* dst, const float* src, size_t n) = 0;
+  // out = fp16(layernorm_forward's out) (mean and rstd are not kept)
+  virtual void layernorm_forward_half(void* out, const float* inp, const float* weight,
+                                      const float* bias, int N, int C) = 0;
+  // attention_decode with out[M,C] stored as fp16.
+  virtual void attention_decode_half(void* out, const float* qkv, void* kcache, void* vcache,
+                                     const int32_t* slots, const int32_t* positions, int M,
+                                     int max_len, int C, int NH) = 0;
+  // out[N,OC] = inp[N,IC]·weight[OC,IC]ᵀ + bias[OC] (+ residual[N,OC]); inp and weight fp16,
+  // bias (may be null), residual (may be null) and out fp32; out may not alias residual.
+  virtual void matmul_forward_half(float* out, const void* inp, const void* weight,
+                                   const float* bias, const float* residual, int N, int IC,
+                                   int OC) = 0;
+  // out = fp16(gelu(inp·weightᵀ + bias)): the MLP's first layer; inp, weight, bias and out fp16.
+  virtual void matmul_gelu_forward_half(void* out, const void* inp, const void* weight,
+                                        const void* bias, int N, int IC, int OC) = 0;
+
   // ---- optimizer and gradient utilities over flat buffers ----
   // AdamW (Loshchilov & Hutter): m = β1·m + (1-β1)·g; v = β2·v + (1-β2)·g²;
   // p -= lr·( m̂/(√v̂ + eps) + wd·p ), m̂ = m/(1-β1^t), v̂ = v/(1-β2^t).

@@ -59,6 +59,17 @@ void attention_decode(float* out, const float* qkv, float* kcache, float* vcache
                       int NH);
 void sample_rows(int32_t* tokens, float* logprobs, const float* logits, const uint64_t* seeds,
                  float temperature, int M, int V, int Vp);
+// decode.cpp: the fp16 decode step (uint16_t: IEEE fp16 bits)
+void to_half(uint16_t* dst, const float* src, size_t n);
+void layernorm_forward_half(uint16_t* out, const float* inp, const float* weight, const float* bias,
+                            int N, int C);
+void attention_decode_half(uint16_t* out, const float* qkv, float* kcache, float* vcache,
+                           const int32_t* slots, const int32_t* positions, int M, int max_len,
+                           int C, int NH);
+void matmul_forward_half(float* out, const uint16_t* inp, const uint16_t* weight, const float* bias,
+                         const float* residual, int N, int IC, int OC);
+void matmul_gelu_forward_half(uint16_t* out, const uint16_t* inp, const uint16_t* weight,
+                              const uint16_t* bias, int N, int IC, int OC);
 // adamw.cpp (also the flat-buffer utilities)
 void adamw_update(float* params, const float* grads, float* m, float* v, size_t n,
                   const AdamWParams& hp);

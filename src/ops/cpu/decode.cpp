@@ -9,12 +9,15 @@
 //                           out[m,h] = Σ_t p[t]·V[slot, t, h]
 //   sample_rows:          tokens[m] = argmax_v logits[m,v]/T + G(seeds[m], v) (Gumbel-max),
 //                         logprobs[m] = log softmax(logits[m,:V])[tokens[m]]; see ops.h
+// The fp16 decode ops (ops.h: decode_fp16) are the fp32 ops on the fp16 values read back,
+// their fp16 outputs rounded to nearest even: the reference the CUDA kernels are held to.
 // Parallel over rows (and heads): each (m, h) owns its part of the output.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "core/error.h"
+#include "core/half.h"
 #include "ops/cpu/cpu_ops.h"
 
 namespace hh::cpu {
@@ -113,6 +116,19 @@ inline float gumbel(uint64_t seed, int v) {
                            1.0f - 1.0f / 16777216.0f);
   return -std::log(-std::log(u));
 }
+// x·inv_t + g with both roundings, as the CUDA samplers' __fadd_rn(__fmul_rn(..)): the build's
+// baseline has FMA (-mfma), and GCC may fuse a multiply and an add anywhere; the empty asm
+// makes the rounded product a value the compiler must produce before the add.
+inline float gumbel_score(float x, float inv_t, float g) {
+  float product = x * inv_t;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm("" : "+x"(product));
+#else
+  volatile float rounded = product;
+  product = rounded;
+#endif
+  return product + g;
+}
 }  // namespace
 
 void sample_rows(int32_t* tokens, float* logprobs, const float* logits, const uint64_t* seeds,
@@ -132,7 +148,7 @@ void sample_rows(int32_t* tokens, float* logprobs, const float* logits, const ui
       const float inv_t = 1.0f / temperature;
       float best_score = -INFINITY;
       for (int v = 0; v < V; v++) {
-        const float score = row[v] * inv_t + gumbel(seeds[m], v);
+        const float score = gumbel_score(row[v], inv_t, gumbel(seeds[m], v));
         if (score > best_score) {
           best_score = score;
           best = v;
@@ -144,6 +160,58 @@ void sample_rows(int32_t* tokens, float* logprobs, const float* logits, const ui
     tokens[m] = best;
     logprobs[m] = static_cast<float>(row[best] - maxval - std::log(sum));
   }
+}
+
+// ---- the fp16 decode step ----
+
+namespace {
+
+std::vector<float> from_half(const uint16_t* src, size_t n) {
+  std::vector<float> out(n);
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; i++) out[i] = half_to_float(src[i]);
+  return out;
+}
+
+}  // namespace
+
+void to_half(uint16_t* dst, const float* src, size_t n) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; i++) dst[i] = float_to_half(src[i]);
+}
+
+void layernorm_forward_half(uint16_t* out, const float* inp, const float* weight, const float* bias,
+                            int N, int C) {
+  std::vector<float> y(static_cast<size_t>(N) * C), mean(N), rstd(N);
+  layernorm_forward(y.data(), mean.data(), rstd.data(), inp, weight, bias, N, C);
+  to_half(out, y.data(), y.size());
+}
+
+void attention_decode_half(uint16_t* out, const float* qkv, float* kcache, float* vcache,
+                           const int32_t* slots, const int32_t* positions, int M, int max_len,
+                           int C, int NH) {
+  std::vector<float> y(static_cast<size_t>(M) * C);
+  attention_decode(y.data(), qkv, kcache, vcache, slots, positions, M, max_len, C, NH);
+  to_half(out, y.data(), y.size());
+}
+
+void matmul_forward_half(float* out, const uint16_t* inp, const uint16_t* weight, const float* bias,
+                         const float* residual, int N, int IC, int OC) {
+  const std::vector<float> x = from_half(inp, static_cast<size_t>(N) * IC);
+  const std::vector<float> w = from_half(weight, static_cast<size_t>(OC) * IC);
+  matmul_forward(out, x.data(), w.data(), bias, N, IC, OC);
+  if (residual) residual_forward(out, residual, out, static_cast<size_t>(N) * OC);
+}
+
+void matmul_gelu_forward_half(uint16_t* out, const uint16_t* inp, const uint16_t* weight,
+                              const uint16_t* bias, int N, int IC, int OC) {
+  const std::vector<float> x = from_half(inp, static_cast<size_t>(N) * IC);
+  const std::vector<float> w = from_half(weight, static_cast<size_t>(OC) * IC);
+  const std::vector<float> b = from_half(bias, OC);
+  std::vector<float> pre(static_cast<size_t>(N) * OC), y(pre.size());
+  matmul_forward(pre.data(), x.data(), w.data(), b.data(), N, IC, OC);
+  gelu_forward(y.data(), pre.data(), y.size());
+  to_half(out, y.data(), y.size());
 }
 
 }  // namespace hh::cpu
