@@ -249,8 +249,9 @@ TEST_F(GenerateTest, CudaDecodingMatchesCpu) {
   ASSERT_EQ(half->kv_value_bytes(), 2u);
   check_cache_matches_full_recompute(*model_on(*half), tok_, 4e-3);
   // HH_CUDA_DECODE_FP16=1: the fp16 decode step, as on the CPU reference (above), and against
-  // it: the same fp16 values, so only the sums' order and a rare fp16 rounding of a value
-  // one fp32 ulp from a tie differ.
+  // it. The GPU's prefill ran TF32 products (the switch needs TF32), the CPU's exact ones,
+  // so the caches already differ by the TF32 error: the allowance is the fp16 step's (4e-3),
+  // not the ops' own (DecodeOnFp16Storage in test_ops_cuda).
   auto fp16 = backend_with("cuda", "HH_CUDA_DECODE_FP16", "1");
   ASSERT_TRUE(fp16->decode_fp16());
   const auto fp16_model = model_on(*fp16);
@@ -260,7 +261,7 @@ TEST_F(GenerateTest, CudaDecodingMatchesCpu) {
   Generator want(*cpu_fp16_model, tok_), got(*fp16_model, tok_);
   want.prefill(prompts, 8);
   got.prefill(prompts, 8);
-  EXPECT_LT(rel_err(got.decode({0, 1}, {7, 8}), want.decode({0, 1}, {7, 8})), 2e-3);
+  EXPECT_LT(rel_err(got.decode({0, 1}, {7, 8}), want.decode({0, 1}, {7, 8})), 4e-3);
 #else
   GTEST_SKIP() << "hh was built without CUDA";
 #endif

@@ -1079,12 +1079,14 @@ float half_value(uint16_t h) {
 // use them) against the CPU reference, which runs the fp32 ops on the same fp16 values:
 // - to_half is exact: the same bits (subnormals, ties and the overflow edge included);
 // - fp32 outputs of the products: an fp16 × fp16 product is exact in fp32, so only the
-//   sums' order differs: kExact;
+//   sums differ: their order, and the tensor cores' fp32 accumulation, which need not round
+//   to nearest (up to K = 3072 chained adds here): kHalfSums = 1e-4, still far below an
+//   indexing or formula error (O(1));
 // - fp16 outputs may differ by one fp16 step (2^-10 relative) where the fp32 value before
 //   rounding differs in its last bits right at a tie: compared widened, at kHalfStep. The
 //   GELU epilogue is cuBLASLt's tanh-GELU: twice that.
 TEST_F(CudaParity, DecodeOnFp16Storage) {
-  constexpr double kHalfStep = 1.1e-3;
+  constexpr double kHalfStep = 1.1e-3, kHalfSums = 1e-4;
   auto halves = [](const std::vector<float>& x) {
     std::vector<uint16_t> h(x.size());
     for (size_t i = 0; i < x.size(); i++) h[i] = hh::float_to_half(x[i]);
@@ -1175,7 +1177,7 @@ TEST_F(CudaParity, DecodeOnFp16Storage) {
     gpu_->matmul_forward_half(out_g.data(), inp_g.data(), w_g.data(),
                               sh.bias ? b_g.data() : nullptr, sh.residual ? r_g.data() : nullptr,
                               sh.N, sh.IC, sh.OC);
-    expect_close(download(*cpu_, out_c), download(*gpu_, out_g), kExact, what);
+    expect_close(download(*cpu_, out_c), download(*gpu_, out_g), kHalfSums, what);
     if (sh.residual) continue;
     hh::Buffer<uint16_t> g_c(*cpu_, static_cast<size_t>(sh.N) * sh.OC),
         g_g(*gpu_, static_cast<size_t>(sh.N) * sh.OC);
