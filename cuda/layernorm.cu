@@ -140,23 +140,20 @@ void launch_layernorm_forward(Context& ctx, TO* out, float* mean, float* rstd, c
                               const float* weight, const float* bias, int N, int C) {
   if (N <= 0 || C <= 0) return;
   const int blocks = ceil_div(N, kWarpsPerBlock), threads = 32 * kWarpsPerBlock;
-  const int K = (C + 255) / 256 * 8;
-  switch (K) {
+  const auto run = [&](auto* kernel) {
+    launch(ctx, kernel, blocks, threads, 0, out, mean, rstd, inp, weight, bias, N, C);
+  };
+  switch ((C + 255) / 256 * 8) {
     case 8:
-      return launch(ctx, layernorm_forward_regs_kernel<8, TO>, blocks, threads, 0, out, mean, rstd,
-                    inp, weight, bias, N, C);
+      return run(layernorm_forward_regs_kernel<8, TO>);
     case 16:
-      return launch(ctx, layernorm_forward_regs_kernel<16, TO>, blocks, threads, 0, out, mean, rstd,
-                    inp, weight, bias, N, C);
+      return run(layernorm_forward_regs_kernel<16, TO>);
     case 24:
-      return launch(ctx, layernorm_forward_regs_kernel<24, TO>, blocks, threads, 0, out, mean, rstd,
-                    inp, weight, bias, N, C);
+      return run(layernorm_forward_regs_kernel<24, TO>);
     case 32:
-      return launch(ctx, layernorm_forward_regs_kernel<32, TO>, blocks, threads, 0, out, mean, rstd,
-                    inp, weight, bias, N, C);
+      return run(layernorm_forward_regs_kernel<32, TO>);
     default:
-      return launch(ctx, layernorm_forward_kernel<TO>, blocks, threads, 0, out, mean, rstd, inp,
-                    weight, bias, N, C);
+      return run(layernorm_forward_kernel<TO>);
   }
 }
 
