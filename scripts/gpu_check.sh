@@ -13,8 +13,9 @@
 # Logs of every step go to build-gpu/check; with $OUT set (the remote GPU tool) the summary
 # and one file holding the tail of every log are copied there. Environment:
 #   HH_GPU_JOBS (16) build jobs; HH_GPU_SKIP_BENCH=1 skips steps 5-5c; HH_GPU_SKIP lists
-#   steps to leave out (torch: step 5; 5c; 5a: the switches, configurations in HH_GPU_TRAIN_SWEEP
-#   and HH_GPU_GEN_SWEEP, ';'-separated; shapes 5b flash hf-generate hf-interop); HH_GPU_PROFILE=1 adds
+#   steps to leave out (torch: step 5; memcheck: step 4; 5c; 5a: the switches, configurations in
+#   HH_GPU_TRAIN_SWEEP ("none": no training step) and HH_GPU_GEN_SWEEP, ';'-separated; shapes 5b
+#   flash hf-generate hf-interop); HH_GPU_PROFILE=1 adds
 #   scripts/gpu_profile.sh (per-kernel times, with HH_GPU_PROFILE_SWITCHES, else step 5c's);
 #   step 5c runs with the fastest generation configuration of 5a whose switches passed their
 #   tests in step 3 (5a also times the single winners together), or HH_GPU_GEN_SWITCHES;
@@ -145,7 +146,8 @@ if [ -d "$BUILD" ]; then
 fi
 
 step "4. compute-sanitizer memcheck (op subset + the small scalar-head model test)"
-if command -v compute-sanitizer >/dev/null && [ -x "$BUILD/test_ops_cuda" ] && in_budget; then
+if command -v compute-sanitizer >/dev/null && [ -x "$BUILD/test_ops_cuda" ] && wanted memcheck &&
+   in_budget; then
   FILTER='CudaParity.Embedding:CudaParity.LayerNorm:CudaParity.AttentionExactFp32:CudaParity.CrossEntropyInPlaceAndMasked:CudaParity.GatherScatterRows:CudaParity.AdamWAndFlatUtilities:CudaParity.AttentionFlash:CudaParity.DecodeWithKvCache:CudaParity.WholeModelScalarHead:CudaParity.CrossEntropyBackwardStagedRow:CudaParity.DecodeAttentionFastVariants:CudaParity.DecodeWithHalfKvCache:CudaParity.DecodeOnFp16Storage:CudaParity.SkinnyMatmulMatchesTheCpu:CudaParity.FusedMatmuls:CudaParity.AttentionFlashTensorCores'
   set +e
   timeout 240 compute-sanitizer --tool memcheck --error-exitcode 99 --leak-check no \
@@ -244,6 +246,7 @@ if [ "${HH_GPU_SKIP_BENCH:-0}" != "1" ] && [ -x "$BUILD/hh-bench" ] && wanted 5a
   ATTN_SWEEP=""
   IFS=";" read -r -a TRAIN_CFGS <<<"${HH_GPU_TRAIN_SWEEP:-default;HH_CUDA_LT_TUNE=1;HH_CUDA_ATTN_BLOCKS=1;HH_CUDA_FUSE=0}"
   IFS=";" read -r -a GEN_CFGS <<<"${HH_GPU_GEN_SWEEP:-default;HH_CUDA_LT_TUNE=1;HH_CUDA_SKINNY=1;HH_CUDA_PDL=1;HH_CUDA_KV_HALF=1;HH_CUDA_DECODE_FP16=1;HH_CUDA_DECODE_FP16=1 HH_CUDA_KV_HALF=1 HH_CUDA_PDL=1;HH_CUDA_SKINNY=1 HH_CUDA_PDL=1 HH_CUDA_KV_HALF=1;HH_CUDA_GRAPHS=0}"
+  [ "${TRAIN_CFGS[*]}" = none ] && TRAIN_CFGS=()
   for cfg in "${TRAIN_CFGS[@]}"; do
     read -r ms gib <<<"$(train_step "$cfg" 8 1024 8)"
     echo "train step [$cfg]: $ms ms/step, peak $gib GiB"
