@@ -7,6 +7,12 @@
 #   DEST/helpful-online/{train,test}.jsonl.gz
 #   DEST/helpful-rejection-sampled/{train,test}.jsonl.gz
 #
+# and, with harmless-base, the names make demo reads (links into harmless-base, its test
+# split as the dev set), so `scripts/demo.sh --data DEST` runs on the full harmless data:
+#
+#   DEST/harmless-train.jsonl.gz -> harmless-base/train.jsonl.gz
+#   DEST/harmless-dev.jsonl.gz   -> harmless-base/test.jsonl.gz
+#
 # Usage: scripts/download_hh_rlhf.sh --dest DIR [--ref master] [--subsets "harmless-base helpful-base"]
 #
 # The repository keeps its data in Git LFS, so raw.githubusercontent.com may answer with
@@ -33,7 +39,7 @@ while [ $# -gt 0 ]; do
     --ref=*) ref="${1#*=}"; shift ;;
     --subsets) subsets="$2"; shift 2 ;;
     --subsets=*) subsets="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "download_hh_rlhf.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -94,5 +100,10 @@ for subset in $subsets; do
   for split in train test; do
     fetch "$subset/$split.jsonl.gz"
   done
+  if [ "$subset" = harmless-base ]; then
+    ln -sfn harmless-base/train.jsonl.gz "$dest/harmless-train.jsonl.gz"
+    ln -sfn harmless-base/test.jsonl.gz "$dest/harmless-dev.jsonl.gz"
+    echo "link  harmless-{train,dev}.jsonl.gz (scripts/demo.sh --data $dest)"
+  fi
 done
 echo "HH-RLHF in $dest"

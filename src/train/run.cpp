@@ -167,12 +167,13 @@ AdamWConfig adamw_config_from_flags(const Flags& flags) {
 }
 
 void add_run_flags(Flags& flags, const std::string& default_run_dir, int64_t default_steps,
-                   int64_t default_batch) {
+                   int64_t default_batch, const RunFlagText& text) {
   flags.add_string("run-dir", default_run_dir, "run directory: checkpoints, metrics, final model");
-  flags.add_int("steps", default_steps, "optimizer steps");
-  flags.add_int("batch", default_batch, "sequences per optimizer step");
+  flags.add_int("steps", default_steps, text.steps);
+  flags.add_int("batch", default_batch, text.batch);
   flags.add_int("log-every", 10, "log a metrics line every N steps");
-  flags.add_int("eval-every", 100, "evaluate on the dev set every N steps (0: only at the end)");
+  if (text.eval)
+    flags.add_int("eval-every", 100, "evaluate on the dev set every N steps (0: only at the end)");
   flags.add_int("ckpt-every", 200, "checkpoint every N steps (0: only at the end)");
   flags.add_int("keep-ckpts", 2, "checkpoints to keep");
   flags.add_int("seed", 1234, "seed for initialisation, data order and sampling");

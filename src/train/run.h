@@ -39,10 +39,18 @@ GPTConfig model_config_from_flags(const Flags& flags, int vocab_size);
 void add_optimizer_flags(Flags& flags, double default_lr);
 AdamWConfig adamw_config_from_flags(const Flags& flags);
 
-// --run-dir --steps --batch --log-every --eval-every --ckpt-every --keep-ckpts --seed
+// What a stage's --steps and --batch count (their --help text), and whether it evaluates on
+// a dev set (--eval-every).
+struct RunFlagText {
+  std::string steps = "optimizer steps";
+  std::string batch = "sequences per optimizer step";
+  bool eval = true;
+};
+
+// --run-dir --steps --batch --log-every [--eval-every] --ckpt-every --keep-ckpts --seed
 // --resume --on-nan=skip|stop
 void add_run_flags(Flags& flags, const std::string& default_run_dir, int64_t default_steps,
-                   int64_t default_batch);
+                   int64_t default_batch, const RunFlagText& text = {});
 
 // --dist=auto|single|mpi|nccl --dist-timeout --nccl-id-file --check-sync-every
 void add_dist_flags(Flags& flags);
