@@ -78,7 +78,8 @@ int run_train(int argc, char** argv) {
   hh::add_dist_flags(f);
   hh::add_model_flags(f, "tiny");
   hh::add_optimizer_flags(f, 3e-4);
-  hh::add_run_flags(f, "runs/pm", 200, 16, {"optimizer steps", "preference pairs per optimizer step"});
+  hh::add_run_flags(f, "runs/pm", 200, 16,
+                    {"optimizer steps", "preference pairs per optimizer step"});
   f.parse(rest_of(argc, argv));
 
   HH_CHECK(!f.get_string("train").empty(), "--train is required (see hh-pm train --help)");

@@ -47,8 +47,9 @@ int main(int argc, char** argv) {
     hh::add_device_flag(f);
     hh::add_dist_flags(f);
     hh::add_optimizer_flags(f, 5e-5);
-    hh::add_run_flags(f, "runs/ppo", 30, 16,
-                      {"PPO iterations (rollout, scoring, update)", "prompts per iteration", false});
+    hh::add_run_flags(
+        f, "runs/ppo", 30, 16,
+        {"PPO iterations (rollout, scoring, update)", "prompts per iteration", false});
     f.set_default("warmup", "0");
     f.set_default("min-lr-frac", "1");
     f.set_default("on-nan", "stop");
