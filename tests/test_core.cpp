@@ -94,8 +94,21 @@ TEST(Json, UnicodeEscapes) {
             "\xEF\xBF\xBD"
             "A");
   // Raw UTF-8 passes through and dumps unchanged.
-  Json s("caf\xC3\xA9 \xE2\x9C\x93");
+  Json s("caf\xC3\xA9 \xE2\x9C\x93 \xF0\x9F\x98\x80");
+  EXPECT_EQ(s.dump(), "\"caf\xC3\xA9 \xE2\x9C\x93 \xF0\x9F\x98\x80\"");
   EXPECT_EQ(Json::parse(s.dump()).as_string(), s.as_string());
+  // Bytes that are not well-formed UTF-8 dump as U+FFFD (UTF-8 EF BF BD), one per byte (a
+  // cut character, a stray continuation byte, an overlong form, a surrogate, past U+10FFFF).
+  for (const char* bad :
+       {"\xE2\x9C", "\x9C", "\xC0\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80", "\xFF"}) {
+    const std::string text = std::string("a") + bad + "b";
+    const std::string want = "\"a" + [&] {
+      std::string r;
+      for (size_t k = 0; k < std::strlen(bad); k++) r += "\xEF\xBF\xBD";
+      return r;
+    }() + "b\"";
+    EXPECT_EQ(Json(text).dump(), want) << text;
+  }
 }
 
 TEST(Json, MalformedInputNamesSourceAndOffset) {
@@ -173,6 +186,7 @@ Flags make_flags() {
   f.add_bool("verbose", false, "print more");
   f.add_bool("shuffle", true, "shuffle the data");
   f.add_usage("hh-test [flags] INPUT...");
+  f.takes_positional();
   return f;
 }
 
@@ -272,6 +286,48 @@ TEST(Flags, UnknownMissingRepeated) {
   EXPECT_TRUE(contains(msg, "-x")) << msg;
   Flags i = make_flags();
   EXPECT_EQ(i.parse({"-"}), (std::vector<std::string>{"-"}));  // "-" is positional (stdin)
+}
+
+// A program without positional arguments refuses them, so nothing on the command line is
+// silently dropped; a boolean word after a bare boolean flag is refused everywhere.
+TEST(Flags, StrayArgumentsAndBareBooleans) {
+  auto without_positional = [] {
+    Flags f("hh-test", "No positional arguments.");
+    f.add_bool("resume", false, "continue");
+    f.add_int("steps", 1, "steps");
+    return f;
+  };
+  Flags a = without_positional();
+  std::string msg = error_of([&] { a.parse({"--steps=2", "extra.bin"}); });
+  EXPECT_TRUE(contains(msg, "unexpected argument 'extra.bin'")) << msg;
+  Flags b = without_positional();
+  msg = error_of([&] { b.parse({"--resume", "false"}); });
+  EXPECT_TRUE(contains(msg, "--resume is a boolean: write --resume=false")) << msg;
+  Flags c = without_positional();
+  msg = error_of([&] { c.parse({"--", "x"}); });
+  EXPECT_TRUE(contains(msg, "unexpected argument 'x'")) << msg;
+  Flags d = make_flags();  // takes positional arguments, but not a boolean's word
+  msg = error_of([&] { d.parse({"--verbose", "0"}); });
+  EXPECT_TRUE(contains(msg, "--verbose is a boolean: write --verbose=0")) << msg;
+  Flags e = make_flags();
+  EXPECT_EQ(e.parse({"--verbose", "in.txt"}), (std::vector<std::string>{"in.txt"}));
+  EXPECT_TRUE(e.get_bool("verbose"));
+  Flags g = without_positional();
+  g.parse({"--resume", "--steps=3"});
+  EXPECT_TRUE(g.get_bool("resume"));
+}
+
+TEST(Flags, Int32RangeIsChecked) {
+  for (const char* big : {"2147483648", "4294967297", "-2147483649"}) {
+    Flags f = make_flags();
+    f.parse({std::string("--steps=") + big});
+    EXPECT_EQ(f.get_int("steps"), std::stoll(big));
+    std::string msg = error_of([&] { f.get_int32("steps"); });
+    EXPECT_TRUE(contains(msg, std::string("--steps=") + big + " is out of range")) << msg;
+  }
+  Flags f = make_flags();
+  f.parse({"--steps=-2147483648"});
+  EXPECT_EQ(f.get_int32("steps"), INT32_MIN);
 }
 
 TEST(Flags, HelpListsFlagsWithDefaults) {

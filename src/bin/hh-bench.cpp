@@ -106,9 +106,10 @@ double median(std::vector<double> v) {
 }
 
 int bench_train(const hh::Flags& f) {
-  const int64_t layers = f.get_int("layers"), heads = f.get_int("heads"),
-                width = f.get_int("width"), vocab = f.get_int("vocab"), B = f.get_int("batch"),
-                T = f.get_int("seq"), steps = f.get_int("steps"), warmup = f.get_int("warmup");
+  const int64_t layers = f.get_int32("layers"), heads = f.get_int32("heads"),
+                width = f.get_int32("width"), vocab = f.get_int32("vocab"),
+                B = f.get_int32("batch"), T = f.get_int32("seq"), steps = f.get_int("steps"),
+                warmup = f.get_int("warmup");
   HH_CHECK(B > 0 && T > 0, "--batch=", B, " --seq=", T, ": both must be positive");
   HH_CHECK(steps > 0, "--steps=", steps, ": must be positive");
   HH_CHECK(warmup >= 0, "--warmup=", warmup, ": must be >= 0");
@@ -274,18 +275,20 @@ int bench_train(const hh::Flags& f) {
 // One PPO iteration's phases at a given size: random policy, PM and prompts (written to a
 // temporary directory, as hh-ppo reads them), responses of exactly --new-tokens tokens.
 int bench_ppo(const hh::Flags& f) {
-  const int64_t B = f.get_int("batch"), T = f.get_int("seq"), steps = f.get_int("steps"),
-                warmup = f.get_int("warmup"), prompt_len = f.get_int("prompt-len"),
-                new_tokens = f.get_int("new-tokens");
+  const int64_t B = f.get_int32("batch"), T = f.get_int32("seq"), steps = f.get_int("steps"),
+                warmup = f.get_int("warmup"), prompt_len = f.get_int32("prompt-len"),
+                new_tokens = f.get_int32("new-tokens");
   HH_CHECK(B > 0 && steps > 0 && warmup >= 0, "--batch and --steps must be > 0");
-  HH_CHECK(prompt_len > 0 && new_tokens > 0 && prompt_len + new_tokens <= T, "--prompt-len (",
-           prompt_len, ") + --new-tokens (", new_tokens, ") must fit --seq (", T, ")");
-  hh::Tokenizer tok = hh::synthetic_tokenizer(static_cast<int>(f.get_int("vocab")),
-                                              {hh::kEndOfText, hh::kEndOfContext});
+  HH_CHECK(prompt_len > 0 && new_tokens > 0, "--prompt-len=", prompt_len,
+           " --new-tokens=", new_tokens, ": both must be positive");
+  HH_CHECK(prompt_len + new_tokens <= T, "--prompt-len (", prompt_len, ") + --new-tokens (",
+           new_tokens, ") must fit --seq (", T, ")");
+  hh::Tokenizer tok =
+      hh::synthetic_tokenizer(f.get_int32("vocab"), {hh::kEndOfText, hh::kEndOfContext});
   hh::GPTConfig config;
-  config.n_layer = static_cast<int>(f.get_int("layers"));
-  config.n_head = static_cast<int>(f.get_int("heads"));
-  config.n_embd = static_cast<int>(f.get_int("width"));
+  config.n_layer = f.get_int32("layers");
+  config.n_head = f.get_int32("heads");
+  config.n_embd = f.get_int32("width");
   config.max_seq_len = static_cast<int>(T);
   config.set_vocab_size(tok.vocab_size());
   config.validate();
@@ -335,8 +338,8 @@ int bench_ppo(const hh::Flags& f) {
   hh::save_dataset(o.prompts_path, prompts);
   o.iterations = warmup + steps;
   o.prompts_per_iter = B;
-  o.epochs = f.get_int("epochs");
-  o.minibatch = f.get_int("minibatch");
+  o.epochs = f.get_int32("epochs");
+  o.minibatch = f.get_int32("minibatch");
   o.sampling.max_new_tokens = static_cast<int>(new_tokens);
   o.sampling.stop_strings.clear();
   o.sampling.stop_at_eot = false;  // every response has exactly --new-tokens tokens
@@ -420,10 +423,13 @@ int main(int argc, char** argv) {
     f.add_float("peak-gflops", 0,
                 "ceiling for the fraction-of-peak line (0: measure the CPU's FMA peak; on a "
                 "GPU give it, e.g. the TF32 peak)");
+    f.takes_positional();
     const std::vector<std::string> args = f.parse(argc, argv);
+    std::string given;
+    for (const std::string& a : args) given += (given.empty() ? "'" : " '") + a + "'";
     HH_CHECK(args.size() == 1 && (args[0] == "train" || args[0] == "ppo"),
-             "expected one command, `train` or `ppo` (see --help); got ", args.size(),
-             " arguments");
+             "expected one command, `train` or `ppo` (see --help); got ",
+             given.empty() ? "none" : given);
     if (args[0] == "ppo") return bench_ppo(f);
     return bench_train(f);
   });

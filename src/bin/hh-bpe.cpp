@@ -4,10 +4,10 @@
 //   hh-bpe encode --tokenizer tok.bin [--jsonl] [--stats] < in > out
 //   hh-bpe decode --tokenizer tok.bin [--jsonl] < ids > text
 //   hh-bpe import-gpt2 [--encoder encoder.json --vocab vocab.bpe] --out gpt2.bin
-#include <zlib.h>
 
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -16,6 +16,7 @@
 #include "core/fileio.h"
 #include "core/flags.h"
 #include "core/json.h"
+#include "data/hh_rlhf.h"
 #include "tokenizer/tokenizer.h"
 
 namespace hh {
@@ -42,27 +43,9 @@ std::vector<std::string> split_commas(const std::string& s) {
   return out;
 }
 
-// A whole file, gunzipped when its name ends in .gz.
-std::string read_maybe_gz(const std::string& path) {
-  if (!ends_with(path, ".gz")) return read_file_text(path);
-  gzFile f = gzopen(path.c_str(), "rb");
-  HH_CHECK(f != nullptr, path, ": cannot open");
-  std::string out;
-  char buf[1 << 16];
-  while (true) {
-    int n = gzread(f, buf, sizeof(buf));
-    if (n < 0) {
-      int errnum = 0;
-      std::string msg = gzerror(f, &errnum);
-      gzclose(f);
-      HH_FAIL(path, ": gzip read failed: ", msg);
-    }
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  gzclose(f);
-  return out;
-}
+// A whole file, gunzipped when it is gzip (hh_data's LineReader: a truncated or corrupt
+// stream fails, naming the file).
+std::string read_maybe_gz(const std::string& path) { return LineReader(path).read_all(); }
 
 std::string read_stdin() {
   std::string out;
@@ -175,9 +158,12 @@ int cmd_train(int argc, char** argv) {
   flags.add_string("special", kEndOfContext,
                    "comma-separated special tokens after <|endoftext|> (always present)");
   flags.add_string("out", "tokenizer.bin", "output tokenizer file");
+  flags.takes_positional();
   std::vector<std::string> inputs = flags.parse(argc, argv);
   for (const std::string& p : split_commas(flags.get_string("input"))) inputs.push_back(p);
   HH_CHECK(!inputs.empty(), "--input: no input files given");
+  for (const std::string& in : inputs)
+    check_output_is_not_input("--out", flags.get_string("out"), {{"input", in}});
   HH_CHECK(flags.get_int("vocab-size") > 0 && flags.get_int("vocab-size") <= (1 << 24),
            "--vocab-size ", flags.get_int("vocab-size"), " is out of range");
 
@@ -189,9 +175,12 @@ int cmd_train(int argc, char** argv) {
   double read_seconds = seconds_since(read_start);
   size_t bytes = 0;
   for (const auto& t : texts) bytes += t.size();
+  std::string names;
+  for (const std::string& in : inputs) names += (names.empty() ? "" : ", ") + in;
+  HH_CHECK(bytes > 0, "no training text in ", names, " (empty, or every line skipped)");
 
   BpeTrainOptions opt;
-  opt.vocab_size = static_cast<int>(flags.get_int("vocab-size"));
+  opt.vocab_size = flags.get_int32("vocab-size");
   opt.min_frequency = flags.get_int("min-frequency");
   opt.specials = split_commas(flags.get_string("special"));
   auto start = std::chrono::steady_clock::now();
@@ -313,7 +302,10 @@ int cmd_decode(int argc, char** argv) {
     std::vector<int32_t> ids;
     ids.reserve(row.size());
     for (const Json& id : row.as_array()) {
-      HH_CHECK(id.is_number(), where, ": expected a JSON array of token ids");
+      HH_CHECK(id.is_number() && std::floor(id.as_number()) == id.as_number(), where,
+               ": expected a JSON array of token ids (integers)");
+      HH_CHECK(id.as_number() >= 0 && id.as_number() < tok.vocab_size(), where, ": id ",
+               id.as_number(), " is outside the vocabulary");
       int64_t v = id.as_int();
       HH_CHECK(v >= 0 && v < tok.vocab_size(), where, ": id ", v, " is outside the vocabulary");
       ids.push_back(static_cast<int32_t>(v));
@@ -342,6 +334,9 @@ int cmd_import_gpt2(int argc, char** argv) {
   flags.parse(argc, argv);
   HH_CHECK(!flags.get_string("encoder").empty(), "--encoder: no encoder.json given or found");
   HH_CHECK(!flags.get_string("vocab").empty(), "--vocab: no vocab.bpe given or found");
+  check_output_is_not_input(
+      "--out", flags.get_string("out"),
+      {{"--encoder", flags.get_string("encoder")}, {"--vocab", flags.get_string("vocab")}});
   Tokenizer tok = Tokenizer::import_gpt2(flags.get_string("encoder"), flags.get_string("vocab"),
                                          split_commas(flags.get_string("special")));
   tok.save(flags.get_string("out"));

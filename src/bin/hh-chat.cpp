@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -166,7 +167,10 @@ int dump_logits(GPT& model, const std::vector<int32_t>& ids) {
   for (size_t t = 0; t < ids.size(); t++) {
     out += t ? ",[" : "[";
     for (int v = 0; v < V; v++) {
-      std::snprintf(buf, sizeof buf, "%s%.9g", v ? "," : "", logits[t * V + v]);
+      const float x = logits[t * V + v];
+      HH_CHECK(std::isfinite(x), "--dump-logits: the logit of token ", v, " at position ", t,
+               " is ", x, " (a model with non-finite weights?)");
+      std::snprintf(buf, sizeof buf, "%s%.9g", v ? "," : "", x);
       out += buf;
     }
     out += "]";
@@ -188,8 +192,10 @@ int run_batch(Generator& gen, const Tokenizer& tok, const SamplingOptions& opt,
   std::vector<Json> items;
   std::vector<std::vector<int32_t>> prompts;
   {
-    std::ifstream in(in_path);
-    HH_CHECK(in, in_path, ": cannot open");
+    const std::string text = read_file_text(in_path);  // names the path (a folder, missing)
+    HH_CHECK(text.compare(0, 2, "\x1f\x8b") != 0, in_path,
+             ": gzip-compressed; --prompts-file reads plain JSONL (gunzip it first)");
+    std::istringstream in(text);
     std::string line;
     int64_t number = 0;
     while (std::getline(in, line)) {
@@ -366,7 +372,7 @@ int main(int argc, char** argv) {
       tok = std::make_unique<hh::Tokenizer>(hh::load_any_tokenizer(tok_path));
     } else if (!random_preset.empty() && f.get_int("vocab-size") > 0) {
       tok = std::make_unique<hh::Tokenizer>(
-          hh::synthetic_tokenizer(static_cast<int>(f.get_int("vocab-size")), {hh::kEndOfText}));
+          hh::synthetic_tokenizer(f.get_int32("vocab-size"), {hh::kEndOfText}));
     }
 
     hh::LoadedModel loaded;
@@ -382,6 +388,10 @@ int main(int argc, char** argv) {
 
     if (!f.get_string("export-hf").empty()) {
       const std::string dir = f.get_string("export-hf");
+      // Never over another model (an hh run directory holds a model.safetensors too).
+      for (const char* name : {"/model.safetensors", "/config.json"})
+        HH_CHECK(!hh::file_exists(dir + name), "--export-hf ", dir, ": ", dir, name,
+                 " already exists; export into a new or empty directory");
       hh::make_dirs(dir);
       model.export_hf_gpt2(dir + "/model.safetensors");
       hh::write_file_atomic(dir + "/config.json", model.hf_config_json() + "\n");
@@ -408,20 +418,24 @@ int main(int argc, char** argv) {
 
     hh::SamplingOptions opt;
     opt.temperature = static_cast<float>(f.get_float("temperature"));
-    opt.top_k = static_cast<int>(f.get_int("top-k"));
+    opt.top_k = f.get_int32("top-k");
     opt.top_p = static_cast<float>(f.get_float("top-p"));
-    opt.max_new_tokens = static_cast<int>(f.get_int("max-new-tokens"));
+    opt.max_new_tokens = f.get_int32("max-new-tokens");
     opt.seed = static_cast<uint64_t>(f.get_int("seed"));
     opt.stop_strings = {hh::unescape(f.get_string("stop"))};
     opt.validate();
 
     if (f.get_bool("bench"))
-      return hh::run_bench(gen, model, opt, static_cast<int>(f.get_int("batch-size")),
-                           static_cast<int>(f.get_int("prompt-len")),
-                           static_cast<int>(f.get_int("repeats")));
-    if (!f.get_string("prompts-file").empty())
+      return hh::run_bench(gen, model, opt, f.get_int32("batch-size"), f.get_int32("prompt-len"),
+                           f.get_int32("repeats"));
+    if (!f.get_string("prompts-file").empty()) {
+      hh::check_output_is_not_input("--out", f.get_string("out"),
+                                    {{"--prompts-file", f.get_string("prompts-file")},
+                                     {"--model", model_path},
+                                     {"--tokenizer", tok_path}});
       return hh::run_batch(gen, *tok, opt, f.get_string("prompts-file"), f.get_string("out"),
-                           static_cast<int>(f.get_int("batch-size")));
+                           f.get_int32("batch-size"));
+    }
     return hh::run_interactive(gen, *tok, opt);
   });
 }

@@ -45,9 +45,9 @@ void add_common_flags(hh::Flags& f) {
 
 hh::SamplingOptions sampling_from(const hh::Flags& f) {
   hh::SamplingOptions s;
-  s.max_new_tokens = static_cast<int>(f.get_int("max-new-tokens"));
+  s.max_new_tokens = f.get_int32("max-new-tokens");
   s.temperature = static_cast<float>(f.get_float("temperature"));
-  s.top_k = static_cast<int>(f.get_int("top-k"));
+  s.top_k = f.get_int32("top-k");
   s.top_p = static_cast<float>(f.get_float("top-p"));
   s.seed = static_cast<uint64_t>(f.get_int("seed"));
   s.validate();
@@ -89,7 +89,7 @@ std::unique_ptr<Judge> judge_from(const hh::Flags& f) {
   HH_CHECK(!f.get_string("tokenizer").empty(), "--tokenizer is required (see --help)");
   auto j = std::make_unique<Judge>(Judge{hh::Tokenizer::load(f.get_string("tokenizer")),
                                          hh::backend_from_flags(f), nullptr, sampling_from(f),
-                                         static_cast<int>(f.get_int("micro-batch")), nullptr});
+                                         f.get_int32("micro-batch"), nullptr});
   j->pm =
       std::make_unique<hh::GPT>(load_checked(f.get_string("pm"), *j->backend, j->tok, true, "pm"));
   j->scorer = hh::pm_scorer(*j->pm, j->tok.special_id(hh::kEndOfContext), j->micro_batch);
@@ -125,7 +125,7 @@ int run_bon(const std::vector<std::string>& args) {
   f.add_int("show", 3, "print the chosen response of this many prompts");
   add_common_flags(f);
   f.parse(args);
-  const int n = static_cast<int>(f.get_int("n"));
+  const int n = f.get_int32("n");
   HH_CHECK(n >= 1, "--n must be >= 1");
   auto j = judge_from(f);
   hh::GPT policy = j->load("policy", f);
@@ -133,8 +133,7 @@ int run_bon(const std::vector<std::string>& args) {
                               policy.config().max_seq_len, j->sampling.max_new_tokens);
   hh::BestOfNResult r =
       hh::best_of_n(policy, j->tok, j->scorer, prompts, n, j->sampling, j->micro_batch);
-  for (int i = 0; i < std::min<int>(static_cast<int>(f.get_int("show")),
-                                    static_cast<int>(r.best_texts.size()));
+  for (int i = 0; i < std::min<int>(f.get_int32("show"), static_cast<int>(r.best_texts.size()));
        ++i)
     std::printf("[%d] best score %+.3f: %s\n", i, r.best_scores[i], r.best_texts[i].c_str());
   std::printf(
@@ -170,9 +169,7 @@ int run_compare(const std::vector<std::string>& args) {
                               j->sampling.max_new_tokens);
   hh::CompareResult r = hh::compare_policies(a, b, ref.get(), j->tok, j->scorer, prompts,
                                              j->sampling, j->micro_batch);
-  std::printf(
-      "%s",
-      r.table(static_cast<int>(f.get_int("show")), static_cast<int>(f.get_int("width"))).c_str());
+  std::printf("%s", r.table(f.get_int32("show"), f.get_int32("width")).c_str());
   std::printf("%lld prompts: reward A %.4f, B %.4f", static_cast<long long>(r.prompts), r.reward_a,
               r.reward_b);
   if (r.has_kl) std::printf(" | KL to reference A %.4f, B %.4f", r.kl_a, r.kl_b);

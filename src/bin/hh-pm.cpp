@@ -157,7 +157,11 @@ int run_eval(int argc, char** argv) {
   j["model"] = model_path;
   j["data"] = data_path;
   std::string line = j.dump();
-  if (!f.get_string("out").empty()) hh::write_file_atomic(f.get_string("out"), line + "\n");
+  if (!f.get_string("out").empty()) {
+    hh::check_output_is_not_input("--out", f.get_string("out"),
+                                  {{"--model", model_path}, {"--data", data_path}});
+    hh::write_file_atomic(f.get_string("out"), line + "\n");
+  }
   std::printf("%s\n", line.c_str());
   return 0;
 }

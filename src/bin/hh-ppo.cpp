@@ -68,12 +68,12 @@ int main(int argc, char** argv) {
     HH_CHECK(!o.tokenizer_path.empty(), "--tokenizer is required (see --help)");
     HH_CHECK(!o.prompts_path.empty(), "--prompts is required (see --help)");
     o.iterations = f.get_int("steps");
-    o.prompts_per_iter = f.get_int("batch");
-    o.epochs = f.get_int("epochs");
-    o.minibatch = f.get_int("minibatch");
-    o.sampling.max_new_tokens = static_cast<int>(f.get_int("max-new-tokens"));
+    o.prompts_per_iter = f.get_int32("batch");
+    o.epochs = f.get_int32("epochs");
+    o.minibatch = f.get_int32("minibatch");
+    o.sampling.max_new_tokens = f.get_int32("max-new-tokens");
     o.sampling.temperature = static_cast<float>(f.get_float("temperature"));
-    o.sampling.top_k = static_cast<int>(f.get_int("top-k"));
+    o.sampling.top_k = f.get_int32("top-k");
     o.sampling.top_p = static_cast<float>(f.get_float("top-p"));
     o.truncate_prompts = f.get_bool("truncate-prompts");
     o.max_prompt_tokens = f.get_int("max-prompt-tokens");
@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
     o.log_every = f.get_int("log-every");
     o.sample_every = f.get_int("sample-every");
     o.ckpt_every = f.get_int("ckpt-every");
-    o.keep_ckpts = static_cast<int>(f.get_int("keep-ckpts"));
+    o.keep_ckpts = f.get_int32("keep-ckpts");
     o.seed = static_cast<uint64_t>(f.get_int("seed"));
     o.resume = f.get_bool("resume");
     o.nan_policy = hh::nan_policy_from_flags(f);

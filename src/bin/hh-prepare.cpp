@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/fileio.h"
 #include "core/flags.h"
 #include "core/json.h"
 #include "data/dataset.h"
@@ -96,6 +97,7 @@ int main(int argc, char** argv) {
     flags.add_int("max-prompt-len", 384, "prompts: tokens per prompt (cut from the left)");
     flags.add_string("which", "chosen", "sft: dialogues to use: chosen | both");
     flags.add_bool("strict", false, "stop at the first malformed line or skipped pair");
+    flags.takes_positional();
     std::vector<std::string> args = flags.parse(argc, argv);
     HH_CHECK(!args.empty(), "missing the command: sft, pm, prompts or info (see --help)");
     const std::string command = args[0];
@@ -118,6 +120,8 @@ int main(int argc, char** argv) {
     const std::string out = flags.get_string("out");
     HH_CHECK(!tokenizer_path.empty(), "--tokenizer is required");
     HH_CHECK(!out.empty(), "--out is required");
+    hh::check_output_is_not_input("--out", out,
+                                  {{"--input", input}, {"--tokenizer", tokenizer_path}});
     hh::BuildOptions options;
     int64_t max_len = flags.get_int("max-len");
     int64_t max_prompt_len = flags.get_int("max-prompt-len");

@@ -112,6 +112,18 @@ bool file_exists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
+void check_output_is_not_input(const std::string& out_flag, const std::string& out,
+                               const std::vector<std::pair<std::string, std::string>>& inputs) {
+  struct stat o;
+  if (out.empty() || ::stat(out.c_str(), &o) != 0) return;  // a new file is no input
+  for (const auto& [flag, path] : inputs) {
+    struct stat i;
+    if (path.empty() || ::stat(path.c_str(), &i) != 0) continue;
+    HH_CHECK(o.st_dev != i.st_dev || o.st_ino != i.st_ino, out_flag, " ", out,
+             " is the same file as ", flag, " ", path, ": writing it would destroy the input");
+  }
+}
+
 // mkdir -p: creates each missing component; an existing directory is fine.
 void make_dirs(const std::string& path) {
   if (path.empty()) return;

@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <new>
@@ -127,10 +128,22 @@ std::vector<std::string> Flags::parse(int argc, char** argv) {
 // positional.
 std::vector<std::string> Flags::parse(const std::vector<std::string>& args) {
   std::vector<std::string> positional;
+  std::string bare_bool;  // the previous argument, when it was a bare boolean --name
+  auto add_positional = [&](const std::string& arg) {
+    bool ignored = false;
+    HH_CHECK(bare_bool.empty() || !parse_bool(arg, &ignored), "flag --", bare_bool,
+             " is a boolean: write --", bare_bool, "=", arg, " (a bare --", bare_bool,
+             " means true; --no-", bare_bool, " means false)");
+    HH_CHECK(takes_positional_, "unexpected argument '", arg,
+             "': this program takes no positional arguments (flags are written --name=value; "
+             "see --help)");
+    positional.push_back(arg);
+  };
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg == "--") {
-      positional.insert(positional.end(), args.begin() + i + 1, args.end());
+      bare_bool.clear();
+      for (size_t j = i + 1; j < args.size(); ++j) add_positional(args[j]);
       break;
     }
     if (arg == "--help" || arg == "-h") {
@@ -139,9 +152,11 @@ std::vector<std::string> Flags::parse(const std::vector<std::string>& args) {
       std::exit(0);
     }
     if (arg.size() < 2 || arg[0] != '-') {  // "x" or "-" (stdin by convention)
-      positional.push_back(arg);
+      add_positional(arg);
+      bare_bool.clear();
       continue;
     }
+    bare_bool.clear();
     HH_CHECK(arg[1] == '-', "unknown flag '", arg, "': flags are written --name=value");
     std::string body = arg.substr(2);
     size_t eq = body.find('=');
@@ -179,6 +194,7 @@ std::vector<std::string> Flags::parse(const std::vector<std::string>& args) {
       value = body.substr(eq + 1);
     } else if (flag.kind == Kind::Bool) {
       value = "true";
+      bare_bool = name;
     } else {
       HH_CHECK(i + 1 < args.size() && args[i + 1].compare(0, 2, "--") != 0, "flag --", name,
                " is missing its value (--", name, "=<", kind_name(static_cast<int>(flag.kind)),
@@ -245,6 +261,13 @@ double Flags::get_float(const std::string& name) const {
   double v = 0;
   parse_double(find(name, Kind::Float).value, &v);
   return v;
+}
+
+int Flags::get_int32(const std::string& name) const {
+  const int64_t v = get_int(name);
+  HH_CHECK(v >= INT32_MIN && v <= INT32_MAX, "flag --", name, "=", v, " is out of range (",
+           INT32_MIN, " to ", INT32_MAX, ")");
+  return static_cast<int>(v);
 }
 
 bool Flags::get_bool(const std::string& name) const {

@@ -8,7 +8,9 @@
 //
 // Syntax: --key=value or --key value; booleans also as --key / --no-key. Unknown flags,
 // malformed numbers, missing values and repeated flags throw hh::Error naming the flag.
-// Arguments without -- are positional (returned by parse, in order); "--" ends flags.
+// Arguments without -- are positional (returned by parse, in order; "--" ends flags) in a
+// program that called takes_positional(); anywhere else they are an error, so that a
+// stray word, or `--resume false` (a bare boolean means true), is not silently dropped.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +31,8 @@ class Flags {
   void add_bool(const std::string& name, bool def, const std::string& help);
   // A line shown in --help under the flags, e.g. usage of positional arguments.
   void add_usage(const std::string& line);
+  // This program reads positional arguments (parse returns them); without it they fail.
+  void takes_positional() { takes_positional_ = true; }
 
   // Parses argv[1..]. On --help/-h prints help() to stdout and calls exit(0).
   std::vector<std::string> parse(int argc, char** argv);
@@ -36,6 +40,8 @@ class Flags {
 
   std::string get_string(const std::string& name) const;
   int64_t get_int(const std::string& name) const;
+  // An int flag stored in an int: values past its range fail, naming the flag.
+  int get_int32(const std::string& name) const;
   double get_float(const std::string& name) const;
   bool get_bool(const std::string& name) const;
   bool is_set(const std::string& name) const;  // given on the command line
@@ -61,6 +67,7 @@ class Flags {
   std::string program_, description_;
   std::vector<std::string> order_, usage_;
   std::map<std::string, Flag> flags_;
+  bool takes_positional_ = false;
 };
 
 // Runs body() and turns an hh::Error (or any std::exception) into "program: error: ..."

@@ -74,8 +74,12 @@ class Json {
   Object obj_;
 };
 
-// Appends s to out as a quoted JSON string (escapes control characters; bytes >= 0x80
-// are copied as they are, so valid UTF-8 stays readable).
+// Appends s to out as a quoted JSON string (escapes control characters; well-formed UTF-8
+// is copied as it is, so it stays readable; any other byte becomes U+FFFD).
 void json_escape(std::string& out, std::string_view s);
+
+// Length of the well-formed UTF-8 sequence that starts at s[i] (1 for ASCII), or 0 when it
+// is not one (RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF).
+size_t utf8_sequence_length(std::string_view s, size_t i);
 
 }  // namespace hh

@@ -123,6 +123,15 @@ bool LineReader::fill() {
   }
 }
 
+std::string LineReader::read_all() {
+  while (fill()) {
+  }
+  std::string rest = pending_.substr(pending_pos_);
+  pending_.clear();
+  pending_pos_ = 0;
+  return rest;
+}
+
 bool LineReader::next(std::string* line) {
   size_t scan_from = pending_pos_;
   for (;;) {
@@ -153,37 +162,12 @@ bool LineReader::next(std::string* line) {
 // ---------------------------------------------------------------------------------------
 // Text
 
-// UTF-8 (RFC 3629): 1-4 byte sequences, shortest form only, no surrogates, <= U+10FFFF.
+// The first byte where no well-formed UTF-8 sequence starts (core/json.h's rule).
 size_t find_invalid_utf8(std::string_view s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t n = s.size(), i = 0;
-  while (i < n) {
-    unsigned c = p[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;  // no overlong
-      if (c == 0xED) hi = 0x9F;  // no surrogates
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;  // no overlong
-      if (c == 0xF4) hi = 0x8F;  // <= U+10FFFF
-    } else {
-      return i;
-    }
-    if (i + len > n) return i;
-    if (p[i + 1] < lo || p[i + 1] > hi) return i;
-    for (size_t k = 2; k < len; ++k) {
-      if (p[i + k] < 0x80 || p[i + k] > 0xBF) return i;
-    }
-    i += len;
+  for (size_t i = 0; i < s.size();) {
+    const size_t n = utf8_sequence_length(s, i);
+    if (n == 0) return i;
+    i += n;
   }
   return std::string_view::npos;
 }

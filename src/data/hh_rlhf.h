@@ -30,6 +30,8 @@ class LineReader {
 
   // Next line into *line; false at the end of the input.
   bool next(std::string* line);
+  // Everything not yet read, as it is (no line splitting), with the same gzip checks.
+  std::string read_all();
   int64_t line_number() const { return line_number_; }  // 1-based number of the last line
   bool is_gzip() const { return gzip_; }
 

@@ -190,17 +190,17 @@ NanPolicy nan_policy_from_flags(const Flags& flags) {
 
 void loop_options_from_flags(const Flags& f, TrainLoopOptions* o) {
   o->steps = f.get_int("steps");
-  o->batch = f.get_int("batch");
+  o->batch = f.get_int32("batch");
   HH_CHECK(o->steps > 0, "--steps must be > 0");
   HH_CHECK(o->batch > 0, "--batch must be > 0");
   if (f.has("micro-batch")) {
-    int64_t micro = f.get_int("micro-batch");
+    int64_t micro = f.get_int32("micro-batch");
     HH_CHECK(micro >= 0, "--micro-batch must be >= 0");
     o->micro_batch = micro > 0 ? micro : o->batch;
   } else {
     o->micro_batch = o->batch;
   }
-  if (f.has("seq")) o->seq = f.get_int("seq");
+  if (f.has("seq")) o->seq = f.get_int32("seq");
   o->adamw = adamw_config_from_flags(f);
   o->min_lr_frac = static_cast<float>(f.get_float("min-lr-frac"));
   o->warmup = f.get_int("warmup");
@@ -209,7 +209,7 @@ void loop_options_from_flags(const Flags& f, TrainLoopOptions* o) {
   o->ckpt_every = f.get_int("ckpt-every");
   HH_CHECK(o->log_every >= 0 && o->eval_every >= 0 && o->ckpt_every >= 0,
            "--log-every, --eval-every and --ckpt-every must be >= 0");
-  o->keep_ckpts = static_cast<int>(f.get_int("keep-ckpts"));
+  o->keep_ckpts = f.get_int32("keep-ckpts");
   HH_CHECK(o->keep_ckpts >= 1, "--keep-ckpts must be >= 1");
   o->seed = static_cast<uint64_t>(f.get_int("seed"));
   o->resume = f.get_bool("resume");
