@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -800,6 +802,119 @@ TEST(HuggingFaceTest, ExportImportRoundTripWithConv1DLayout) {
   one_layer.n_layer = 1;
   GPT m3(*be, one_layer, true);
   expect_error([&] { m3.import_hf_gpt2(hf); }, {path, "unexpected tensor 'transformer.h.1."});
+}
+
+// ---------------------------------------------------------------------------------------
+// Checkpoint headers and values that cannot be trusted
+
+// Copies the safetensors file `src` to `dst` (every tensor as F32, in name order), letting
+// `edit` change the metadata and each tensor's values first.
+void copy_edited(const std::string& src, const std::string& dst,
+                 const std::function<void(std::map<std::string, std::string>&)>& edit_meta,
+                 const std::function<void(const std::string&, std::vector<float>&)>& edit) {
+  SafeTensorsFile f = SafeTensorsFile::load(src);
+  std::map<std::string, std::string> meta = f.metadata();
+  if (edit_meta) edit_meta(meta);
+  SafeTensorsWriter w;
+  for (const auto& [k, v] : meta) w.set_metadata(k, v);
+  for (const auto& [name, info] : f.tensors()) {
+    std::vector<float> values = f.read_f32(name);
+    if (edit) edit(name, values);
+    w.add_f32(name, info.shape, values.data());
+  }
+  w.save(dst);
+}
+
+// A header whose config does not describe the file's tensors is refused before a model is
+// allocated for it: n_embd=65536 used to fail as "cpu backend: out of memory allocating
+// 412491972608 bytes", without the file's name.
+TEST(CheckpointTest, AHeaderClaimingAnotherModelIsRefusedBeforeAllocating) {
+  auto be = make_cpu_backend();
+  GPTConfig cfg = GPTConfig::preset("tiny", 100);
+  GPT model(*be, cfg, false);
+  model.init_random(31);
+  const std::string good = temp_path("header_good.safetensors");
+  save_model(good, model, {{"stage", "sft"}});
+  auto claim = [&](const std::string& name, auto change) {
+    const std::string path = temp_path(name);
+    copy_edited(
+        good, path,
+        [&](std::map<std::string, std::string>& meta) {
+          GPTConfig c = cfg;
+          change(c);
+          meta["config"] = c.to_json().dump();
+        },
+        nullptr);
+    return path;
+  };
+  const std::string wide = claim("header_wide.safetensors", [](GPTConfig& c) { c.n_embd = 65536; });
+  for (auto load : std::vector<std::function<void()>>{[&] { load_model(wide, *be); },
+                                                      [&] { read_checkpoint_config(wide); },
+                                                      [&] { load_weights_into(model, wide); }}) {
+    try {
+      load();
+      ADD_FAILURE() << "expected an error";
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      for (const char* needle :
+           {wide.c_str(), "tensor 'transformer.wte.weight'", "[128,64]", "needs [128,65536]"})
+        EXPECT_NE(msg.find(needle), std::string::npos) << msg;
+      EXPECT_EQ(msg.find("out of memory"), std::string::npos) << msg;
+    }
+  }
+  const std::string deep = claim("header_deep.safetensors", [](GPTConfig& c) { c.n_layer = 900; });
+  expect_error([&] { load_model(deep, *be); },
+               {deep, "missing tensor 'transformer.h.2.attn.c_attn.weight'", "n_layer=900"});
+  const std::string headless = temp_path("header_head.safetensors");
+  copy_edited(
+      good, headless,
+      [](std::map<std::string, std::string>& meta) { meta["scalar_head"] = "true"; }, nullptr);
+  expect_error([&] { load_model(headless, *be); }, {headless, "missing tensor 'score.weight'"});
+}
+
+// NaN or Inf in a checkpoint is refused on load, naming the file, the tensor and the first
+// bad index: such a model samples garbage and its training skips every step.
+TEST(CheckpointTest, NonFiniteValuesAreRefused) {
+  auto be = make_cpu_backend();
+  GPTConfig cfg = GPTConfig::preset("tiny", 100);
+  GPT model(*be, cfg, true);
+  model.init_random(32);
+  const std::vector<float> before = all_params(model);
+  const std::string good = temp_path("finite_good.safetensors");
+  save_model(good, model, {{"stage", "pm"}});
+  auto poison = [&](const std::string& src, const std::string& name, const std::string& tensor,
+                    size_t index, float value) {
+    const std::string path = temp_path(name);
+    copy_edited(src, path, nullptr, [&](const std::string& n, std::vector<float>& v) {
+      if (n == tensor) v.at(index) = value;
+    });
+    return path;
+  };
+  const std::string nan =
+      poison(good, "finite_nan.safetensors", "transformer.h.1.mlp.c_fc.weight", 5, std::nanf(""));
+  expect_error([&] { load_model(nan, *be); },
+               {nan, "tensor 'transformer.h.1.mlp.c_fc.weight'", "non-finite", "index 5"});
+  expect_error([&] { load_weights_into(model, nan); }, {nan, "index 5"});
+  const std::string inf = poison(good, "finite_inf.safetensors", "score.bias", 0, -INFINITY);
+  expect_error([&] { load_weights_into(model, inf); },
+               {inf, "tensor 'score.bias'", "-inf", "index 0"});
+  EXPECT_EQ(all_params(model), before);  // a refused file changes nothing
+
+  // Optimizer state: the moments are checked the same way.
+  AdamW opt(model, AdamWConfig{});
+  const std::string opt_good = temp_path("finite_opt.safetensors");
+  save_optimizer(opt_good, opt, TrainState{});
+  const std::string opt_bad = poison(opt_good, "finite_opt_bad.safetensors", "v", 3, INFINITY);
+  expect_error([&] { load_optimizer(opt_bad, opt, nullptr); }, {opt_bad, "tensor 'v'", "index 3"});
+
+  // A Hugging Face GPT-2 file.
+  const std::string hf = temp_path("finite_hf.safetensors");
+  model.export_hf_gpt2(hf);
+  const std::string hf_bad = poison(hf, "finite_hf_bad.safetensors",
+                                    "transformer.h.0.attn.c_attn.weight", 7, std::nanf(""));
+  GPT other(*be, cfg, true);
+  expect_error([&] { other.import_hf_gpt2(SafeTensorsFile::load(hf_bad)); },
+               {hf_bad, "transformer.h.0.attn.c_attn.weight", "non-finite"});
 }
 
 }  // namespace

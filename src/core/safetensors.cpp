@@ -1,6 +1,7 @@
 #include "core/safetensors.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
@@ -228,6 +229,22 @@ std::vector<float> SafeTensorsFile::read_f32(const std::string& name,
               ", expected F32, F16 or BF16");
   }
   return out;
+}
+
+void check_finite(const float* values, size_t n, const std::string& what, const std::string& name) {
+  // A branch-free test of the exponent bits vectorises; the index is searched only after it
+  // failed.
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, values + i, 4);
+    bad |= (bits & 0x7f800000u) == 0x7f800000u;
+  }
+  if (!bad) return;
+  size_t i = 0;
+  while (std::isfinite(values[i])) ++i;
+  HH_FAIL(what, ": tensor '", name, "' holds a non-finite value (", values[i], ") at index ", i,
+          ", from a run that diverged or a damaged file");
 }
 
 // Copies an I32 tensor, or an I64 one whose values all fit in int32.

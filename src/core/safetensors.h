@@ -53,6 +53,11 @@ class SafeTensorsFile {
   std::map<std::string, TensorInfo> tensors_;
 };
 
+// Throws "<what>: tensor '<name>' holds a non-finite value ... at index i" (the first) when
+// any of the n values is NaN or ±Inf: such weights or moments sample and train garbage,
+// so loading refuses them. One pass; cheap next to reading the file.
+void check_finite(const float* values, size_t n, const std::string& what, const std::string& name);
+
 // Builds a safetensors file in memory; save() writes it atomically (see fileio.h).
 class SafeTensorsWriter {
  public:

@@ -1,6 +1,7 @@
 // Model checkpoints (see checkpoint.h and docs/model.md).
 #include "model/checkpoint.h"
 
+#include <set>
 #include <vector>
 
 #include "core/error.h"
@@ -17,14 +18,6 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-GPTConfig config_of(const SafeTensorsFile& file) {
-  auto it = file.metadata().find("config");
-  HH_CHECK(it != file.metadata().end(), file.source(),
-           ": not an hh model checkpoint (no \"config\" in __metadata__)");
-  return GPTConfig::from_json(Json::parse(it->second, file.source() + ": metadata config"),
-                              file.source());
-}
-
 bool scalar_head_of(const SafeTensorsFile& file) {
   auto it = file.metadata().find("scalar_head");
   if (it == file.metadata().end()) return file.has("score.weight");
@@ -34,6 +27,37 @@ bool scalar_head_of(const SafeTensorsFile& file) {
 }
 
 bool is_score(const std::string& name) { return name.rfind("score.", 0) == 0; }
+
+// The config in the file's header, after checking that the file holds exactly the tensors
+// a model of that config has (names, dtypes and shapes; the reader has matched every
+// tensor's byte size to its shape). Models are built from this config, so a damaged or
+// forged header must not get as far as allocating what it claims.
+GPTConfig config_of(const SafeTensorsFile& file) {
+  const std::string& what = file.source();
+  auto it = file.metadata().find("config");
+  HH_CHECK(it != file.metadata().end(), what,
+           ": not an hh model checkpoint (no \"config\" in __metadata__)");
+  const GPTConfig config =
+      GPTConfig::from_json(Json::parse(it->second, what + ": metadata config"), what);
+  const bool head = scalar_head_of(file);
+  std::set<std::string> names;
+  for (const ParamTensor& t : GPT::parameter_layout(config, head)) {
+    HH_CHECK(file.has(t.name), what, ": missing tensor '", t.name, "', which the config in its ",
+             "header (", config.describe(), head ? ", scalar head" : "", ") has");
+    const TensorInfo& info = file.info(t.name);
+    HH_CHECK(info.dtype == DType::F32, what, ": tensor '", t.name, "' has dtype ",
+             dtype_name(info.dtype), ", expected F32");
+    HH_CHECK(info.shape == t.shape, what, ": tensor '", t.name, "' has shape ",
+             shape_str(info.shape), ", the config in its header (", config.describe(), ") needs ",
+             shape_str(t.shape));
+    names.insert(t.name);
+  }
+  for (const auto& entry : file.tensors())
+    HH_CHECK(names.count(entry.first), what, ": unexpected tensor '", entry.first, "' for the ",
+             "config in its header (", config.describe(), ")",
+             is_score(entry.first) ? ", which has no scalar head" : "");
+  return config;
+}
 
 // Checks every tensor of `file` against the model, then uploads them all at once.
 void load_from_file(GPT& model, const SafeTensorsFile& file, bool trunk_only) {
@@ -53,6 +77,7 @@ void load_from_file(GPT& model, const SafeTensorsFile& file, bool trunk_only) {
     HH_CHECK(info.shape == t.shape, what, ": tensor '", t.name, "' has shape ",
              shape_str(info.shape), ", the model expects ", shape_str(t.shape));
     std::vector<float> values = file.read_f32(t.name, t.shape);
+    check_finite(values.data(), values.size(), what, t.name);
     std::copy(values.begin(), values.end(), host.begin() + t.offset);
   }
   for (const auto& entry : file.tensors()) {
@@ -86,7 +111,8 @@ void save_model(const std::string& path, const GPT& model,
 GPT load_model(const std::string& path, Backend& backend,
                std::map<std::string, std::string>* metadata) {
   SafeTensorsFile file = SafeTensorsFile::load(path);
-  GPT model(backend, config_of(file), scalar_head_of(file));
+  const GPTConfig config = config_of(file);  // checked against the tensors before allocating
+  GPT model(backend, config, scalar_head_of(file));
   load_from_file(model, file, false);
   if (metadata) *metadata = file.metadata();
   return model;

@@ -149,50 +149,64 @@ std::string GPTConfig::describe() const {
 // ---------------------------------------------------------------------------------------
 // Parameters
 
-void GPT::add_tensor(const std::string& name, std::vector<int64_t> shape, bool decay) {
-  ParamTensor t;
-  t.name = name;
-  t.numel = 1;
-  for (int64_t d : shape) t.numel *= static_cast<size_t>(d);
-  t.shape = std::move(shape);
-  t.offset = round_up(total_floats_, kTensorAlign);
-  t.decay = decay;
-  total_floats_ = t.offset + t.numel;
-  tensors_.push_back(std::move(t));
-}
-
 // Layout: [decayed: wte, wpe, per layer the 4 linear weights, score.weight] then
 // [not decayed: per layer LayerNorms and biases, ln_f, score.bias].
+std::vector<ParamTensor> GPT::parameter_layout(const GPTConfig& config, bool scalar_head) {
+  config.validate();
+  std::vector<ParamTensor> tensors;
+  size_t end = 0;
+  auto add = [&](std::string name, std::vector<int64_t> shape, bool decay) {
+    ParamTensor t;
+    t.name = std::move(name);
+    t.numel = 1;
+    for (int64_t d : shape) t.numel *= static_cast<size_t>(d);
+    t.shape = std::move(shape);
+    t.offset = round_up(end, kTensorAlign);
+    t.decay = decay;
+    end = t.offset + t.numel;
+    tensors.push_back(std::move(t));
+  };
+  const int64_t C = config.n_embd, L = config.n_layer;
+  auto layer = [](int l, const char* what) { return str_cat("transformer.h.", l, ".", what); };
+  add("transformer.wte.weight", {config.padded_vocab_size, C}, true);
+  add("transformer.wpe.weight", {config.max_seq_len, C}, true);
+  for (int l = 0; l < L; l++) {
+    add(layer(l, "attn.c_attn.weight"), {3 * C, C}, true);
+    add(layer(l, "attn.c_proj.weight"), {C, C}, true);
+    add(layer(l, "mlp.c_fc.weight"), {4 * C, C}, true);
+    add(layer(l, "mlp.c_proj.weight"), {C, 4 * C}, true);
+  }
+  if (scalar_head) add("score.weight", {1, C}, true);
+  for (int l = 0; l < L; l++) {
+    add(layer(l, "ln_1.weight"), {C}, false);
+    add(layer(l, "ln_1.bias"), {C}, false);
+    add(layer(l, "attn.c_attn.bias"), {3 * C}, false);
+    add(layer(l, "attn.c_proj.bias"), {C}, false);
+    add(layer(l, "ln_2.weight"), {C}, false);
+    add(layer(l, "ln_2.bias"), {C}, false);
+    add(layer(l, "mlp.c_fc.bias"), {4 * C}, false);
+    add(layer(l, "mlp.c_proj.bias"), {C}, false);
+  }
+  add("transformer.ln_f.weight", {C}, false);
+  add("transformer.ln_f.bias", {C}, false);
+  if (scalar_head) add("score.bias", {1}, false);
+  return tensors;
+}
+
 GPT::GPT(Backend& backend, const GPTConfig& config, bool scalar_head)
     : backend_(&backend), config_(config), scalar_head_(scalar_head) {
-  config_.validate();
-  const int64_t C = config_.n_embd, L = config_.n_layer;
+  tensors_ = parameter_layout(config_, scalar_head_);
+  const int L = config_.n_layer;
   auto layer = [](int l, const char* what) { return str_cat("transformer.h.", l, ".", what); };
-  add_tensor("transformer.wte.weight", {config_.padded_vocab_size, C}, true);
-  add_tensor("transformer.wpe.weight", {config_.max_seq_len, C}, true);
-  for (int l = 0; l < L; l++) {
-    add_tensor(layer(l, "attn.c_attn.weight"), {3 * C, C}, true);
-    add_tensor(layer(l, "attn.c_proj.weight"), {C, C}, true);
-    add_tensor(layer(l, "mlp.c_fc.weight"), {4 * C, C}, true);
-    add_tensor(layer(l, "mlp.c_proj.weight"), {C, 4 * C}, true);
+  // Every tensor starts aligned, so the first undecayed one starts where the decayed part
+  // ends.
+  for (const ParamTensor& t : tensors_) {
+    if (!t.decay) {
+      decay_size_ = t.offset;
+      break;
+    }
   }
-  if (scalar_head_) add_tensor("score.weight", {1, C}, true);
-  decay_size_ = round_up(total_floats_, kTensorAlign);
-  total_floats_ = decay_size_;
-  for (int l = 0; l < L; l++) {
-    add_tensor(layer(l, "ln_1.weight"), {C}, false);
-    add_tensor(layer(l, "ln_1.bias"), {C}, false);
-    add_tensor(layer(l, "attn.c_attn.bias"), {3 * C}, false);
-    add_tensor(layer(l, "attn.c_proj.bias"), {C}, false);
-    add_tensor(layer(l, "ln_2.weight"), {C}, false);
-    add_tensor(layer(l, "ln_2.bias"), {C}, false);
-    add_tensor(layer(l, "mlp.c_fc.bias"), {4 * C}, false);
-    add_tensor(layer(l, "mlp.c_proj.bias"), {C}, false);
-  }
-  add_tensor("transformer.ln_f.weight", {C}, false);
-  add_tensor("transformer.ln_f.bias", {C}, false);
-  if (scalar_head_) add_tensor("score.bias", {1}, false);
-  total_floats_ = round_up(total_floats_, kTensorAlign);
+  total_floats_ = round_up(tensors_.back().offset + tensors_.back().numel, kTensorAlign);
 
   wte_ = param("transformer.wte.weight").offset;
   wpe_ = param("transformer.wpe.weight").offset;
@@ -731,6 +745,7 @@ void GPT::import_hf_gpt2(const SafeTensorsFile& file) {
                shape_str(info.shape), ", the model expects ", shape_str(t.shape));
       values = file.read_f32(name, t.shape);
     }
+    check_finite(values.data(), values.size(), what, name);
     set_param(t.name, values);
   }
   for (const auto& [key, name] : by_name)

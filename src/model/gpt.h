@@ -72,6 +72,10 @@ class GPT {
  public:
   // Allocates parameters and gradients (zero); call init_random or load weights next.
   GPT(Backend& backend, const GPTConfig& config, bool scalar_head);
+  // The named tensors (shapes, offsets) a model of `config` holds, without allocating
+  // anything: a checkpoint's header is checked against its tensors with it before a model
+  // is built from the header. Validates the config.
+  static std::vector<ParamTensor> parameter_layout(const GPTConfig& config, bool scalar_head);
   GPT(GPT&&) noexcept = default;
   GPT& operator=(GPT&&) noexcept = default;
   GPT(const GPT&) = delete;
@@ -182,7 +186,6 @@ class GPT {
     size_t ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
   };
 
-  void add_tensor(const std::string& name, std::vector<int64_t> shape, bool decay);
   void check_and_upload(const Batch& batch, bool need_targets);
   template <typename F>
   void forward_buffers(int B, int T, F&& f);

@@ -159,6 +159,8 @@ void load_optimizer(const std::string& path, AdamW& opt, TrainState* state) {
     HH_CHECK(entry.first == "m" || entry.first == "v", what, ": unexpected tensor '", entry.first,
              "'");
   std::vector<float> m = f.read_f32("m", shape), v = f.read_f32("v", shape);
+  check_finite(m.data(), m.size(), what, "m");
+  check_finite(v.data(), v.size(), what, "v");
   const uint64_t step = parse_u64(meta(f, "step"), what + ": metadata step");
   TrainState s;
   std::vector<uint64_t> rng = split_u64(meta(f, "rng_state"), what + ": metadata rng_state");
