@@ -468,3 +468,42 @@ TEST(PmSequence, MatchesWhatHhPrepareBuilds) {
   encoder.end_of_context_id = -1;
   EXPECT_THROW(hh::pm_sequence(pair.chosen, encoder, 20), hh::Error);
 }
+
+// hh-pm shares the LM trainer's loop: resuming with --steps below the checkpoint's step is
+// refused before anything is written, and --steps equal to it trains nothing.
+TEST(TrainPm, ResumeWithFewerStepsThanTheCheckpointIsRefused) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  std::string train = save_pairs(tmp.path(), "train", 8, 71);
+  auto o = tiny_options(train, train, tmp.path() + "/run");
+  o.steps = 2;
+  o.ckpt_every = 1;
+  hh::train_pm(*be, o);
+  const auto before = hh::test::snapshot_files(o.run_dir);
+  auto fewer = o;
+  fewer.resume = true;
+  fewer.steps = 1;
+  hh::test::expect_error_with([&] { hh::train_pm(*be, fewer); },
+                              {o.run_dir, "step-00000002", "at step 2", "--steps=1"});
+  EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);
+  auto same = o;
+  same.resume = true;
+  EXPECT_EQ(hh::train_pm(*be, same).steps_done, 0);
+  EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);  // eval.json too
+}
+
+// A dev set of 0 pairs is an error naming it, not accuracy 0.
+TEST(TrainPm, EmptyDevSetIsAnErrorNamingIt) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  std::string train = save_pairs(tmp.path(), "train", 8, 72);
+  hh::TokenDataset empty;
+  empty.kind = hh::DatasetKind::Pm;
+  empty.vocab_size = kVocab;
+  empty.tokenizer_fingerprint = kFingerprint;
+  const std::string dev = tmp.path() + "/empty_dev.pm.bin";
+  hh::save_dataset(dev, empty);
+  auto o = tiny_options(train, dev, tmp.path() + "/run");
+  hh::test::expect_error_with([&] { hh::train_pm(*be, o); }, {dev, "no pairs"});
+  EXPECT_FALSE(fs::exists(o.run_dir));
+}

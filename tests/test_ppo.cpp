@@ -405,3 +405,53 @@ TEST(ComparePolicies, APolicyAgainstItselfTiesWithZeroKl) {
   EXPECT_GE(r2.reward_a, r2.reward_b);
   EXPECT_GT(r2.kl_a, 0.0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Resume and bad input, continued
+
+// Resuming with --steps (iterations) below the checkpoint's is refused before anything is
+// written; equal to it, nothing is trained and the checkpoints stay as they were.
+TEST(TrainPpo, ResumeWithFewerIterationsThanTheCheckpointIsRefused) {
+  Task task(16);
+  hh::PpoTrainOptions o = task.options("run");
+  o.iterations = 2;
+  o.ckpt_every = 1;
+  o.prompts_per_iter = 4;
+  o.minibatch = 4;
+  o.epochs = 1;
+  o.sampling.max_new_tokens = 4;
+  hh::train_ppo(*task.be, o);
+  const auto before = hh::test::snapshot_files(o.run_dir);
+  ASSERT_TRUE(before.count("checkpoints/step-00000001/value.safetensors"));
+  auto fewer = o;
+  fewer.resume = true;
+  fewer.iterations = 1;
+  hh::test::expect_error_with([&] { hh::train_ppo(*task.be, fewer); },
+                              {o.run_dir, "step-00000002", "at step 2", "--steps=1"});
+  EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);
+  auto same = o;
+  same.resume = true;
+  hh::PpoTrainResult r = hh::train_ppo(*task.be, same);
+  EXPECT_EQ(r.iterations_done, 0);
+  EXPECT_TRUE(r.history.empty());
+  EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);
+}
+
+// An empty prompt is named by file and index before any rollout (it was "generate: prompt 0
+// is empty", the index within a rollout).
+TEST(TrainPpo, EmptyPromptNamesTheFile) {
+  Task task(8);
+  hh::TokenDataset ds = hh::load_dataset(task.prompts_path, hh::DatasetKind::Prompts, &task.tok);
+  hh::TokenDataset bad;
+  bad.kind = hh::DatasetKind::Prompts;
+  bad.vocab_size = ds.vocab_size;
+  bad.tokenizer_fingerprint = ds.tokenizer_fingerprint;
+  for (size_t i = 0; i < ds.num_sequences(); ++i)
+    bad.add(i == 6 ? std::vector<int32_t>{} : ds.sequence(i).to_vector());  // prompt 3
+  const std::string path = task.tmp.file("empty_prompt.bin");
+  hh::save_dataset(path, bad);
+  hh::PpoTrainOptions o = task.options("run");
+  o.prompts_path = path;
+  hh::test::expect_error_with([&] { hh::train_ppo(*task.be, o); }, {path, "prompt 3 is empty"});
+  EXPECT_FALSE(fs::exists(o.run_dir));
+}

@@ -166,3 +166,139 @@ TEST(TrainLm, RejectsVocabularyMismatch) {
   o.model.set_vocab_size(41);
   EXPECT_THROW(hh::train_lm(*be, o), hh::Error);
 }
+
+// Resuming with --steps below the checkpoint's step is refused before anything is written
+// (it used to save step 1 over the older checkpoint with step-2 weights and move `latest`
+// back); --steps equal to it trains nothing and leaves the run as it was.
+TEST(TrainLm, ResumeWithFewerStepsThanTheCheckpointIsRefused) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  std::string data = make_dataset(tmp.path(), 8, 7);
+  auto o = tiny_options(data, tmp.path() + "/run");
+  o.steps = 2;
+  o.ckpt_every = 1;
+  hh::train_lm(*be, o);
+  const auto before = hh::test::snapshot_files(o.run_dir);
+  ASSERT_TRUE(before.count("checkpoints/step-00000001/model.safetensors"));
+  ASSERT_EQ(before.at("latest"), "step-00000002\n");
+
+  auto fewer = o;
+  fewer.resume = true;
+  fewer.steps = 1;
+  hh::test::expect_error_with([&] { hh::train_lm(*be, fewer); },
+                              {o.run_dir, "step-00000002", "at step 2", "--steps=1"});
+  EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);
+
+  auto same = o;
+  same.resume = true;
+  hh::LmTrainResult r = hh::train_lm(*be, same);
+  EXPECT_EQ(r.steps_done, 0);
+  EXPECT_TRUE(r.train_losses.empty());
+  EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);  // the final model: same bytes
+}
+
+// A save interrupted before `latest` leaves step directories that nothing names: a fresh run
+// must not overwrite them, and --resume (which only trusts `latest`) says how to go on.
+TEST(TrainLm, CheckpointsWithoutLatestAreNeverOverwritten) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  std::string data = make_dataset(tmp.path(), 8, 8);
+  auto o = tiny_options(data, tmp.path() + "/run");
+  o.steps = 2;
+  o.ckpt_every = 1;
+  hh::train_lm(*be, o);
+  fs::remove(o.run_dir + "/latest");
+  const auto before = hh::test::snapshot_files(o.run_dir);
+
+  hh::test::expect_error_with([&] { hh::train_lm(*be, o); },
+                              {o.run_dir, "step-00000002", "latest", "--resume", "--run-dir"});
+  EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);
+  auto resume = o;
+  resume.resume = true;
+  hh::test::expect_error_with([&] { hh::train_lm(*be, resume); },
+                              {"--resume", o.run_dir, "interrupted save",
+                               "the newest with a model and optimizer state "
+                               "is step-00000002"});
+  EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);
+
+  // Only a partial directory (the model written, not the optimizer state): still refused.
+  fs::remove_all(o.run_dir + "/checkpoints/step-00000001");
+  fs::remove(o.run_dir + "/checkpoints/step-00000002/optim.safetensors");
+  hh::test::expect_error_with([&] { hh::train_lm(*be, o); },
+                              {"step-00000002", "none of its step directories is complete"});
+  // Named by hand, the complete checkpoint resumes.
+  auto o3 = o;
+  o3.run_dir = tmp.path() + "/run3";
+  hh::train_lm(*be, o3);
+  fs::remove(o3.run_dir + "/latest");
+  hh::write_file_atomic(o3.run_dir + "/latest", "step-00000001\n");
+  o3.resume = true;
+  EXPECT_EQ(hh::train_lm(*be, o3).steps_done, 1);
+}
+
+// A dev set without a single target token would report val_loss 0: an error at the start
+// that names the file.
+TEST(TrainLm, DevSetWithoutTargetsIsAnError) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  std::string data = make_dataset(tmp.path(), 8, 9);
+  auto o = tiny_options(data, tmp.path() + "/run");
+  o.steps = 1;
+
+  hh::TokenDataset empty;
+  empty.kind = hh::DatasetKind::Sft;
+  empty.vocab_size = 40;
+  empty.tokenizer_fingerprint = 77;
+  o.dev_path = tmp.file("empty.sft.bin");
+  hh::save_dataset(o.dev_path, empty);
+  hh::test::expect_error_with([&] { hh::train_lm(*be, o); }, {o.dev_path, "no sequences"});
+
+  hh::TokenDataset unmasked = empty;
+  std::vector<uint8_t> zeros(10, 0);
+  for (int i = 0; i < 3; ++i) unmasked.add({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, &zeros);
+  o.dev_path = tmp.file("unmasked.sft.bin");
+  hh::save_dataset(o.dev_path, unmasked);
+  hh::test::expect_error_with([&] { hh::train_lm(*be, o); },
+                              {o.dev_path, "no target tokens", "its 3 sequences"});
+  // --mode=pretrain trains on every token: the same file is a valid dev set then.
+  auto pretrain = o;
+  pretrain.masked = false;
+  EXPECT_GT(hh::train_lm(*be, pretrain).last_dev_loss, 0.0);
+
+  // Targets only beyond what --eval-batches evaluates.
+  hh::TokenDataset late = unmasked;
+  std::vector<uint8_t> ones(10, 1);
+  late.add({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, &ones);
+  o.dev_path = tmp.file("late.sft.bin");
+  hh::save_dataset(o.dev_path, late);
+  o.micro_batch = 2;
+  o.eval_batches = 1;
+  o.run_dir = tmp.path() + "/run2";
+  hh::test::expect_error_with([&] { hh::train_lm(*be, o); },
+                              {o.dev_path, "the first 2 sequences", "--eval-batches=1"});
+  EXPECT_FALSE(fs::exists(o.run_dir + "/latest"));
+}
+
+// An empty sequence is named with its file (it was "sequence 1 is empty").
+TEST(TrainLm, EmptySequenceErrorsNameTheDataset) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  std::string data = make_dataset(tmp.path(), 8, 10);
+  hh::TokenDataset ds;
+  ds.kind = hh::DatasetKind::Sft;
+  ds.vocab_size = 40;
+  ds.tokenizer_fingerprint = 77;
+  std::vector<uint8_t> mask = {0, 1, 1}, none;
+  ds.add({1, 2, 3}, &mask);
+  ds.add({}, &none);
+  const std::string bad = tmp.file("bad.sft.bin");
+  hh::save_dataset(bad, ds);
+
+  auto o = tiny_options(data, tmp.path() + "/run");
+  o.steps = 1;
+  o.dev_path = bad;
+  hh::test::expect_error_with([&] { hh::train_lm(*be, o); }, {bad, "sequence 1 is empty"});
+  o.train_path = bad;
+  o.dev_path = data;
+  hh::test::expect_error_with([&] { hh::train_lm(*be, o); }, {bad, "sequence 1 is empty"});
+}

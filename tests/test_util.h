@@ -2,16 +2,21 @@
 // trainer tests, the byte-level tokenizer and the rule reward of the PPO tests.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <stdlib.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "data/dataset.h"
 #include "model/checkpoint.h"
@@ -51,6 +56,37 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// Every regular file under `dir`, as relative path -> contents: two snapshots compare
+// equal when nothing in between wrote, removed or added a file there.
+inline std::map<std::string, std::string> snapshot_files(const std::string& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    std::ostringstream bytes;
+    bytes << in.rdbuf();
+    files[std::filesystem::relative(e.path(), dir).string()] = bytes.str();
+  }
+  return files;
+}
+
+// Expects `what` to throw hh::Error whose message contains every one of `needles`; returns
+// the message.
+template <typename F>
+std::string expect_error_with(F&& what, const std::vector<std::string>& needles) {
+  try {
+    what();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const std::string& n : needles)
+      if (msg.find(n) == std::string::npos)
+        ADD_FAILURE() << "message '" << msg << "' lacks '" << n << "'";
+    return msg;
+  }
+  ADD_FAILURE() << "expected hh::Error containing '" << needles.at(0) << "'";
+  return "";
+}
 
 // The trainers' tests' language model: GPT "tiny" over a 40-token vocabulary, context 64.
 inline GPTConfig tiny_lm_config() {

@@ -55,6 +55,32 @@ std::vector<std::vector<size_t>> split(const std::vector<size_t>& idx, int64_t m
   return out;
 }
 
+// Before training: no sequence of `data` (read from `path`) is empty, and its first `n`
+// sequences hold a target token, as make_lm_batch would place them (within the last `seq`
+// tokens, masked or not). Otherwise a batch would fail naming only an index, and a loss
+// over no targets would be reported as 0.
+void check_lm_data(const SftDataset& data, const std::string& path, size_t n, int64_t seq,
+                   bool masked, const std::string& scope) {
+  HH_CHECK(data.size() > 0, path, ": no sequences");
+  bool has_target = false;
+  for (size_t i = 0; i < data.size(); ++i) {
+    const size_t len = data.sequence(i).size();
+    HH_CHECK(len > 0, path, ": sequence ", i, " is empty");
+    if (has_target || i >= n || len < 2) continue;
+    if (!masked) {
+      has_target = true;
+      continue;
+    }
+    MaskSpan mask = data.mask(i);
+    const size_t start = len - std::min<size_t>(len, static_cast<size_t>(seq));
+    has_target = std::find(mask.begin() + start + 1, mask.end(), uint8_t{1}) != mask.end();
+  }
+  HH_CHECK(has_target, path, ": no target tokens in ", scope, " (",
+           masked ? "the loss mask marks no token after the first of any sequence"
+                  : "no sequence has 2 tokens",
+           masked ? ", counting the last --seq=" + std::to_string(seq) + " tokens of each)" : ")");
+}
+
 }  // namespace
 
 double evaluate_lm(GPT& model, const SftDataset& data, int64_t seq, bool masked, int64_t batch,
@@ -75,16 +101,29 @@ double evaluate_lm(GPT& model, const SftDataset& data, int64_t seq, bool masked,
   }
   std::vector<double> sums = {loss_sum, count};
   all_sum(comm, &sums);
-  return sums[1] > 0 ? sums[0] / sums[1] : 0.0;
+  HH_CHECK(sums[1] > 0, "evaluate_lm: no target tokens in the ", n,
+           " sequences scored: their loss is undefined");
+  return sums[0] / sums[1];
 }
 
 LmTrainResult train_lm(Backend& backend, const LmTrainOptions& o) {
+  HH_CHECK(o.seq >= 2, "--seq must be >= 2");
   SftDataset train = SftDataset::load(o.train_path);
-  HH_CHECK(train.size() > 0, o.train_path, ": no sequences");
+  check_lm_data(train, o.train_path, train.size(), o.seq, o.masked,
+                str_cat("its ", train.size(), " sequences"));
   std::unique_ptr<SftDataset> dev;
   if (!o.dev_path.empty()) {
     dev = std::make_unique<SftDataset>(SftDataset::load(o.dev_path));
     check_same_tokenizer(dev->raw(), o.dev_path, train.raw(), o.train_path);
+    // What evaluate_lm scores: the first eval_batches micro-batches, or all.
+    size_t n = dev->size();
+    std::string scope = str_cat("its ", n, " sequences");
+    if (o.eval_batches > 0 && static_cast<size_t>(o.eval_batches * o.micro_batch) < n) {
+      n = static_cast<size_t>(o.eval_batches * o.micro_batch);
+      scope = str_cat("the first ", n, " sequences, which --eval-batches=", o.eval_batches,
+                      " evaluates");
+    }
+    check_lm_data(*dev, o.dev_path, n, o.seq, o.masked, scope);
   }
   LoopSetup setup;
   setup.program = "hh-sft";

@@ -40,6 +40,7 @@ TrainLoop::TrainLoop(Backend& backend, const TrainLoopOptions& o, const LoopSetu
       grad_sync_(comm_, model_) {
   if (!start_.resume_dir.empty()) {
     load_optimizer(start_.resume_dir + "/optim.safetensors", opt_, &state_);
+    check_resume_step(o.run_dir, start_.resume_dir, opt_.step, o.steps);
     restore_cursor(sampler_, state_, start_.resume_dir);
     const std::string key = setup_.counter + "_seen";
     seen_ = state_.extra.count(key) ? state_.extra[key] : 0;
@@ -75,6 +76,16 @@ LoopResult TrainLoop::run(const std::function<StepOutcome(const std::vector<size
                           const std::function<void(int64_t, bool)>& evaluate) {
   LoopResult result;
   const int64_t start_step = opt_.step;
+  if (start_step == o_.steps) {
+    // A finished run resumed: no training, no evaluation, and checkpoints/step-N (already
+    // `latest`) is not rewritten. The final model is, with the same weights and metadata,
+    // in case the run stopped between its last checkpoint and the final save.
+    if (!quiet_)
+      std::fprintf(stderr, "%s: the run finished at step %lld: nothing to train\n",
+                   setup_.program.c_str(), static_cast<long long>(start_step));
+    run_.save_final(model_, metadata(o_.steps));
+    return result;
+  }
   Progress progress(o_.steps);
   progress.start(start_step, 0);
   double items_this_run = 0;

@@ -381,6 +381,10 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
   const std::string fp = std::to_string(tok.fingerprint());
   PromptDataset prompts = PromptDataset::load(o.prompts_path, &tok);
   HH_CHECK(prompts.size() > 0, o.prompts_path, ": no prompts");
+  // An empty prompt leaves the sampler nothing to start from. Checked here, the error can
+  // name the file and the prompt's index in it, not its place in a rollout.
+  for (size_t i = 0; i < prompts.size(); ++i)
+    HH_CHECK(!prompts.prompt(i).empty(), o.prompts_path, ": prompt ", i, " is empty");
 
   // Everything is checked before the run directory is touched: the frozen reference π₀
   // and the policy (both from --policy), the PM, the value model, the prompt lengths.
@@ -490,6 +494,7 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
     moments.mean = state.extra["reward_mean"];
     moments.m2 = state.extra["reward_m2"];
     start_iter = static_cast<int64_t>(state.extra["iteration"]);
+    check_resume_step(o.run_dir, resume_dir, start_iter, o.iterations);
   }
   sync_replicas(comm, policy, popt);
   sync_replicas(comm, *value, vopt);
@@ -525,6 +530,9 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
   };
 
   PpoTrainResult result;
+  if (start_iter == o.iterations && !quiet)
+    std::fprintf(stderr, "hh-ppo: the run finished at iteration %lld: nothing to train\n",
+                 static_cast<long long>(start_iter));
   for (int64_t it = start_iter; it < o.iterations; ++it) {
     if (stop_requested(comm)) {
       if (!quiet)
@@ -812,7 +820,10 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
     if (o.ckpt_every > 0 && done % o.ckpt_every == 0 && done != o.iterations) checkpoint(done);
   }
   result.iterations_done = o.iterations - start_iter;
-  checkpoint(o.iterations);
+  // A finished run resumed (start_iter == o.iterations) trained nothing: its last
+  // checkpoint is `latest` already and stays as it is; the final models are written again
+  // (the same weights) in case the run stopped before writing them.
+  if (start_iter < o.iterations) checkpoint(o.iterations);
   run.save_final(policy, metadata(o.iterations));
   if (comm.is_root()) save_model(run.file("value.safetensors"), *value, metadata(o.iterations));
   return result;

@@ -222,16 +222,48 @@ RunDir::RunDir(const std::string& path, bool resume, bool is_writer)
     : path_(path), writer_(is_writer), resume_(resume) {
   HH_CHECK(!path.empty(), "--run-dir is empty");
   if (writer_) make_dirs(path_ + "/checkpoints");
-  if (!resume && !latest_checkpoint().empty()) {
-    HH_FAIL(path_, " already holds a checkpoint (", latest_checkpoint(),
+  const std::string latest = latest_checkpoint();
+  if (!resume && !latest.empty()) {
+    HH_FAIL(path_, " already holds a checkpoint (", latest,
             "): pass --resume to continue it, or choose another --run-dir");
   }
-  if (resume) {
-    HH_CHECK(!latest_checkpoint().empty(), "--resume: ", path_, " has no checkpoint to resume");
+  if (latest.empty()) {
+    // Step directories without `latest`: a save that stopped before `latest` named its
+    // directory (normally only a run's first save can leave this). Whether that directory is
+    // complete only `latest` could say (PPO adds files to it), so neither a fresh run
+    // (which would overwrite it) nor --resume (which would have to guess) takes it.
+    const std::vector<std::string> steps = checkpoint_dirs();
+    if (!steps.empty()) {
+      std::string complete;
+      for (auto it = steps.rbegin(); it != steps.rend() && complete.empty(); ++it) {
+        const std::string dir = path_ + "/checkpoints/" + *it;
+        if (file_exists(dir + "/model.safetensors") && file_exists(dir + "/optim.safetensors"))
+          complete = *it;
+      }
+      HH_FAIL(resume ? "--resume: " : "", path_, "/checkpoints holds ", steps.back(),
+              " but there is no ", file("latest"), " naming a checkpoint (an interrupted save?); ",
+              complete.empty() ? "none of its step directories is complete"
+                               : "the newest with a model and optimizer state is " + complete,
+              ". To continue that run, write a complete checkpoint's name into ", file("latest"),
+              " and pass --resume; to start over, remove ", path_,
+              "/checkpoints or choose another --run-dir");
+    }
   }
+  HH_CHECK(!resume || !latest.empty(), "--resume: ", path_, " has no checkpoint to resume");
   metrics_ = writer_
                  ? std::make_unique<MetricsLogger>(path_ + "/metrics.jsonl", /*truncate=*/!resume)
                  : std::make_unique<MetricsLogger>();
+}
+
+std::vector<std::string> RunDir::checkpoint_dirs() const {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(path_ + "/checkpoints", ec)) {
+    std::string n = e.path().filename().string();
+    if (n.rfind("step-", 0) == 0) names.push_back(n);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 void RunDir::write_config(const std::string& json) const {
@@ -286,6 +318,14 @@ void RunDir::save_final(const GPT& model,
                         const std::map<std::string, std::string>& metadata) const {
   if (!writer_) return;
   save_model(file("model.safetensors"), model, metadata);
+}
+
+void check_resume_step(const std::string& run_dir, const std::string& checkpoint, int64_t step,
+                       int64_t steps) {
+  HH_CHECK(step <= steps, "--resume: ", run_dir, "'s latest checkpoint ", checkpoint,
+           " is at step ", step, ", past --steps=", steps,
+           " (ending there would save newer weights as an older checkpoint): pass --steps >= ",
+           step, " (", step, " trains nothing), or choose another --run-dir");
 }
 
 StartingPoint find_starting_point(const RunDir& run, bool resume, const std::string& init,

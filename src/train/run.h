@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/flags.h"
 #include "core/metrics.h"
@@ -134,7 +135,10 @@ void loop_options_from_flags(const Flags& flags, TrainLoopOptions* options);
 class RunDir {
  public:
   // Creates the directory. A fresh run (resume=false) refuses a directory that already
-  // holds a checkpoint, so earlier work is never overwritten by accident.
+  // holds a checkpoint, so earlier work is never overwritten by accident: any step-*
+  // entry counts, named by `latest` or not. --resume needs `latest`; without it (a save
+  // interrupted before `latest`) the error names the newest step directory that looks
+  // complete and how to resume from it.
   RunDir(const std::string& path, bool resume, bool is_writer = true);
   const std::string& path() const { return path_; }
   std::string file(const std::string& name) const { return path_ + "/" + name; }
@@ -142,8 +146,10 @@ class RunDir {
   // Writes config.json (the flags as JSON); a resumed run keeps the one it has.
   void write_config(const std::string& json) const;
 
-  // The newest complete checkpoint directory, or "" when there is none.
+  // The checkpoint directory `latest` names, or "" when there is no `latest`.
   std::string latest_checkpoint() const;
+  // The names of the step-* entries of checkpoints/, sorted (oldest first).
+  std::vector<std::string> checkpoint_dirs() const;
   // Saves model + optimizer state as checkpoints/step-N, points `latest` at it, and
   // removes older checkpoint directories beyond `keep`.
   // `extra` (when given) writes further files into the directory before `latest` names it
@@ -160,6 +166,13 @@ class RunDir {
   bool resume_;
   std::unique_ptr<MetricsLogger> metrics_;
 };
+
+// After loading the checkpoint `checkpoint` of a resumed run at `step`: --steps (`steps`)
+// below it is an error, since finishing the run would save step `steps` over an older
+// checkpoint with newer weights and move `latest` backwards. steps == step is a finished
+// run: the trainers train nothing and leave its checkpoints alone.
+void check_resume_step(const std::string& run_dir, const std::string& checkpoint, int64_t step,
+                       int64_t steps);
 
 // Where a trainer's model comes from: the run's latest checkpoint when resuming, else
 // `init` (an hh checkpoint gives its own config; a Hugging Face GPT-2 file takes the
