@@ -507,3 +507,23 @@ TEST(TrainPm, EmptyDevSetIsAnErrorNamingIt) {
   hh::test::expect_error_with([&] { hh::train_pm(*be, o); }, {dev, "no pairs"});
   EXPECT_FALSE(fs::exists(o.run_dir));
 }
+
+// A pair with an empty sequence (a hand-made or foreign file) is named by file and index
+// before training starts, in the training set and in the dev set.
+TEST(TrainPm, EmptySequenceErrorsNameTheDataset) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  std::string train = save_pairs(tmp.path(), "train", 8, 73);
+  hh::TokenDataset bad = synthetic_pairs(3, 74);
+  bad.add({11, 12, kEndOfContext});
+  bad.add({});
+  const std::string bad_path = tmp.path() + "/bad.pm.bin";
+  hh::save_dataset(bad_path, bad);
+  auto o = tiny_options(train, bad_path, tmp.path() + "/run");
+  hh::test::expect_error_with([&] { hh::train_pm(*be, o); },
+                              {bad_path, "pair 3", "rejected sequence is empty"});
+  auto o2 = tiny_options(bad_path, train, tmp.path() + "/run2");
+  hh::test::expect_error_with([&] { hh::train_pm(*be, o2); },
+                              {bad_path, "pair 3", "rejected sequence is empty"});
+  EXPECT_FALSE(fs::exists(o.run_dir));
+}

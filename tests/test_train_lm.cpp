@@ -197,6 +197,32 @@ TEST(TrainLm, ResumeWithFewerStepsThanTheCheckpointIsRefused) {
   EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);  // the final model: same bytes
 }
 
+// A checkpoint brings its architecture: model flags that name another one are an error (they
+// were silently ignored), the same one is fine, and without model flags nothing is checked.
+TEST(TrainLm, ModelFlagsThatContradictTheCheckpointAreRefused) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  std::string data = make_dataset(tmp.path(), 8, 9);
+  auto o = tiny_options(data, tmp.path() + "/first");
+  o.steps = 1;
+  hh::train_lm(*be, o);
+  auto init = tiny_options(data, tmp.path() + "/second");
+  init.steps = 1;
+  init.init = o.run_dir + "/model.safetensors";
+  init.model_given = true;
+  init.model.n_layer = o.model.n_layer + 1;
+  hh::test::expect_error_with(
+      [&] { hh::train_lm(*be, init); },
+      {init.init, "n_layer=" + std::to_string(o.model.n_layer + 1), "leave out --model", "--init"});
+  init.model = o.model;  // the same architecture named: fine
+  EXPECT_EQ(hh::train_lm(*be, init).steps_done, 1);
+  auto unnamed = tiny_options(data, tmp.path() + "/third");
+  unnamed.steps = 1;
+  unnamed.init = init.init;
+  unnamed.model.n_layer = o.model.n_layer + 1;  // a preset's default, not given: ignored
+  EXPECT_EQ(hh::train_lm(*be, unnamed).steps_done, 1);
+}
+
 // A save interrupted before `latest` leaves step directories that nothing names: a fresh run
 // must not overwrite them, and --resume (which only trusts `latest`) says how to go on.
 TEST(TrainLm, CheckpointsWithoutLatestAreNeverOverwritten) {

@@ -94,6 +94,7 @@ int run_train(int argc, char** argv) {
   // The vocabulary comes from the dataset; the architecture from the flags (or --init).
   hh::PmDataset probe = hh::PmDataset::load(o.train_path);
   o.model = hh::model_config_from_flags(f, static_cast<int>(probe.raw().vocab_size));
+  o.model_given = hh::model_flags_given(f);
 
   hh::ProcessGroup group = hh::process_group_from_flags(f);
   o.parallel = group.parallelism();

@@ -265,15 +265,28 @@ double shorter_response_accuracy(const PmDataset& data, int64_t max_pairs) {
 // ---------------------------------------------------------------------------------------
 // Training
 
+namespace {
+
+// Every pair has two non-empty sequences (checked here, the error can name the file).
+void check_pm_pairs(const PmDataset& data, const std::string& path) {
+  for (size_t i = 0; i < data.size(); ++i)
+    HH_CHECK(!data.chosen(i).empty() && !data.rejected(i).empty(), path, ": pair ", i, ": the ",
+             data.chosen(i).empty() ? "chosen" : "rejected", " sequence is empty");
+}
+
+}  // namespace
+
 PmTrainResult train_pm(Backend& backend, const PmTrainOptions& o) {
   PmDataset train = PmDataset::load(o.train_path);
   HH_CHECK(train.size() > 0, o.train_path,
            ": the dataset has no pairs (hh-prepare pm skipped "
            "them all, or it is not a pm dataset)");
+  check_pm_pairs(train, o.train_path);
   std::unique_ptr<PmDataset> dev;
   if (!o.dev_path.empty()) {
     dev = std::make_unique<PmDataset>(PmDataset::load(o.dev_path));
     HH_CHECK(dev->size() > 0, o.dev_path, ": the dev dataset has no pairs");
+    check_pm_pairs(*dev, o.dev_path);
     check_same_tokenizer(dev->raw(), o.dev_path, train.raw(), o.train_path);
   }
   LoopSetup setup;

@@ -123,6 +123,12 @@ void add_model_flags(Flags& flags, const std::string& default_preset) {
   flags.add_int("ctx", 0, "context length (0: from --model)");
 }
 
+bool model_flags_given(const Flags& flags) {
+  for (const char* name : {"model", "layers", "heads", "width", "ctx"})
+    if (flags.is_set(name)) return true;
+  return false;
+}
+
 GPTConfig model_config_from_flags(const Flags& flags, int vocab_size) {
   GPTConfig c = GPTConfig::preset(flags.get_string("model"), vocab_size);
   auto override_dim = [&](const char* name, int* field) {
@@ -329,8 +335,9 @@ void check_resume_step(const std::string& run_dir, const std::string& checkpoint
 }
 
 StartingPoint find_starting_point(const RunDir& run, bool resume, const std::string& init,
-                                  const GPTConfig& flags_config, uint64_t data_fingerprint,
-                                  uint32_t data_vocab, const std::string& data_path, int64_t seq) {
+                                  const GPTConfig& flags_config, bool flags_given,
+                                  uint64_t data_fingerprint, uint32_t data_vocab,
+                                  const std::string& data_path, int64_t seq) {
   StartingPoint sp;
   sp.config = flags_config;
   sp.resume_dir = resume ? run.latest_checkpoint() : "";
@@ -339,6 +346,13 @@ StartingPoint find_starting_point(const RunDir& run, bool resume, const std::str
     auto meta = read_checkpoint_metadata(sp.weights);
     if (meta.count("config")) {
       sp.config = read_checkpoint_config(sp.weights);
+      const GPTConfig& c = sp.config;
+      HH_CHECK(!flags_given ||
+                   (flags_config.n_layer == c.n_layer && flags_config.n_head == c.n_head &&
+                    flags_config.n_embd == c.n_embd && flags_config.max_seq_len == c.max_seq_len),
+               "the model flags give ", flags_config.describe(), " but ", sp.weights, " is ",
+               c.describe(), ": a checkpoint brings its own architecture (leave out --model, ",
+               "--layers, --heads, --width and --ctx with ", resume ? "--resume" : "--init", ")");
       auto tok = meta.find("tokenizer");
       HH_CHECK(tok == meta.end() || tok->second == std::to_string(data_fingerprint), sp.weights,
                " was trained with another tokenizer than the dataset ", data_path);
