@@ -4,9 +4,11 @@
 #   -> PPO against the PM with a KL penalty -> evaluation (PPO vs SFT) -> plots.
 #
 # Usage: scripts/demo.sh [--data DIR] [--out DIR] [--size mini|cpu|gpu] [--build DIR]
-#   --data  folder with harmless-train.jsonl.gz and harmless-dev.jsonl.gz
+#   --data  folder with harmless-train.jsonl.gz and harmless-dev.jsonl.gz (the shared data,
+#           or scripts/download_hh_rlhf.sh --dest DIR)
 #           (default: $HH_DATA_DIR/hh-rlhf, else ../shared/data/hh-rlhf)
-#   --size  mini: seconds (CI); cpu: the 2-core demo (~15 min); gpu: larger, on CUDA.
+#   --size  mini: seconds (CI); cpu: the 2-core demo (~5 min quiet, ~15 with a build beside
+#           it); gpu: larger, on CUDA.
 #           Default: gpu when nvidia-smi sees a GPU and hh was built with CUDA, else cpu.
 # Each stage's output goes under --out (default runs/demo-SIZE); a failed stage stops the
 # demo with that stage's error.
@@ -24,7 +26,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --size) SIZE=$2; shift 2 ;;
     --build) BUILD=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "demo: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
