@@ -38,7 +38,7 @@ for f in harmless-train.jsonl.gz harmless-dev.jsonl.gz; do
   if [ ! -f "$DATA/$f" ]; then
     echo "demo: the HH-RLHF data was not found: looked for $DATA/$f" >&2
     echo "      get it with: scripts/download_hh_rlhf.sh --dest DIR   (needs internet)" >&2
-    echo "      then run:    scripts/demo.sh --data DIR   (or HH_DATA_DIR=X with DIR = X/hh-rlhf)" >&2
+    echo "      then run:    scripts/demo.sh --data DIR" >&2
     exit 1
   fi
 done

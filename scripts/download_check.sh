@@ -38,6 +38,14 @@ cmp -s "$DEST/harmless-base/test.jsonl.gz" "$LFS/harmless-base/test.jsonl.gz" ||
 out=$(get 2>&1) || fail "second download: $out"
 echo "$out" | grep -q "^got" && fail "the second run downloaded again: $out"
 
+# A real file under a demo name (the shared subset, say) is kept, not replaced by a link.
+rm "$DEST/harmless-dev.jsonl.gz"
+printf 'mine\n' | gzip -c >"$DEST/harmless-dev.jsonl.gz"
+out=$(get 2>&1) || fail "download over a kept file: $out"
+[ ! -L "$DEST/harmless-dev.jsonl.gz" ] && [ "$(gzip -dc "$DEST/harmless-dev.jsonl.gz")" = mine ] ||
+  fail "a real harmless-dev.jsonl.gz was replaced"
+[ -L "$DEST/harmless-train.jsonl.gz" ] || fail "harmless-train.jsonl.gz is no longer a link"
+
 # A corrupted LFS object: refused by its SHA-256, nothing left behind.
 rm -rf "$DEST"
 printf 'x' >>"$LFS/harmless-base/test.jsonl.gz"

@@ -13,6 +13,7 @@
 #   DEST/harmless-train.jsonl.gz -> harmless-base/train.jsonl.gz
 #   DEST/harmless-dev.jsonl.gz   -> harmless-base/test.jsonl.gz
 #
+# (a regular file already under one of those names is kept, never replaced by a link).
 # Usage: scripts/download_hh_rlhf.sh --dest DIR [--ref master] [--subsets "harmless-base helpful-base"]
 #
 # The repository keeps its data in Git LFS, so raw.githubusercontent.com may answer with
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
     --ref=*) ref="${1#*=}"; shift ;;
     --subsets) subsets="$2"; shift 2 ;;
     --subsets=*) subsets="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "download_hh_rlhf.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -101,9 +102,17 @@ for subset in $subsets; do
     fetch "$subset/$split.jsonl.gz"
   done
   if [ "$subset" = harmless-base ]; then
-    ln -sfn harmless-base/train.jsonl.gz "$dest/harmless-train.jsonl.gz"
-    ln -sfn harmless-base/test.jsonl.gz "$dest/harmless-dev.jsonl.gz"
-    echo "link  harmless-{train,dev}.jsonl.gz (scripts/demo.sh --data $dest)"
+    for pair in train:train dev:test; do
+      link="$dest/harmless-${pair%%:*}.jsonl.gz"
+      # Only a missing name or an earlier link: a real file there (the shared subset, say)
+      # is someone's data and stays.
+      if [ -e "$link" ] && [ ! -L "$link" ]; then
+        echo "keep  $link (a file, not a link: left as it is)"
+      else
+        ln -sfn "harmless-base/${pair##*:}.jsonl.gz" "$link"
+        echo "link  $(basename "$link") -> harmless-base/${pair##*:}.jsonl.gz"
+      fi
+    done
   fi
 done
 echo "HH-RLHF in $dest"

@@ -198,7 +198,7 @@ TEST(TrainLm, ResumeWithFewerStepsThanTheCheckpointIsRefused) {
 }
 
 // A checkpoint brings its architecture: model flags that name another one are an error (they
-// were silently ignored), the same one is fine, and without model flags nothing is checked.
+// were silently ignored), the same one is fine, and what no flag names is not compared.
 TEST(TrainLm, ModelFlagsThatContradictTheCheckpointAreRefused) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
@@ -209,12 +209,20 @@ TEST(TrainLm, ModelFlagsThatContradictTheCheckpointAreRefused) {
   auto init = tiny_options(data, tmp.path() + "/second");
   init.steps = 1;
   init.init = o.run_dir + "/model.safetensors";
-  init.model_given = true;
+  init.model_given.n_layer = true;  // --layers
   init.model.n_layer = o.model.n_layer + 1;
-  hh::test::expect_error_with(
-      [&] { hh::train_lm(*be, init); },
-      {init.init, "n_layer=" + std::to_string(o.model.n_layer + 1), "leave out --model", "--init"});
+  hh::test::expect_error_with([&] { hh::train_lm(*be, init); },
+                              {init.init,
+                               "--layers gives n_layer=" + std::to_string(o.model.n_layer + 1) +
+                                   ", it has " + std::to_string(o.model.n_layer),
+                               "leave them out with --init"});
   init.model = o.model;  // the same architecture named: fine
+  EXPECT_EQ(hh::train_lm(*be, init).steps_done, 1);
+  // Only what is named is compared: --ctx alone, equal to the checkpoint's, beside a preset
+  // default (not given) of another width.
+  init.run_dir = tmp.path() + "/fourth";
+  init.model_given = {false, false, false, true};
+  init.model.n_embd = o.model.n_embd * 2;
   EXPECT_EQ(hh::train_lm(*be, init).steps_done, 1);
   auto unnamed = tiny_options(data, tmp.path() + "/third");
   unnamed.steps = 1;

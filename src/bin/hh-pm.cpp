@@ -135,10 +135,12 @@ int run_eval(int argc, char** argv) {
   HH_CHECK(!f.get_string("data").empty(), "--data is required (see hh-pm eval --help)");
   HH_CHECK(f.get_int("batch") > 0, "--batch must be > 0");
   HH_CHECK(f.get_int("max-pairs") >= 0, "--max-pairs must be >= 0");
+  const std::string model_path = f.get_string("model"), data_path = f.get_string("data");
+  hh::check_output_is_not_input("--out", f.get_string("out"),
+                                {{"--model", model_path}, {"--data", data_path}});
 
   auto backend = hh::backend_from_flags(f);
   std::map<std::string, std::string> meta;
-  const std::string model_path = f.get_string("model"), data_path = f.get_string("data");
   hh::GPT model = load_pm(model_path, *backend, &meta);
   hh::PmDataset data = hh::PmDataset::load(data_path);
   HH_CHECK(data.size() > 0, data_path, ": the dataset has no pairs");
@@ -158,11 +160,7 @@ int run_eval(int argc, char** argv) {
   j["model"] = model_path;
   j["data"] = data_path;
   std::string line = j.dump();
-  if (!f.get_string("out").empty()) {
-    hh::check_output_is_not_input("--out", f.get_string("out"),
-                                  {{"--model", model_path}, {"--data", data_path}});
-    hh::write_file_atomic(f.get_string("out"), line + "\n");
-  }
+  if (!f.get_string("out").empty()) hh::write_file_atomic(f.get_string("out"), line + "\n");
   std::printf("%s\n", line.c_str());
   return 0;
 }
@@ -195,10 +193,14 @@ int run_score(int argc, char** argv) {
     HH_CHECK(!f.get_string(name).empty(), "--", name, " is required (see hh-pm score --help)");
   const int64_t batch = f.get_int("batch");
   HH_CHECK(batch > 0, "--batch must be > 0");
+  const std::string model_path = f.get_string("model"), output = f.get_string("output");
+  hh::check_output_is_not_input("--output", output,
+                                {{"--input", f.get_string("input")},
+                                 {"--model", model_path},
+                                 {"--tokenizer", f.get_string("tokenizer")}});
 
   auto backend = hh::backend_from_flags(f);
   std::map<std::string, std::string> meta;
-  const std::string model_path = f.get_string("model");
   hh::GPT model = load_pm(model_path, *backend, &meta);
   hh::Tokenizer tokenizer = hh::Tokenizer::load(f.get_string("tokenizer"));
   check_tokenizer(meta, tokenizer.fingerprint(), model_path, f.get_string("tokenizer"));
@@ -210,13 +212,9 @@ int run_score(int argc, char** argv) {
            " token, where the preference model reads its score");
   const int64_t seq = context_from_flag(f, model);
 
-  std::FILE* out = stdout;
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> out_file(nullptr, &std::fclose);
-  if (!f.get_string("output").empty()) {
-    out_file.reset(std::fopen(f.get_string("output").c_str(), "w"));
-    HH_CHECK(out_file, f.get_string("output"), ": cannot open for writing");
-    out = out_file.get();
-  }
+  // --output is written once, atomically, when every line is scored (a bad line leaves no
+  // half file); stdout gets each batch's lines as they come.
+  std::string scored;
 
   // Sequences accumulate until `batch` of them are pending; then one forward pass scores
   // them and their lines are written in input order.
@@ -245,10 +243,14 @@ int run_score(int argc, char** argv) {
       } else {
         p.object["score"] = static_cast<double>(scores[p.first]);
       }
-      std::fprintf(out, "%s\n", p.object.dump().c_str());
+      const std::string text = p.object.dump() + "\n";
+      if (output.empty())
+        HH_CHECK(std::fputs(text.c_str(), stdout) >= 0, "writing standard output failed");
+      else
+        scored += text;
       ++lines_out;
     }
-    HH_CHECK(std::fflush(out) == 0, "writing the output failed");
+    if (output.empty()) HH_CHECK(std::fflush(stdout) == 0, "writing standard output failed");
     pending.clear();
     sequences.clear();
   };
@@ -285,6 +287,7 @@ int run_score(int argc, char** argv) {
     if (static_cast<int64_t>(sequences.size()) >= batch) flush();
   }
   flush();
+  if (!output.empty()) hh::write_file_atomic(output, scored);
   std::fprintf(stderr, "hh-pm score: %lld lines scored\n", static_cast<long long>(lines_out));
   return 0;
 }

@@ -8,6 +8,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "core/error.h"
 #include "core/json.h"
@@ -126,9 +127,10 @@ bool LineReader::fill() {
 std::string LineReader::read_all() {
   while (fill()) {
   }
-  std::string rest = pending_.substr(pending_pos_);
-  pending_.clear();
+  pending_.erase(0, pending_pos_);  // in place: a corpus is not held twice
   pending_pos_ = 0;
+  std::string rest = std::move(pending_);
+  pending_.clear();  // the reader stays usable (at its end)
   return rest;
 }
 

@@ -123,10 +123,10 @@ void add_model_flags(Flags& flags, const std::string& default_preset) {
   flags.add_int("ctx", 0, "context length (0: from --model)");
 }
 
-bool model_flags_given(const Flags& flags) {
-  for (const char* name : {"model", "layers", "heads", "width", "ctx"})
-    if (flags.is_set(name)) return true;
-  return false;
+ModelFlagsGiven model_flags_given(const Flags& flags) {
+  const bool preset = flags.is_set("model");
+  return {preset || flags.is_set("layers"), preset || flags.is_set("heads"),
+          preset || flags.is_set("width"), preset || flags.is_set("ctx")};
 }
 
 GPTConfig model_config_from_flags(const Flags& flags, int vocab_size) {
@@ -335,7 +335,7 @@ void check_resume_step(const std::string& run_dir, const std::string& checkpoint
 }
 
 StartingPoint find_starting_point(const RunDir& run, bool resume, const std::string& init,
-                                  const GPTConfig& flags_config, bool flags_given,
+                                  const GPTConfig& flags_config, const ModelFlagsGiven& flags_given,
                                   uint64_t data_fingerprint, uint32_t data_vocab,
                                   const std::string& data_path, int64_t seq) {
   StartingPoint sp;
@@ -346,13 +346,21 @@ StartingPoint find_starting_point(const RunDir& run, bool resume, const std::str
     auto meta = read_checkpoint_metadata(sp.weights);
     if (meta.count("config")) {
       sp.config = read_checkpoint_config(sp.weights);
+      std::string differ;
+      auto compare = [&](bool given, const char* flag, int named, const char* field, int has) {
+        if (given && named != has)
+          differ += str_cat(differ.empty() ? "" : ", ", flag, " gives ", field, "=", named,
+                            ", it has ", has);
+      };
       const GPTConfig& c = sp.config;
-      HH_CHECK(!flags_given ||
-                   (flags_config.n_layer == c.n_layer && flags_config.n_head == c.n_head &&
-                    flags_config.n_embd == c.n_embd && flags_config.max_seq_len == c.max_seq_len),
-               "the model flags give ", flags_config.describe(), " but ", sp.weights, " is ",
-               c.describe(), ": a checkpoint brings its own architecture (leave out --model, ",
-               "--layers, --heads, --width and --ctx with ", resume ? "--resume" : "--init", ")");
+      compare(flags_given.n_layer, "--layers", flags_config.n_layer, "n_layer", c.n_layer);
+      compare(flags_given.n_head, "--heads", flags_config.n_head, "n_head", c.n_head);
+      compare(flags_given.n_embd, "--width", flags_config.n_embd, "n_embd", c.n_embd);
+      compare(flags_given.max_seq_len, "--ctx", flags_config.max_seq_len, "max_seq_len",
+              c.max_seq_len);
+      HH_CHECK(differ.empty(), "the model flags contradict ", sp.weights, " (", differ,
+               "; --model names all four): a checkpoint brings its own architecture, so leave ",
+               "them out with ", resume ? "--resume" : "--init");
       auto tok = meta.find("tokenizer");
       HH_CHECK(tok == meta.end() || tok->second == std::to_string(data_fingerprint), sp.weights,
                " was trained with another tokenizer than the dataset ", data_path);

@@ -35,8 +35,12 @@ std::unique_ptr<Backend> backend_from_flags(const Flags& flags);
 // --model=tiny|small|gpt2-124m and --layers/--heads/--width/--ctx overrides.
 void add_model_flags(Flags& flags, const std::string& default_preset);
 GPTConfig model_config_from_flags(const Flags& flags, int vocab_size);
-// Whether the command line names an architecture (--model or a dimension override).
-bool model_flags_given(const Flags& flags);
+// The dimensions the command line names: each of --layers/--heads/--width/--ctx given, and
+// all four with --model (a preset names them all).
+struct ModelFlagsGiven {
+  bool n_layer = false, n_head = false, n_embd = false, max_seq_len = false;
+};
+ModelFlagsGiven model_flags_given(const Flags& flags);
 
 // --lr --min-lr-frac --warmup --weight-decay --grad-clip --beta1 --beta2
 void add_optimizer_flags(Flags& flags, double default_lr);
@@ -116,7 +120,8 @@ struct TrainLoopOptions {
   std::string
       init;         // hh checkpoint (a PM takes an LM's trunk) or HF GPT-2 safetensors; "" = random
   GPTConfig model;  // used for random / HF init (vocab taken from the data)
-  bool model_given = false;  // the command line named `model` (checked against a checkpoint)
+  ModelFlagsGiven model_given;  // what of `model` the command line named (checked against a
+                                // checkpoint, which brings its own architecture)
   int64_t steps = 100, batch = 8, micro_batch = 8, seq = 256;
   AdamWConfig adamw;
   float min_lr_frac = 0.1f;
@@ -188,10 +193,10 @@ struct StartingPoint {
   bool has_head = false;   // weights has a scalar head (a PM checkpoint)
 };
 // Checks that the starting checkpoint was made with the dataset's tokenizer (fingerprint,
-// vocabulary), that an architecture named on the command line (flags_given) is the
+// vocabulary), that the dimensions named on the command line (flags_given) are the
 // checkpoint's, and that `seq` fits the model's context; errors name the files.
 StartingPoint find_starting_point(const RunDir& run, bool resume, const std::string& init,
-                                  const GPTConfig& flags_config, bool flags_given,
+                                  const GPTConfig& flags_config, const ModelFlagsGiven& flags_given,
                                   uint64_t data_fingerprint, uint32_t data_vocab,
                                   const std::string& data_path, int64_t seq);
 // The model of a starting point: random init from `seed`, then its weights (the whole
