@@ -105,6 +105,21 @@ bool texts_of_line(std::string_view line, const std::string& where, const std::s
   return false;
 }
 
+// fn(line, where) for each line of `text` that is not blank; where = "<source>:<number>".
+template <typename Fn>
+void for_each_nonblank_line(std::string_view text, const std::string& source, Fn fn) {
+  size_t line_no = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t eol = text.find('\n', pos);
+    if (eol == std::string::npos) eol = text.size();
+    const std::string_view line = text.substr(pos, eol - pos);
+    pos = eol + 1;
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") != std::string_view::npos)
+      fn(line, str_cat(source, ":", line_no));
+  }
+}
+
 // Training texts from plain text files (one text each) and .jsonl(.gz) files.
 std::vector<std::string> read_training_texts(const std::vector<std::string>& paths,
                                              const std::string& field, SkipReport& report) {
@@ -115,16 +130,9 @@ std::vector<std::string> read_training_texts(const std::vector<std::string>& pat
       texts.push_back(std::move(data));
       continue;
     }
-    size_t line_no = 0;
-    for (size_t pos = 0; pos < data.size();) {
-      size_t eol = data.find('\n', pos);
-      if (eol == std::string::npos) eol = data.size();
-      std::string_view line(data.data() + pos, eol - pos);
-      pos = eol + 1;
-      ++line_no;
-      if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-      texts_of_line(line, str_cat(path, ":", line_no), field, texts, report);
-    }
+    for_each_nonblank_line(data, path, [&](std::string_view line, const std::string& where) {
+      texts_of_line(line, where, field, texts, report);
+    });
   }
   return texts;
 }
@@ -231,26 +239,18 @@ int cmd_encode(int argc, char** argv) {
     append_ids_json(out, ids);
   } else {
     const std::string field = flags.get_string("text-field");
-    size_t line_no = 0;
-    for (size_t pos = 0; pos < input.size();) {
-      size_t eol = input.find('\n', pos);
-      if (eol == std::string::npos) eol = input.size();
-      std::string_view line(input.data() + pos, eol - pos);
-      pos = eol + 1;
-      ++line_no;
-      if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-      std::string where = str_cat("stdin:", line_no);
+    for_each_nonblank_line(input, "stdin", [&](std::string_view line, const std::string& where) {
       Json row;
       try {
         row = Json::parse(line, where);
       } catch (const Error& e) {
         report.skip(where, e.what());
-        continue;
+        return;
       }
       const Json* text = row.is_object() ? row.find(field) : nullptr;
       if (!text || !text->is_string()) {
         report.skip(where, "no string field \"" + field + "\"");
-        continue;
+        return;
       }
       auto start = std::chrono::steady_clock::now();
       std::vector<int32_t> ids = tok.encode(text->as_string());
@@ -259,7 +259,7 @@ int cmd_encode(int argc, char** argv) {
       tokens += static_cast<int64_t>(ids.size());
       ++lines;
       append_ids_json(out, ids);
-    }
+    });
     report.summary();
   }
   write_stdout(out);
@@ -288,15 +288,7 @@ int cmd_decode(int argc, char** argv) {
   Tokenizer tok = Tokenizer::load(flags.get_string("tokenizer"));
   std::string input = read_stdin();
   std::string out;
-  size_t line_no = 0;
-  for (size_t pos = 0; pos < input.size();) {
-    size_t eol = input.find('\n', pos);
-    if (eol == std::string::npos) eol = input.size();
-    std::string_view line(input.data() + pos, eol - pos);
-    pos = eol + 1;
-    ++line_no;
-    if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-    std::string where = str_cat("stdin:", line_no);
+  for_each_nonblank_line(input, "stdin", [&](std::string_view line, const std::string& where) {
     Json row = Json::parse(line, where);
     HH_CHECK(row.is_array(), where, ": expected a JSON array of token ids");
     std::vector<int32_t> ids;
@@ -306,9 +298,7 @@ int cmd_decode(int argc, char** argv) {
                ": expected a JSON array of token ids (integers)");
       HH_CHECK(id.as_number() >= 0 && id.as_number() < tok.vocab_size(), where, ": id ",
                id.as_number(), " is outside the vocabulary");
-      int64_t v = id.as_int();
-      HH_CHECK(v >= 0 && v < tok.vocab_size(), where, ": id ", v, " is outside the vocabulary");
-      ids.push_back(static_cast<int32_t>(v));
+      ids.push_back(static_cast<int32_t>(id.as_int()));
     }
     std::string text = tok.decode(ids);
     if (flags.get_bool("jsonl")) {
@@ -318,7 +308,7 @@ int cmd_decode(int argc, char** argv) {
     } else {
       out += text;
     }
-  }
+  });
   write_stdout(out);
   return 0;
 }
