@@ -455,3 +455,19 @@ TEST(TrainPpo, EmptyPromptNamesTheFile) {
   hh::test::expect_error_with([&] { hh::train_ppo(*task.be, o); }, {path, "prompt 3 is empty"});
   EXPECT_FALSE(fs::exists(o.run_dir));
 }
+
+// Run options out of range are errors before anything is read or written (hh-ppo reads its
+// own; hh-sft and hh-pm check the same ones in loop_options_from_flags).
+TEST(TrainPpo, RunOptionsOutOfRangeAreErrors) {
+  Task task(8);
+  hh::PpoTrainOptions o = task.options("run");
+  o.keep_ckpts = 0;
+  hh::test::expect_error_with([&] { hh::train_ppo(*task.be, o); }, {"--keep-ckpts"});
+  o = task.options("run");
+  o.ckpt_every = -1;
+  hh::test::expect_error_with([&] { hh::train_ppo(*task.be, o); }, {"--ckpt-every"});
+  o = task.options("run");
+  o.sample_every = -2;
+  hh::test::expect_error_with([&] { hh::train_ppo(*task.be, o); }, {"--sample-every"});
+  EXPECT_FALSE(fs::exists(o.run_dir));
+}

@@ -373,6 +373,9 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
   HH_CHECK(o.gamma >= 0 && o.gamma <= 1 && o.lambda >= 0 && o.lambda <= 1,
            "--gamma and --lambda must be in [0, 1]");
   HH_CHECK(o.clip > 0 && o.value_clip > 0, "--clip and --value-clip must be > 0");
+  HH_CHECK(o.log_every >= 0 && o.sample_every >= 0 && o.ckpt_every >= 0,
+           "--log-every, --sample-every and --ckpt-every must be >= 0");
+  HH_CHECK(o.keep_ckpts >= 1, "--keep-ckpts must be >= 1");
   HH_CHECK(!o.policy_init.empty(), "--policy is required (an hh-sft checkpoint)");
   HH_CHECK(!o.pm_path.empty() || o.scorer, "--pm is required (an hh-pm checkpoint)");
   o.sampling.validate();
