@@ -231,6 +231,34 @@ TEST(TrainLm, ModelFlagsThatContradictTheCheckpointAreRefused) {
   EXPECT_EQ(hh::train_lm(*be, unnamed).steps_done, 1);
 }
 
+// A resumed run keeps its settings: flags that shape the result (lr, data, batch) may not
+// change, paths may be spelled differently, and how long it runs or logs may change.
+TEST(TrainLm, ResumeRefusesChangedSettings) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  std::string data = make_dataset(tmp.path(), 8, 11);
+  auto o = tiny_options(data, tmp.path() + "/run");
+  o.steps = 1;
+  o.ckpt_every = 1;
+  auto flags = [&](const std::string& train, double lr, int64_t steps) {
+    return hh::str_cat(R"({"lr":)", lr, R"(,"steps":)", steps, R"(,"train":")", train, R"("})");
+  };
+  o.config_json = flags(data, 1e-3, 1);
+  hh::train_lm(*be, o);
+  const auto before = hh::test::snapshot_files(o.run_dir);
+
+  auto resume = o;
+  resume.resume = true;
+  resume.steps = 2;
+  resume.config_json = flags(data, 5e-3, 2);
+  hh::test::expect_error_with([&] { hh::train_lm(*be, resume); },
+                              {"--resume", "--lr=0.005 (the run has 0.001)", "config.json"});
+  EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);
+  // The same file through another path, and more steps: fine.
+  resume.config_json = flags(tmp.path() + "/./" + fs::path(data).filename().string(), 1e-3, 2);
+  EXPECT_EQ(hh::train_lm(*be, resume).steps_done, 1);
+}
+
 // A save interrupted before `latest` leaves step directories that nothing names: a fresh run
 // must not overwrite them, and --resume (which only trusts `latest`) says how to go on.
 TEST(TrainLm, CheckpointsWithoutLatestAreNeverOverwritten) {

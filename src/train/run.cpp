@@ -272,12 +272,51 @@ std::vector<std::string> RunDir::checkpoint_dirs() const {
   return names;
 }
 
+namespace {
+
+// Flags a resumed run may change: how long it runs, what it logs and keeps, where it runs.
+// Everything else (data, model, optimizer, schedule, seed, sampling) is the run's own.
+bool may_change_on_resume(const std::string& flag) {
+  static const char* kFree[] = {
+      "steps",        "resume",       "run-dir",      "log-every",        "eval-every",
+      "ckpt-every",   "keep-ckpts",   "sample-every", "device",           "dist",
+      "dist-timeout", "nccl-id-file", "on-nan",       "check-sync-every", "micro-batch",
+      "eval-batches", "eval-pairs"};
+  return std::find(std::begin(kFree), std::end(kFree), flag) != std::end(kFree);
+}
+
+// Two flag values are the same: equal, or paths to the same file.
+bool same_flag_value(const Json& a, const Json& b) {
+  if (a.dump() == b.dump()) return true;
+  if (!a.is_string() || !b.is_string()) return false;
+  std::error_code ec;
+  return fs::equivalent(a.as_string(), b.as_string(), ec) && !ec;
+}
+
+}  // namespace
+
 void RunDir::write_config(const std::string& json) const {
   if (!writer_ || json.empty()) return;
   // A fresh run replaces what an earlier attempt without a checkpoint left; a resumed run
-  // keeps the flags it started with.
+  // keeps the flags it started with, and may not change those that shape its result (it
+  // would continue silently as another run while config.json describes the first).
   std::string p = file("config.json");
-  if (!resume_ || !file_exists(p)) write_file_atomic(p, json + "\n");
+  if (!resume_ || !file_exists(p)) {
+    write_file_atomic(p, json + "\n");
+    return;
+  }
+  const Json saved = Json::parse(read_file_text(p), p), now = Json::parse(json, "the flags");
+  if (!saved.is_object() || !now.is_object()) return;
+  std::string differ;
+  for (const auto& [flag, value] : now.as_object()) {
+    const Json* before = saved.find(flag);
+    if (may_change_on_resume(flag) || !before || same_flag_value(*before, value)) continue;
+    differ += str_cat(differ.empty() ? "" : ", ", "--", flag, "=", value.dump(), " (the run has ",
+                      before->dump(), ")");
+  }
+  HH_CHECK(differ.empty(), "--resume: ", path_, " was started with other settings: ", differ,
+           ". A resumed run continues with its own settings (", p,
+           "): pass the same values, or start a new --run-dir");
 }
 
 std::string RunDir::latest_checkpoint() const {
