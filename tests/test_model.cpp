@@ -361,6 +361,25 @@ TEST(GPTConfigTest, PresetsValidationAndJson) {
                {"ckpt.safetensors", "n_head"});
 }
 
+// A preference model has a scalar head and is not PPO's value model (same shape, stage
+// "ppo"): a value model passed as --pm would score with returns, not preferences.
+TEST(CheckpointRoles, PreferenceModelIsNotALanguageOrValueModel) {
+  auto be = make_cpu_backend();
+  GPT pm(*be, GPTConfig::preset("tiny", 100), true), lm(*be, GPTConfig::preset("tiny", 100), false);
+  check_preference_model(pm, {{"stage", "pm"}}, "pm.safetensors");
+  check_preference_model(pm, {}, "hf-or-test.safetensors");  // no stage: judged by the head
+  expect_error(
+      [&] {
+        check_preference_model(pm, {{"stage", "ppo"}}, "run/value.safetensors");
+      },
+      {"run/value.safetensors", "PPO value model"});
+  expect_error(
+      [&] {
+        check_preference_model(lm, {{"stage", "sft"}}, "sft.safetensors");
+      },
+      {"sft.safetensors", "no scalar head"});
+}
+
 TEST(GPTLayoutTest, DecayedTensorsAreContiguousAndFirst) {
   auto be = make_cpu_backend();
   GPT model(*be, GPTConfig::preset("tiny", 100), true);

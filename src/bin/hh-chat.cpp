@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -142,8 +143,8 @@ std::vector<int32_t> parse_ids(const std::string& s) {
     } catch (const std::exception&) {
       used = 0;
     }
-    HH_CHECK(used == item.size() && !item.empty(), "--dump-logits: '", item,
-             "' is not a token id (expected comma-separated integers)");
+    HH_CHECK(used == item.size() && !item.empty() && v >= 0 && v <= INT32_MAX, "--dump-logits: '",
+             item, "' is not a token id (expected comma-separated integers >= 0)");
     ids.push_back(static_cast<int32_t>(v));
   }
   HH_CHECK(!ids.empty(), "--dump-logits: no token ids given");
@@ -385,6 +386,10 @@ int main(int argc, char** argv) {
       loaded.model->init_random(static_cast<uint64_t>(f.get_int("seed")));
     }
     hh::GPT& model = *loaded.model;
+    // hh-chat samples from a language model; a PM's (or value model's) scalar head is not one,
+    // and GPT-2's LM-head layout (--export-hf) has no place for it.
+    HH_CHECK(!model.has_scalar_head(), "--model ", model_path,
+             " has a scalar head (a preference or value model): hh-chat needs a language model");
 
     if (!f.get_string("export-hf").empty()) {
       const std::string dir = f.get_string("export-hf");

@@ -63,9 +63,10 @@ hh::GPT load_checked(const std::string& path, hh::Backend& backend, const hh::To
   HH_CHECK(it == meta.end() || it->second == std::to_string(tok.fingerprint()), "--", what, " ",
            path, " was trained with another tokenizer than --tokenizer");
   hh::GPT model = hh::load_model(path, backend);
-  HH_CHECK(model.has_scalar_head() == want_scalar_head, "--", what, " ", path,
-           want_scalar_head ? " has no scalar head: not a preference model"
-                            : " has a scalar head: not a policy");
+  if (want_scalar_head)
+    hh::check_preference_model(model, meta, "--" + what + " " + path);
+  else
+    HH_CHECK(!model.has_scalar_head(), "--", what, " ", path, " has a scalar head: not a policy");
   HH_CHECK(model.config().vocab_size == tok.vocab_size(), "--", what, " ", path,
            " has a vocabulary of ", model.config().vocab_size, ", the tokenizer ",
            tok.vocab_size());

@@ -45,8 +45,7 @@ void check_tokenizer(const std::map<std::string, std::string>& meta, uint64_t fi
 hh::GPT load_pm(const std::string& path, hh::Backend& backend,
                 std::map<std::string, std::string>* meta) {
   hh::GPT model = hh::load_model(path, backend, meta);
-  HH_CHECK(model.has_scalar_head(), path,
-           " has no scalar head: it is a language model, not a preference model (hh-pm train)");
+  hh::check_preference_model(model, *meta, path);
   return model;
 }
 

@@ -108,6 +108,15 @@ void save_model(const std::string& path, const GPT& model,
   w.save(path);
 }
 
+void check_preference_model(const GPT& model, const std::map<std::string, std::string>& meta,
+                            const std::string& path) {
+  HH_CHECK(model.has_scalar_head(), path,
+           " has no scalar head: it is a language model, not a preference model (hh-pm train)");
+  auto stage = meta.find("stage");
+  HH_CHECK(stage == meta.end() || stage->second != "ppo", path,
+           " is a PPO value model (stage \"ppo\"), not a preference model (hh-pm train)");
+}
+
 GPT load_model(const std::string& path, Backend& backend,
                std::map<std::string, std::string>* metadata) {
   SafeTensorsFile file = SafeTensorsFile::load(path);

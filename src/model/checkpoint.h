@@ -31,6 +31,12 @@ GPT load_model(const std::string& path, Backend& backend,
 // Nothing is changed when it throws.
 void load_weights_into(GPT& model, const std::string& path, bool trunk_only = false);
 
+// Fails, naming `path`, unless the model is a preference model: a scalar head, and not PPO's
+// value model (the same shape, with metadata stage "ppo": it predicts returns, not which
+// response is preferred). `meta` is the file's metadata.
+void check_preference_model(const GPT& model, const std::map<std::string, std::string>& meta,
+                            const std::string& path);
+
 // The metadata / model config of a checkpoint without loading the weights into a model.
 std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path);
 GPTConfig read_checkpoint_config(const std::string& path);

@@ -409,7 +409,7 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
     auto pm_meta = read_checkpoint_metadata(o.pm_path);
     check_tokenizer(pm_meta, fp, o.pm_path, "the preference model");
     pm = std::make_unique<GPT>(load_model(o.pm_path, backend));
-    HH_CHECK(pm->has_scalar_head(), o.pm_path, " has no scalar head: not a preference model");
+    check_preference_model(*pm, pm_meta, o.pm_path);
     HH_CHECK(pm->config().vocab_size == cfg.vocab_size, "the preference model ", o.pm_path,
              " has a vocabulary of ", pm->config().vocab_size, ", the policy ", cfg.vocab_size);
     HH_CHECK(tok.has_special(kEndOfContext), "the tokenizer has no ", kEndOfContext,
