@@ -356,6 +356,14 @@ TEST(BestOfN, KlFormulaAndPicksTheBest) {
   ASSERT_EQ(four.best_scores.size(), 8u);
   EXPECT_GT(four.mean_best, four.mean_all);  // 8 prompts × 4 samples: some differ
   for (float b : four.best_scores) EXPECT_GE(b, 0.0f);
+  EXPECT_TRUE(four.has_kl);
+  EXPECT_NEAR(four.kl, hh::best_of_n_kl(4), 1e-12);
+  // Greedy samples are not the policy's: the closed-form KL does not apply (null in JSON).
+  s.temperature = 0;
+  hh::BestOfNResult greedy = hh::best_of_n(policy, task.tok, letter_fraction, prompts, 4, s, 4);
+  EXPECT_FALSE(greedy.has_kl);
+  EXPECT_TRUE(greedy.to_json().at("kl").is_null());
+  EXPECT_EQ(greedy.mean_best, greedy.mean_all);  // four identical samples per prompt
 }
 
 TEST(ComparePolicies, APolicyAgainstItselfTiesWithZeroKl) {
@@ -393,6 +401,10 @@ TEST(ComparePolicies, APolicyAgainstItselfTiesWithZeroKl) {
   EXPECT_EQ(table.find("[2] r_a"), std::string::npos) << table;
   hh::Json j = hh::Json::parse(r.to_json().dump());
   EXPECT_NEAR(j["win_rate_a"].as_number(), 0.5, 1e-12);
+  // top-k samples are not the policy's: no Monte Carlo KL.
+  hh::SamplingOptions top_k = s;
+  top_k.top_k = 3;
+  EXPECT_FALSE(hh::compare_policies(a, b, &ref, task.tok, scorer, prompts, top_k, 4).has_kl);
 
   // A policy that only ever emits 'z' (greedy on a bumped bias) beats one that never does.
   hh::GPT zed = hh::load_model(task.policy_path, *task.be);
@@ -469,5 +481,15 @@ TEST(TrainPpo, RunOptionsOutOfRangeAreErrors) {
   o = task.options("run");
   o.sample_every = -2;
   hh::test::expect_error_with([&] { hh::train_ppo(*task.be, o); }, {"--sample-every"});
+  EXPECT_FALSE(fs::exists(o.run_dir));
+}
+
+// PPO's ratio and KL are of the policy's own probabilities: other sampling is refused.
+TEST(TrainPpo, SamplingOtherThanThePolicyIsRefused) {
+  Task task(8);
+  hh::PpoTrainOptions o = task.options("run");
+  o.sampling.temperature = 0.7f;
+  hh::test::expect_error_with([&] { hh::train_ppo(*task.be, o); },
+                              {"samples from the policy itself", "--temperature 1"});
   EXPECT_FALSE(fs::exists(o.run_dir));
 }

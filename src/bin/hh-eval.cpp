@@ -23,6 +23,10 @@
 
 namespace {
 
+// Why a KL is not reported: the samples are not the policy's own (hh::SamplingOptions::
+// samples_the_model), so log N − (N−1)/N and the Monte Carlo estimate do not apply.
+constexpr const char* kNoKl = "sampling with temperature != 1, top-k or top-p is not the policy";
+
 const char* kUsage =
     "usage: hh-eval bon|compare [flags]   (hh-eval <subcommand> --help for its flags)\n"
     "  bon      best-of-N: N samples per prompt, the PM keeps the best; mean PM score of\n"
@@ -137,10 +141,12 @@ int run_bon(const std::vector<std::string>& args) {
   for (int i = 0; i < std::min<int>(f.get_int32("show"), static_cast<int>(r.best_texts.size()));
        ++i)
     std::printf("[%d] best score %+.3f: %s\n", i, r.best_scores[i], r.best_texts[i].c_str());
-  std::printf(
-      "best-of-%d over %lld prompts: mean PM score %.4f (best-of-1: %.4f), KL %.4f, sqrt(KL) "
-      "%.4f\n",
-      n, static_cast<long long>(r.prompts), r.mean_best, r.mean_all, r.kl, std::sqrt(r.kl));
+  std::printf("best-of-%d over %lld prompts: mean PM score %.4f (best-of-1: %.4f), ", n,
+              static_cast<long long>(r.prompts), r.mean_best, r.mean_all);
+  if (r.has_kl)
+    std::printf("KL %.4f, sqrt(KL) %.4f\n", r.kl, std::sqrt(r.kl));
+  else
+    std::printf("KL n/a (%s)\n", kNoKl);
   std::printf("%s\n", r.to_json().dump().c_str());
   return 0;
 }
@@ -174,6 +180,7 @@ int run_compare(const std::vector<std::string>& args) {
   std::printf("%lld prompts: reward A %.4f, B %.4f", static_cast<long long>(r.prompts), r.reward_a,
               r.reward_b);
   if (r.has_kl) std::printf(" | KL to reference A %.4f, B %.4f", r.kl_a, r.kl_b);
+  if (ref && !r.has_kl) std::printf(" | KL n/a (%s)", kNoKl);
   std::printf(" | win rate of A over B %.4f (hard %.4f)\n", r.win_rate, r.hard_win_rate);
   std::printf("%s\n", r.to_json().dump().c_str());
   return 0;

@@ -25,9 +25,6 @@ int main(int argc, char** argv) {
     f.add_string("tokenizer", "", "tokenizer file (hh-bpe)");
     f.add_string("prompts", "", "prompts dataset (hh-prepare prompts)");
     f.add_int("max-new-tokens", 48, "response tokens per rollout sample");
-    f.add_float("temperature", 1.0, "sampling temperature of the rollouts");
-    f.add_int("top-k", 0, "rollout top-k (0: all)");
-    f.add_float("top-p", 1.0, "rollout nucleus top-p (1: all)");
     f.add_bool("truncate-prompts", false,
                "cut prompts that leave no room for the response (keep the end) instead of failing");
     f.add_int("max-prompt-tokens", 0,
@@ -72,9 +69,6 @@ int main(int argc, char** argv) {
     o.epochs = f.get_int32("epochs");
     o.minibatch = f.get_int32("minibatch");
     o.sampling.max_new_tokens = f.get_int32("max-new-tokens");
-    o.sampling.temperature = static_cast<float>(f.get_float("temperature"));
-    o.sampling.top_k = f.get_int32("top-k");
-    o.sampling.top_p = static_cast<float>(f.get_float("top-p"));
     o.truncate_prompts = f.get_bool("truncate-prompts");
     o.max_prompt_tokens = f.get_int("max-prompt-tokens");
     HH_CHECK(o.max_prompt_tokens >= 0, "--max-prompt-tokens must be >= 0");

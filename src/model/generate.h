@@ -59,6 +59,9 @@ struct SamplingOptions {
   // Validates the ranges (temperature >= 0, top_k >= 0, 0 < top_p <= 1, ...), naming the
   // bad field.
   void validate() const;
+  // Samples come from the model's own distribution (temperature 1, no top-k, no top-p):
+  // what a KL of, or a PPO ratio against, that model's probabilities needs.
+  bool samples_the_model() const { return temperature == 1.0f && top_k == 0 && top_p >= 1.0f; }
 };
 
 struct GeneratedSample {

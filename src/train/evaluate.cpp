@@ -20,8 +20,8 @@ Json BestOfNResult::to_json() const {
   j["prompts"] = prompts;
   j["mean_best"] = mean_best;
   j["mean_all"] = mean_all;
-  j["kl"] = kl;
-  j["sqrt_kl"] = std::sqrt(kl);
+  j["kl"] = has_kl ? Json(kl) : Json();  // null: not a sample of the policy (see has_kl)
+  j["sqrt_kl"] = has_kl ? Json(std::sqrt(kl)) : Json();
   return j;
 }
 
@@ -33,7 +33,9 @@ BestOfNResult best_of_n(GPT& policy, const Tokenizer& tok, const Scorer& scorer,
   HH_CHECK(!prompts.empty(), "best-of-N: no prompts");
   BestOfNResult r;
   r.n = n;
-  r.kl = best_of_n_kl(n);
+  // log N − (N−1)/N is the KL from the policy only when the N samples are the policy's.
+  r.has_kl = sampling.samples_the_model();
+  r.kl = r.has_kl ? best_of_n_kl(n) : 0.0;
   r.prompts = static_cast<int64_t>(prompts.size());
   Generator gen(policy, tok);
   SamplingOptions so = sampling;
@@ -138,7 +140,8 @@ CompareResult compare_policies(GPT& a, GPT& b, GPT* reference, const Tokenizer& 
                  side == 0 ? "A" : "B");
       auto& dst = side == 0 ? r.scores_a : r.scores_b;
       dst.insert(dst.end(), scores.begin(), scores.end());
-      if (reference) {
+      // The Monte Carlo KL E_π[log π − log π_ref] needs samples of π itself.
+      if (reference && sampling.samples_the_model()) {
         auto lp = response_logprobs(policy, batch, actions, micro_batch);
         auto lr = response_logprobs(*reference, batch, actions, micro_batch);
         for (size_t k = 0; k < lp.size(); ++k)
@@ -158,7 +161,8 @@ CompareResult compare_policies(GPT& a, GPT& b, GPT* reference, const Tokenizer& 
     std::vector<int32_t> tail(p.end() - std::min<size_t>(p.size(), 48), p.end());
     r.prompt_tails.push_back(tok.decode(tail));
   }
-  if (reference) r.has_kl = true, r.kl_a = kl_a / n, r.kl_b = kl_b / n;
+  if (reference && sampling.samples_the_model())
+    r.has_kl = true, r.kl_a = kl_a / n, r.kl_b = kl_b / n;
   return r;
 }
 

@@ -34,7 +34,8 @@ struct BestOfNResult {
   int64_t prompts = 0;
   double mean_best = 0;                 // mean over prompts of the chosen sample's PM score
   double mean_all = 0;                  // mean over all samples (= best-of-1)
-  double kl = 0;                        // best_of_n_kl(n)
+  bool has_kl = false;                  // sampling from the policy itself (samples_the_model)
+  double kl = 0;                        // best_of_n_kl(n), when has_kl
   std::vector<std::string> best_texts;  // per prompt
   std::vector<float> best_scores;
   Json to_json() const;
@@ -48,7 +49,7 @@ BestOfNResult best_of_n(GPT& policy, const Tokenizer& tok, const Scorer& scorer,
 struct CompareResult {
   int64_t prompts = 0;
   double reward_a = 0, reward_b = 0;
-  bool has_kl = false;  // a reference was given
+  bool has_kl = false;  // a reference was given, and the sampling samples the policies
   double kl_a = 0, kl_b = 0;
   double win_rate = 0;       // mean sigmoid(r_a − r_b)
   double hard_win_rate = 0;  // fraction r_a > r_b (ties ½)

@@ -379,6 +379,9 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
   HH_CHECK(!o.policy_init.empty(), "--policy is required (an hh-sft checkpoint)");
   HH_CHECK(!o.pm_path.empty() || o.scorer, "--pm is required (an hh-pm checkpoint)");
   o.sampling.validate();
+  HH_CHECK(o.sampling.samples_the_model(), "PPO samples from the policy itself (its ratio and KL ",
+           "are of π's own probabilities): --temperature 1, --top-k 0, --top-p 1; got ",
+           o.sampling.temperature, ", ", o.sampling.top_k, ", ", o.sampling.top_p);
 
   Tokenizer tok = Tokenizer::load(o.tokenizer_path);
   const std::string fp = std::to_string(tok.fingerprint());
