@@ -134,6 +134,7 @@ int bench_train(const hh::Flags& f) {
   model.init_random(static_cast<uint64_t>(f.get_int("seed")));
   hh::AdamWConfig adamw;  // β 0.9/0.95, weight decay 0.1 on matrices, clipping at 1.0
   const float lr = static_cast<float>(f.get_float("lr"));
+  HH_CHECK(lr > 0, "--lr must be > 0");
   hh::AdamW optimizer(model, adamw);
   // --allreduce: each step also sums the gradients over the ranks, as the trainers do
   // (bucketed by layer and overlapped with the backward pass on NCCL).

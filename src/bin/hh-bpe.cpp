@@ -171,7 +171,7 @@ int cmd_train(int argc, char** argv) {
   for (const std::string& p : split_commas(flags.get_string("input"))) inputs.push_back(p);
   HH_CHECK(!inputs.empty(), "--input: no input files given");
   for (const std::string& in : inputs)
-    check_output_is_not_input("--out", flags.get_string("out"), {{"input", in}});
+    check_output_path("--out", flags.get_string("out"), {{"input", in}});
   HH_CHECK(flags.get_int("vocab-size") > 0 && flags.get_int("vocab-size") <= (1 << 24),
            "--vocab-size ", flags.get_int("vocab-size"), " is out of range");
 
@@ -324,7 +324,7 @@ int cmd_import_gpt2(int argc, char** argv) {
   flags.parse(argc, argv);
   HH_CHECK(!flags.get_string("encoder").empty(), "--encoder: no encoder.json given or found");
   HH_CHECK(!flags.get_string("vocab").empty(), "--vocab: no vocab.bpe given or found");
-  check_output_is_not_input(
+  check_output_path(
       "--out", flags.get_string("out"),
       {{"--encoder", flags.get_string("encoder")}, {"--vocab", flags.get_string("vocab")}});
   Tokenizer tok = Tokenizer::import_gpt2(flags.get_string("encoder"), flags.get_string("vocab"),

@@ -238,10 +238,12 @@ int run_batch(Generator& gen, const Tokenizer& tok, const SamplingOptions& opt,
   return 0;
 }
 
+constexpr const char* kChatCommands =
+    "/reset starts over, /help shows this, /quit or /exit (or EOF) ends.";
+
 int run_interactive(Generator& gen, const Tokenizer& tok, const SamplingOptions& opt) {
   const bool tty = isatty(0);
-  if (tty)
-    std::fprintf(stderr, "hh-chat: type a message; /reset starts over, /quit (or EOF) ends.\n");
+  if (tty) std::fprintf(stderr, "hh-chat: type a message; %s\n", kChatCommands);
   std::string history;
   std::string line;
   SamplingOptions turn_opt = opt;
@@ -250,10 +252,14 @@ int run_interactive(Generator& gen, const Tokenizer& tok, const SamplingOptions&
     if (tty) std::fprintf(stderr, "\nHuman: ");
     if (!std::getline(std::cin, line)) break;
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line == "/quit") break;
+    if (line == "/quit" || line == "/exit") break;
     if (line == "/reset") {
       history.clear();
       std::fprintf(stderr, "hh-chat: (history cleared)\n");
+      continue;
+    }
+    if (line == "/help") {
+      std::fprintf(stderr, "hh-chat: %s\n", kChatCommands);
       continue;
     }
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
@@ -430,14 +436,18 @@ int main(int argc, char** argv) {
     opt.stop_strings = {hh::unescape(f.get_string("stop"))};
     opt.validate();
 
-    if (f.get_bool("bench"))
+    HH_CHECK(f.get_string("out").empty() || !f.get_string("prompts-file").empty(),
+             "--out writes batch mode's responses: it needs --prompts-file (see --help)");
+    if (f.get_bool("bench")) {
+      HH_CHECK(f.get_int32("repeats") >= 1, "--repeats must be >= 1");
       return hh::run_bench(gen, model, opt, f.get_int32("batch-size"), f.get_int32("prompt-len"),
                            f.get_int32("repeats"));
+    }
     if (!f.get_string("prompts-file").empty()) {
-      hh::check_output_is_not_input("--out", f.get_string("out"),
-                                    {{"--prompts-file", f.get_string("prompts-file")},
-                                     {"--model", model_path},
-                                     {"--tokenizer", tok_path}});
+      hh::check_output_path("--out", f.get_string("out"),
+                            {{"--prompts-file", f.get_string("prompts-file")},
+                             {"--model", model_path},
+                             {"--tokenizer", tok_path}});
       return hh::run_batch(gen, *tok, opt, f.get_string("prompts-file"), f.get_string("out"),
                            f.get_int32("batch-size"));
     }

@@ -92,6 +92,8 @@ struct Judge {
 };
 std::unique_ptr<Judge> judge_from(const hh::Flags& f) {
   HH_CHECK(!f.get_string("tokenizer").empty(), "--tokenizer is required (see --help)");
+  HH_CHECK(f.get_int32("micro-batch") >= 1, "--micro-batch must be >= 1");
+  HH_CHECK(f.get_int32("show") >= 0, "--show must be >= 0");
   auto j = std::make_unique<Judge>(Judge{hh::Tokenizer::load(f.get_string("tokenizer")),
                                          hh::backend_from_flags(f), nullptr, sampling_from(f),
                                          f.get_int32("micro-batch"), nullptr});
@@ -165,6 +167,7 @@ int run_compare(const std::vector<std::string>& args) {
   f.add_int("width", 100, "characters per table cell");
   add_common_flags(f);
   f.parse(args);
+  HH_CHECK(f.get_int32("width") >= 8, "--width must be >= 8 (characters per table cell)");
   auto j = judge_from(f);
   hh::GPT a = j->load("a", f);
   hh::GPT b = j->load("b", f);

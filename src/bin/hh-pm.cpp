@@ -135,8 +135,8 @@ int run_eval(int argc, char** argv) {
   HH_CHECK(f.get_int("batch") > 0, "--batch must be > 0");
   HH_CHECK(f.get_int("max-pairs") >= 0, "--max-pairs must be >= 0");
   const std::string model_path = f.get_string("model"), data_path = f.get_string("data");
-  hh::check_output_is_not_input("--out", f.get_string("out"),
-                                {{"--model", model_path}, {"--data", data_path}});
+  hh::check_output_path("--out", f.get_string("out"),
+                        {{"--model", model_path}, {"--data", data_path}});
 
   auto backend = hh::backend_from_flags(f);
   std::map<std::string, std::string> meta;
@@ -193,10 +193,10 @@ int run_score(int argc, char** argv) {
   const int64_t batch = f.get_int("batch");
   HH_CHECK(batch > 0, "--batch must be > 0");
   const std::string model_path = f.get_string("model"), output = f.get_string("output");
-  hh::check_output_is_not_input("--output", output,
-                                {{"--input", f.get_string("input")},
-                                 {"--model", model_path},
-                                 {"--tokenizer", f.get_string("tokenizer")}});
+  hh::check_output_path("--output", output,
+                        {{"--input", f.get_string("input")},
+                         {"--model", model_path},
+                         {"--tokenizer", f.get_string("tokenizer")}});
 
   auto backend = hh::backend_from_flags(f);
   std::map<std::string, std::string> meta;

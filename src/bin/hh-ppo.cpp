@@ -84,6 +84,8 @@ int main(int argc, char** argv) {
     o.normalize_reward = f.get_bool("normalize-reward");
     o.policy_adamw = hh::adamw_config_from_flags(f);
     o.value_adamw = o.policy_adamw;
+    HH_CHECK(f.get_float("value-lr") >= 0, "--value-lr must be >= 0 (0: = --lr)");
+    HH_CHECK(o.kl.target >= 0, "--kl-target must be >= 0 (0: a fixed beta)");
     if (f.get_float("value-lr") > 0) o.value_adamw.lr = static_cast<float>(f.get_float("value-lr"));
     o.warmup = f.get_int("warmup");
     o.min_lr_frac = static_cast<float>(f.get_float("min-lr-frac"));

@@ -120,8 +120,7 @@ int main(int argc, char** argv) {
     const std::string out = flags.get_string("out");
     HH_CHECK(!tokenizer_path.empty(), "--tokenizer is required");
     HH_CHECK(!out.empty(), "--out is required");
-    hh::check_output_is_not_input("--out", out,
-                                  {{"--input", input}, {"--tokenizer", tokenizer_path}});
+    hh::check_output_path("--out", out, {{"--input", input}, {"--tokenizer", tokenizer_path}});
     hh::BuildOptions options;
     int64_t max_len = flags.get_int("max-len");
     int64_t max_prompt_len = flags.get_int("max-prompt-len");

@@ -112,10 +112,19 @@ bool file_exists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-void check_output_is_not_input(const std::string& out_flag, const std::string& out,
-                               const std::vector<std::pair<std::string, std::string>>& inputs) {
+void check_output_path(const std::string& out_flag, const std::string& out,
+                       const std::vector<std::pair<std::string, std::string>>& inputs) {
+  if (out.empty()) return;
+  const size_t slash = out.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : out.substr(0, slash);
+  struct stat d;
+  HH_CHECK(::stat(dir.c_str(), &d) == 0 && S_ISDIR(d.st_mode), out_flag, " ", out, ": the folder ",
+           dir, " does not exist");
   struct stat o;
-  if (out.empty() || ::stat(out.c_str(), &o) != 0) return;  // a new file is no input
+  if (::stat(out.c_str(), &o) != 0) return;  // a new file is no input
+  HH_CHECK(!S_ISDIR(o.st_mode), out_flag, " ", out, " is a folder, not a file");
   for (const auto& [flag, path] : inputs) {
     struct stat i;
     if (path.empty() || ::stat(path.c_str(), &i) != 0) continue;

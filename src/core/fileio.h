@@ -23,10 +23,12 @@ inline void write_file_atomic(const std::string& path, std::string_view s) {
 
 bool file_exists(const std::string& path);
 
-// Fails, naming both flags, when the output path `out` is one of the inputs (the same file,
-// through any path or link): writing it would destroy the input. Empty paths are skipped.
-void check_output_is_not_input(const std::string& out_flag, const std::string& out,
-                               const std::vector<std::pair<std::string, std::string>>& inputs);
+// Checked before any work, so that a long run does not end in an unwritable output: fails,
+// naming the flag, when `out` is a directory, when its directory does not exist, or when it
+// is one of the inputs (the same file through any path or link: writing it would destroy
+// the input). An empty `out` (not asked for) passes.
+void check_output_path(const std::string& out_flag, const std::string& out,
+                       const std::vector<std::pair<std::string, std::string>>& inputs = {});
 void make_dirs(const std::string& path);  // mkdir -p
 
 // Little-endian binary building/reading for hh's own file formats (tokenizer, datasets,
