@@ -4,30 +4,13 @@
     scripts/plot_metrics.py RUN_DIR/metrics.jsonl --keys loss,val_loss --out loss.png
 
 Each key is drawn against `step` (records without the key are skipped), so training
-and evaluation records can share one file. Needs matplotlib (Debian: python3-matplotlib).
+and evaluation records can share one file. Lines that are not JSON objects, and records
+whose value or step is not a finite number, are skipped with a warning (file:line).
+Needs matplotlib (Debian: python3-matplotlib).
 """
 import argparse
-import json
-import sys
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def read_metrics(path):
-    records = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                sys.exit(f"{path}:{lineno}: not JSON: {e}")
-    return records
+from plot_common import check_out, fail, number, pyplot, read_jsonl, savefig, warn
 
 
 def main():
@@ -35,25 +18,41 @@ def main():
     ap.add_argument("metrics", help="metrics.jsonl")
     ap.add_argument("--keys", required=True, help="comma-separated metric names")
     ap.add_argument("--x", default="step", help="x-axis key (default: step)")
-    ap.add_argument("--out", required=True, help="output PNG")
+    ap.add_argument("--out", required=True, help="output image (.png, .pdf, .svg, ...)")
     ap.add_argument("--title", default="")
     ap.add_argument("--logy", action="store_true")
     args = ap.parse_args()
+    keys = [k for k in args.keys.split(",") if k]
+    if not keys:
+        ap.error("--keys: no metric names")
+    check_out(args.out)
 
-    records = read_metrics(args.metrics)
+    records = read_jsonl(args.metrics)
+    curves = []
+    for key in keys:
+        pts = []
+        for n, r in records:
+            if key not in r:
+                continue
+            x, y = number(r.get(args.x)), number(r[key])
+            if y is None:
+                warn(f"{args.metrics}:{n}: '{key}' is not a finite number, skipped")
+            elif x is None:
+                warn(f"{args.metrics}:{n}: '{key}' without a finite '{args.x}', skipped")
+            else:
+                pts.append((x, y))
+        if pts:
+            curves.append((key, pts))
+        else:
+            warn(f"no '{key}' in {args.metrics}")
+    if not curves:
+        fail(f"{args.metrics}: none of {args.keys} found")
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = 0
-    for key in args.keys.split(","):
-        pts = [(r[args.x], r[key]) for r in records
-               if args.x in r and isinstance(r.get(key), (int, float))]
-        if not pts:
-            print(f"warning: no '{key}' in {args.metrics}", file=sys.stderr)
-            continue
+    for key, pts in curves:
         xs, ys = zip(*pts)
         ax.plot(xs, ys, label=key, marker="." if len(xs) < 60 else None)
-        drawn += 1
-    if drawn == 0:
-        sys.exit(f"{args.metrics}: none of {args.keys} found")
     ax.set_xlabel(args.x)
     if args.logy:
         ax.set_yscale("log")
@@ -61,7 +60,7 @@ def main():
     ax.legend()
     ax.set_title(args.title or args.metrics)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
+    savefig(fig, args.out, dpi=110)
     print(f"wrote {args.out}")
 
 

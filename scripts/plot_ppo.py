@@ -9,32 +9,29 @@ Prints the fit reward = a + b*sqrt(KL) and its R^2; the last line is one JSON ob
 --skip N drops the first N iterations from the fit (the first one has KL = 0 by
 construction).
 """
+import argparse
 import json
-import math
 import os
-import sys
 
-import matplotlib
+from plot_common import check_out, fail, json_safe, number, pyplot, read_jsonl, savefig, warn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+REQUIRED = ("step", "reward", "kl", "sqrt_kl")
 
 
 def read_metrics(path):
+    """The logged iterations (records with reward and sqrt_kl, not skipped) in step order;
+    records with a required field missing or not a finite number are skipped with a warning."""
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.jsonl")
     rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                sys.exit(f"plot_ppo.py: {path}:{n}: not JSON ({e})")
-            if "reward" in rec and "sqrt_kl" in rec and not rec.get("skipped", False):
-                rows.append(rec)
+    for n, rec in read_jsonl(path):
+        if "reward" not in rec or "sqrt_kl" not in rec or rec.get("skipped", False):
+            continue
+        bad = [k for k in REQUIRED if number(rec.get(k)) is None]
+        if bad:
+            warn(f"{path}:{n}: {', '.join(bad)} missing or not a finite number, skipped")
+            continue
+        rows.append(rec)
     # A resumed run appends: keep the last record of each step.
     by_step = {r["step"]: r for r in rows}
     return [by_step[s] for s in sorted(by_step)]
@@ -54,22 +51,32 @@ def line_fit(xs, ys):
     return a, b, r2
 
 
+def skip_count(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}")
+    return n
+
+
 def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--skip")]
-    skip = 0
-    for i, a in enumerate(sys.argv):
-        if a.startswith("--skip="):
-            skip = int(a.split("=", 1)[1])
-        elif a == "--skip" and i + 1 < len(sys.argv):
-            skip = int(sys.argv[i + 1])
-            args.remove(sys.argv[i + 1])
-    if not args:
-        sys.exit(__doc__)
-    run = args[0]
-    out = args[1] if len(args) > 1 else os.path.join(run if os.path.isdir(run) else ".", "ppo.png")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="hh-ppo run directory, or its metrics.jsonl")
+    ap.add_argument("out", nargs="?", help="output image (default: RUN/ppo.png, or ./ppo.png for a file)")
+    ap.add_argument("--skip", type=skip_count, default=0, metavar="N",
+                    help="drop the first N iterations (N >= 0) from the fit")
+    args = ap.parse_intermixed_args()
+    run, skip = args.run, args.skip
+    out = args.out or os.path.join(run if os.path.isdir(run) else ".", "ppo.png")
+    check_out(out)
     rows = read_metrics(run)
     if len(rows) < 3:
-        sys.exit(f"plot_ppo.py: {run}: need at least 3 logged iterations, found {len(rows)}")
+        fail(f"{run}: need at least 3 logged iterations, found {len(rows)}")
+    if len(rows) - skip < 2:
+        fail(f"--skip {skip} leaves {max(0, len(rows) - skip)} of {len(rows)} iterations for the fit, "
+             "which needs at least 2")
     steps = [r["step"] for r in rows]
     reward = [r["reward"] for r in rows]
     kl = [r["kl"] for r in rows]
@@ -77,6 +84,7 @@ def main():
     fit = rows[skip:]
     a, b, r2 = line_fit([r["sqrt_kl"] for r in fit], [r["reward"] for r in fit])
 
+    plt = pyplot()
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     sc = ax[0].scatter(sqrt_kl, reward, c=steps, cmap="viridis", s=18)
     xs = [min(sqrt_kl), max(sqrt_kl)]
@@ -94,16 +102,18 @@ def main():
     ax[2].set_xlabel("iteration")
     ax[2].set_ylabel("KL (nats per response)")
     ax[2].set_title("KL to π₀ and β")
-    if "beta" in rows[0]:
+    beta = [(r["step"], r["beta"]) for r in rows if number(r.get("beta")) is not None]
+    if beta:
         twin = ax[2].twinx()
-        twin.plot(steps, [r["beta"] for r in rows], "k--", label="β")
+        twin.plot(*zip(*beta), "k--", label="β")
         twin.set_ylabel("β")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    savefig(fig, out, dpi=110)
     print(f"{len(rows)} iterations ({len(fit)} in the fit): reward = {a:.4f} + {b:.4f}*sqrt(KL), "
           f"R^2 = {r2:.4f}; wrote {out}")
-    print(json.dumps({"iterations": len(rows), "fit_points": len(fit), "intercept": a, "slope": b,
-                      "r2": r2, "png": out}))
+    # The last line is JSON: an undefined value (r2 when the fitted rewards are all equal) is null.
+    print(json.dumps({"iterations": len(rows), "fit_points": len(fit), "intercept": json_safe(a),
+                      "slope": json_safe(b), "r2": json_safe(r2), "png": out}, allow_nan=False))
 
 
 if __name__ == "__main__":
