@@ -79,7 +79,13 @@ class CudaBackend : public Backend {
  public:
   explicit CudaBackend(int device_index) {
     int count = 0;
-    CUDA_CHECK(cudaGetDeviceCount(&count));
+    // No GPU (or no driver) is the user's situation, not a CUDA failure: say so plainly.
+    const cudaError_t found = cudaGetDeviceCount(&count);
+    if (found != cudaSuccess) cudaGetLastError();
+    HH_CHECK(found == cudaSuccess && count > 0,
+             "--device cuda: no usable CUDA GPU on this machine (",
+             found == cudaSuccess ? "none found" : cudaGetErrorString(found),
+             "); use --device cpu, or auto");
     HH_CHECK(device_index >= 0 && device_index < count, "cuda: device index ", device_index,
              " out of range: this machine has ", count, " CUDA device(s)");
     ctx_.device = device_index;
