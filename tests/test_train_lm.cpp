@@ -240,8 +240,10 @@ TEST(TrainLm, ResumeRefusesChangedSettings) {
   auto o = tiny_options(data, tmp.path() + "/run");
   o.steps = 1;
   o.ckpt_every = 1;
-  auto flags = [&](const std::string& train, double lr, int64_t steps) {
-    return hh::str_cat(R"({"lr":)", lr, R"(,"steps":)", steps, R"(,"train":")", train, R"("})");
+  auto flags = [&](const std::string& train, double lr, int64_t steps,
+                   const std::string& init = "start.safetensors") {
+    return hh::str_cat(R"({"init":")", init, R"(","lr":)", lr, R"(,"steps":)", steps,
+                       R"(,"train":")", train, R"("})");
   };
   o.config_json = flags(data, 1e-3, 1);
   hh::train_lm(*be, o);
@@ -254,8 +256,10 @@ TEST(TrainLm, ResumeRefusesChangedSettings) {
   hh::test::expect_error_with([&] { hh::train_lm(*be, resume); },
                               {"--resume", "--lr=0.005 (the run has 0.001)", "config.json"});
   EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);
-  // The same file through another path, and more steps: fine.
-  resume.config_json = flags(tmp.path() + "/./" + fs::path(data).filename().string(), 1e-3, 2);
+  resume.config_json = flags(data, 1e-3, 2, "other.safetensors");
+  hh::test::expect_error_with([&] { hh::train_lm(*be, resume); }, {"--init=\"other.safetensors\""});
+  // The same file through another path, more steps, and --init left out: fine.
+  resume.config_json = flags(tmp.path() + "/./" + fs::path(data).filename().string(), 1e-3, 2, "");
   EXPECT_EQ(hh::train_lm(*be, resume).steps_done, 1);
 }
 

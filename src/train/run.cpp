@@ -311,6 +311,8 @@ void RunDir::write_config(const std::string& json) const {
   for (const auto& [flag, value] : now.as_object()) {
     const Json* before = saved.find(flag);
     if (may_change_on_resume(flag) || !before || same_flag_value(*before, value)) continue;
+    // --init only starts a run: leaving it out on resume is fine (another one is not).
+    if (flag == "init" && value.is_string() && value.as_string().empty()) continue;
     differ += str_cat(differ.empty() ? "" : ", ", "--", flag, "=", value.dump(), " (the run has ",
                       before->dump(), ")");
   }
