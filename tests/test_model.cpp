@@ -378,6 +378,9 @@ TEST(CheckpointRoles, PreferenceModelIsNotALanguageOrValueModel) {
         check_preference_model(lm, {{"stage", "sft"}}, "sft.safetensors");
       },
       {"sft.safetensors", "no scalar head"});
+  check_language_model(lm, "sft.safetensors");
+  expect_error([&] { check_language_model(pm, "--model pm.safetensors"); },
+               {"--model pm.safetensors", "not a language model"});
 }
 
 TEST(GPTLayoutTest, DecayedTensorsAreContiguousAndFirst) {

@@ -170,8 +170,9 @@ int cmd_train(int argc, char** argv) {
   std::vector<std::string> inputs = flags.parse(argc, argv);
   for (const std::string& p : split_commas(flags.get_string("input"))) inputs.push_back(p);
   HH_CHECK(!inputs.empty(), "--input: no input files given");
-  for (const std::string& in : inputs)
-    check_output_path("--out", flags.get_string("out"), {{"input", in}});
+  std::vector<std::pair<std::string, std::string>> named_inputs;
+  for (const std::string& in : inputs) named_inputs.emplace_back("input", in);
+  check_output_path("--out", flags.get_string("out"), named_inputs);
   HH_CHECK(flags.get_int("vocab-size") > 0 && flags.get_int("vocab-size") <= (1 << 24),
            "--vocab-size ", flags.get_int("vocab-size"), " is out of range");
 

@@ -392,10 +392,8 @@ int main(int argc, char** argv) {
       loaded.model->init_random(static_cast<uint64_t>(f.get_int("seed")));
     }
     hh::GPT& model = *loaded.model;
-    // hh-chat samples from a language model; a PM's (or value model's) scalar head is not one,
-    // and GPT-2's LM-head layout (--export-hf) has no place for it.
-    HH_CHECK(!model.has_scalar_head(), "--model ", model_path,
-             " has a scalar head (a preference or value model): hh-chat needs a language model");
+    // hh-chat samples text, and GPT-2's LM-head layout (--export-hf) has no scalar head.
+    hh::check_language_model(model, "--model " + model_path);
 
     if (!f.get_string("export-hf").empty()) {
       const std::string dir = f.get_string("export-hf");

@@ -70,7 +70,7 @@ hh::GPT load_checked(const std::string& path, hh::Backend& backend, const hh::To
   if (want_scalar_head)
     hh::check_preference_model(model, meta, "--" + what + " " + path);
   else
-    HH_CHECK(!model.has_scalar_head(), "--", what, " ", path, " has a scalar head: not a policy");
+    hh::check_language_model(model, "--" + what + " " + path);
   HH_CHECK(model.config().vocab_size == tok.vocab_size(), "--", what, " ", path,
            " has a vocabulary of ", model.config().vocab_size, ", the tokenizer ",
            tok.vocab_size());

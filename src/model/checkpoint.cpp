@@ -117,6 +117,11 @@ void check_preference_model(const GPT& model, const std::map<std::string, std::s
            " is a PPO value model (stage \"ppo\"), not a preference model (hh-pm train)");
 }
 
+void check_language_model(const GPT& model, const std::string& path) {
+  HH_CHECK(!model.has_scalar_head(), path,
+           " has a scalar head: it is a preference or value model, not a language model");
+}
+
 GPT load_model(const std::string& path, Backend& backend,
                std::map<std::string, std::string>* metadata) {
   SafeTensorsFile file = SafeTensorsFile::load(path);

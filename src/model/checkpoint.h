@@ -37,6 +37,10 @@ void load_weights_into(GPT& model, const std::string& path, bool trunk_only = fa
 void check_preference_model(const GPT& model, const std::map<std::string, std::string>& meta,
                             const std::string& path);
 
+// Fails, naming `path`, unless the model is a language model (no scalar head): what samples
+// text (a policy, hh-chat's model).
+void check_language_model(const GPT& model, const std::string& path);
+
 // The metadata / model config of a checkpoint without loading the weights into a model.
 std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path);
 GPTConfig read_checkpoint_config(const std::string& path);

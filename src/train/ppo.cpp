@@ -397,8 +397,7 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
   auto policy_meta = read_checkpoint_metadata(o.policy_init);
   check_tokenizer(policy_meta, fp, o.policy_init, "the policy");
   GPT reference = load_model(o.policy_init, backend);
-  HH_CHECK(!reference.has_scalar_head(), "the policy ", o.policy_init,
-           " has a scalar head: it is a preference model, not a language model");
+  check_language_model(reference, "the policy " + o.policy_init);
   HH_CHECK(reference.config().vocab_size == tok.vocab_size(), "the policy ", o.policy_init,
            " has a vocabulary of ", reference.config().vocab_size, ", the tokenizer ",
            tok.vocab_size());
