@@ -14,6 +14,8 @@
 #include "ops/ops.h"
 #include "test_util.h"
 #include "train/lm.h"
+#include "train/optimizer.h"
+#include "train/run.h"
 
 namespace fs = std::filesystem;
 
@@ -367,4 +369,21 @@ TEST(TrainLm, EmptySequenceErrorsNameTheDataset) {
   o.train_path = bad;
   o.dev_path = data;
   hh::test::expect_error_with([&] { hh::train_lm(*be, o); }, {bad, "sequence 1 is empty"});
+}
+
+// A warmup longer than the run is allowed (a short trial of a long configuration) but said;
+// one exactly as long reaches --lr at the last step, so it is not.
+TEST(TrainFlags, WarmupLongerThanTheRunIsAWarning) {
+  testing::internal::CaptureStderr();
+  hh::warn_if_warmup_outlasts_the_run(100, 10);
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("--warmup 100 > --steps 10"), std::string::npos) << said;
+  EXPECT_NE(said.find("peaks at 0.1 of it"), std::string::npos) << said;
+  EXPECT_FLOAT_EQ(hh::lr_at(9, 1.0f, 100, 10, 0.1f), 0.1f);
+
+  testing::internal::CaptureStderr();
+  hh::warn_if_warmup_outlasts_the_run(10, 10);
+  hh::warn_if_warmup_outlasts_the_run(0, 10);
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+  EXPECT_FLOAT_EQ(hh::lr_at(9, 1.0f, 10, 10, 0.1f), 1.0f);
 }

@@ -88,6 +88,7 @@ int main(int argc, char** argv) {
     HH_CHECK(o.kl.target >= 0, "--kl-target must be >= 0 (0: a fixed beta)");
     if (f.get_float("value-lr") > 0) o.value_adamw.lr = static_cast<float>(f.get_float("value-lr"));
     o.warmup = f.get_int("warmup");
+    hh::warn_if_warmup_outlasts_the_run(o.warmup, o.iterations);
     o.min_lr_frac = static_cast<float>(f.get_float("min-lr-frac"));
     o.log_every = f.get_int("log-every");
     o.sample_every = f.get_int("sample-every");

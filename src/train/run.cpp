@@ -172,6 +172,15 @@ AdamWConfig adamw_config_from_flags(const Flags& flags) {
   return c;
 }
 
+void warn_if_warmup_outlasts_the_run(int64_t warmup, int64_t steps) {
+  if (warmup > steps)
+    std::fprintf(stderr,
+                 "hh: warning: --warmup %lld > --steps %lld: the learning rate never reaches "
+                 "--lr (it peaks at %.3g of it)\n",
+                 static_cast<long long>(warmup), static_cast<long long>(steps),
+                 static_cast<double>(steps) / static_cast<double>(warmup));
+}
+
 void add_run_flags(Flags& flags, const std::string& default_run_dir, int64_t default_steps,
                    int64_t default_batch, const RunFlagText& text) {
   flags.add_string("run-dir", default_run_dir, "run directory: checkpoints, metrics, final model");
@@ -210,6 +219,7 @@ void loop_options_from_flags(const Flags& f, TrainLoopOptions* o) {
   o->adamw = adamw_config_from_flags(f);
   o->min_lr_frac = static_cast<float>(f.get_float("min-lr-frac"));
   o->warmup = f.get_int("warmup");
+  warn_if_warmup_outlasts_the_run(o->warmup, o->steps);
   o->log_every = f.get_int("log-every");
   o->eval_every = f.get_int("eval-every");
   o->ckpt_every = f.get_int("ckpt-every");

@@ -45,6 +45,9 @@ ModelFlagsGiven model_flags_given(const Flags& flags);
 // --lr --min-lr-frac --warmup --weight-decay --grad-clip --beta1 --beta2
 void add_optimizer_flags(Flags& flags, double default_lr);
 AdamWConfig adamw_config_from_flags(const Flags& flags);
+// A warmup longer than the run never reaches --lr: say so on stderr (a warning, not an
+// error: a short trial run of a long configuration is a fair thing to ask for).
+void warn_if_warmup_outlasts_the_run(int64_t warmup, int64_t steps);
 
 // What a stage's --steps and --batch count (their --help text), and whether it evaluates on
 // a dev set (--eval-every).
