@@ -486,7 +486,8 @@ TEST_F(GenerateTest, DecodeRejectsBadInput) {
 // Logprobs are log softmax of the unmodified logits at the sampled token.
 class LogprobsTest : public GenerateTest, public ::testing::WithParamInterface<int> {};
 
-// top_k 20 samples on the host, top_k 0 (temperature only) on the backend.
+// top_k 20 samples on the host, top_k 0 (temperature only) on the backend; with top_k the
+// samples are among the k largest logits.
 TEST_P(LogprobsTest, LogprobsMatchTheFullForward) {
   Generator gen(model_, tok_);
   SamplingOptions opt;
@@ -506,6 +507,13 @@ TEST_P(LogprobsTest, LogprobsMatchTheFullForward) {
       std::vector<float> logits = full_logits(model_, {seq});
       const float want = token_logprob(logits.data(), tok_.vocab_size(), out[b].generated_ids[i]);
       EXPECT_NEAR(out[b].generated_logprobs[i], want, 1e-4) << "b=" << b << " i=" << i;
+      if (opt.top_k > 0) {  // the sample is one of the k largest logits
+        const float chosen = logits[out[b].generated_ids[i]];
+        const int above =
+            static_cast<int>(std::count_if(logits.begin(), logits.begin() + tok_.vocab_size(),
+                                           [&](float z) { return z > chosen; }));
+        EXPECT_LT(above, opt.top_k) << "b=" << b << " i=" << i;
+      }
       seq.push_back(out[b].generated_ids[i]);
     }
     EXPECT_EQ(out[b].finish_reason, "length");

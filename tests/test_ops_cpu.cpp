@@ -153,7 +153,7 @@ TEST_F(OpsCpu, EmbeddingMatchesPyTorch) {
                hh::Error);
 }
 
-TEST_F(OpsCpu, EmbeddingBackwardIsDeterministicAcrossThreadCounts) {
+TEST_F(OpsCpu, EmbeddingBackwardMatchesFloat64SumsAtAnyThreadCount) {
   const int B = 3, T = 33, C = 200, V = 5;  // few tokens: many repeats
   std::mt19937 rng(2);
   Ints tokens(B * T);
@@ -168,6 +168,18 @@ TEST_F(OpsCpu, EmbeddingBackwardIsDeterministicAcrossThreadCounts) {
   omp_set_num_threads(threads);
   EXPECT_EQ(0, std::memcmp(dwte1.data(), dwte2.data(), dwte1.size() * sizeof(float)));
   EXPECT_EQ(0, std::memcmp(dwpe1.data(), dwpe2.data(), dwpe1.size() * sizeof(float)));
+  // And both equal the sums in float64: at C = 200 the op's 64-channel slices end short
+  // (64, 64, 64, 8), which the PyTorch fixture's C = 12 never reaches.
+  std::vector<double> dwte_ref(V * C, 0.0), dwpe_ref(T * C, 0.0);
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++)
+      for (int c = 0; c < C; c++) {
+        const double g = dout[(b * T + t) * C + c];
+        dwte_ref[tokens[b * T + t] * C + c] += g;
+        dwpe_ref[t * C + c] += g;
+      }
+  expect_close(dwte1, Floats(dwte_ref.begin(), dwte_ref.end()), "dwte at C = 200");
+  expect_close(dwpe1, Floats(dwpe_ref.begin(), dwpe_ref.end()), "dwpe at C = 200");
 }
 
 // ---------------------------------------------------------------- layernorm
@@ -499,43 +511,59 @@ TEST_F(OpsCpu, CrossEntropyMatchesPyTorch) {
                hh::Error);
 }
 
-// Float64 log-softmax at a vocabulary above the vector width, with huge logits (1e4):
-// the max-subtraction must keep everything finite.
+// Float64 log-softmax at vocabularies above the vector width and above the op's 2048-column
+// block (GPT-2's 50257 spans 25), with huge logits (1e4): the max-subtraction must keep
+// everything finite, and a row whose maximum lies in a later block must rescale the sum
+// gathered over the earlier ones.
 TEST_F(OpsCpu, CrossEntropyLargeLogitsAndLargeVocabulary) {
-  const int N = 5, V = 1001, Vp = 1024;
+  struct Vocab {
+    int V, Vp;
+  };
+  const int N = 5;
   std::mt19937 rng(10);
-  for (float logit_scale : {1.0f, 1e4f}) {
-    Floats logits = random_floats(N * Vp, rng, logit_scale);
-    for (int i = 0; i < N; i++) {
-      for (int j = V; j < Vp; j++) logits[i * Vp + j] = 3e4f;  // padding must never win
-    }
-    // Make the logits close to each other in one row so that several columns share mass.
-    for (int j = 0; j < V; j++) logits[2 * Vp + j] = logit_scale + (j % 7) * 0.5f;
-    const Ints targets = {3, 1000, 0, -1, 500};
-    const Floats dlosses = {0.5f, 1.0f, -2.0f, 3.0f, 0.25f};
-    Floats losses(N), dlogits(N * Vp);
-    be->crossentropy_forward(losses.data(), logits.data(), targets.data(), N, V, Vp);
-    be->crossentropy_backward(dlogits.data(), logits.data(), targets.data(), dlosses.data(), N, V,
-                              Vp);
-    Floats losses_ref(N, 0.0f), dlogits_ref(N * Vp, 0.0f);
-    for (int i = 0; i < N; i++) {
-      if (targets[i] < 0) continue;
-      const float* x = &logits[i * Vp];
-      double mx = -1e300, sum = 0;
-      for (int j = 0; j < V; j++) mx = std::max(mx, double(x[j]));
-      for (int j = 0; j < V; j++) sum += std::exp(x[j] - mx);
-      losses_ref[i] = static_cast<float>(std::log(sum) + mx - x[targets[i]]);
-      for (int j = 0; j < V; j++) {
-        dlogits_ref[i * Vp + j] =
-            static_cast<float>(dlosses[i] * (std::exp(x[j] - mx) / sum - (j == targets[i])));
+  for (const Vocab vocab : {Vocab{1001, 1024}, Vocab{5000, 5056}}) {
+    const int V = vocab.V, Vp = vocab.Vp;
+    for (float logit_scale : {1.0f, 1e4f}) {
+      const std::string what =
+          "V " + std::to_string(V) + ", logit scale " + std::to_string(logit_scale);
+      Floats logits = random_floats(N * Vp, rng, logit_scale);
+      for (int i = 0; i < N; i++) {
+        for (int j = V; j < Vp; j++) logits[i * Vp + j] = 3e4f;  // padding must never win
       }
+      // Row 2: logits close to each other, so that several columns share mass; row 4: a
+      // ramp, so that its maximum is in the last column (the last block).
+      for (int j = 0; j < V; j++) logits[2 * Vp + j] = logit_scale + (j % 7) * 0.5f;
+      for (int j = 0; j < V; j++) logits[4 * Vp + j] = 8.0f * j / V;
+      const Ints targets = {3, V - 1, 0, -1, V / 2};
+      const Floats dlosses = {0.5f, 1.0f, -2.0f, 3.0f, 0.25f};
+      Floats losses(N), dlogits(N * Vp), entropy(N);
+      be->crossentropy_forward(losses.data(), logits.data(), targets.data(), N, V, Vp);
+      be->crossentropy_backward(dlogits.data(), logits.data(), targets.data(), dlosses.data(), N, V,
+                                Vp);
+      be->softmax_entropy(entropy.data(), logits.data(), targets.data(), N, V, Vp);
+      Floats losses_ref(N, 0.0f), dlogits_ref(N * Vp, 0.0f), entropy_ref(N, 0.0f);
+      for (int i = 0; i < N; i++) {
+        if (targets[i] < 0) continue;
+        const float* x = &logits[i * Vp];
+        double mx = -1e300, sum = 0, plogp = 0;
+        for (int j = 0; j < V; j++) mx = std::max(mx, double(x[j]));
+        for (int j = 0; j < V; j++) sum += std::exp(x[j] - mx);
+        losses_ref[i] = static_cast<float>(std::log(sum) + mx - x[targets[i]]);
+        for (int j = 0; j < V; j++) {
+          const double p = std::exp(x[j] - mx) / sum;
+          dlogits_ref[i * Vp + j] = static_cast<float>(dlosses[i] * (p - (j == targets[i])));
+          if (p > 0) plogp += p * std::log(p);
+        }
+        entropy_ref[i] = static_cast<float>(-plogp);
+      }
+      for (float v : losses) ASSERT_TRUE(std::isfinite(v));
+      for (float v : dlogits) ASSERT_TRUE(std::isfinite(v));
+      // Losses up to ~1e4·6 here: the float32 inputs are exact, the loss is x_max - x_y +
+      // log Σ, so 1e-5 relative still holds.
+      expect_close(losses, losses_ref, "losses at " + what);
+      expect_close(dlogits, dlogits_ref, "dlogits at " + what);
+      expect_close(entropy, entropy_ref, "entropy at " + what, 1e-4);
     }
-    for (float v : losses) ASSERT_TRUE(std::isfinite(v));
-    for (float v : dlogits) ASSERT_TRUE(std::isfinite(v));
-    // Losses up to ~1e4·6 here: the float32 inputs are exact, the loss is x_max - x_y + log Σ,
-    // so 1e-5 relative still holds.
-    expect_close(losses, losses_ref, "losses at logit scale " + std::to_string(logit_scale));
-    expect_close(dlogits, dlogits_ref, "dlogits at logit scale " + std::to_string(logit_scale));
   }
 }
 

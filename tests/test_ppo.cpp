@@ -113,6 +113,82 @@ TEST(PpoLosses, RatioOneGivesMinusMeanAdvantage) {
   EXPECT_THROW(hh::ppo_policy_loss(logp, {1}, adv, mask, 0.2f), hh::Error);
 }
 
+// Step 3 of an iteration (rewards with the KL penalty, GAE, returns, whitening) against
+// PyTorch, on sequences of different lengths, one of them empty; γ ≠ 1 and γ ≠ λ.
+TEST(PpoAdvantages, RolloutAdvantagesMatchPyTorch) {
+  hh::SafeTensorsFile f = hh::SafeTensorsFile::load(fixture("ppo_advantages.safetensors"));
+  const std::vector<float> lengths = f.read_f32("lengths"), bgl = f.read_f32("beta_gamma_lambda");
+  const std::vector<float> logp = f.read_f32("logp"), logp_ref = f.read_f32("logp_ref"),
+                           values = f.read_f32("values");
+  std::vector<std::vector<float>> lp, lr, v;
+  size_t start = 0;
+  for (float len : lengths) {
+    const auto a = static_cast<std::ptrdiff_t>(start), b = a + static_cast<std::ptrdiff_t>(len);
+    lp.emplace_back(logp.begin() + a, logp.begin() + b);
+    lr.emplace_back(logp_ref.begin() + a, logp_ref.begin() + b);
+    v.emplace_back(values.begin() + a, values.begin() + b);
+    start += static_cast<size_t>(len);
+  }
+  ASSERT_EQ(start, logp.size());
+  const hh::RolloutAdvantages ra =
+      hh::rollout_advantages(lp, lr, v, f.read_f32("scores"), bgl[0], bgl[1], bgl[2]);
+  std::vector<float> adv, ret;
+  for (size_t i = 0; i < lp.size(); ++i) {
+    ASSERT_EQ(ra.advantages[i].size(), lp[i].size()) << i;
+    adv.insert(adv.end(), ra.advantages[i].begin(), ra.advantages[i].end());
+    ret.insert(ret.end(), ra.returns[i].begin(), ra.returns[i].end());
+  }
+  const std::vector<float> want_adv = f.read_f32("advantages"), want_ret = f.read_f32("returns"),
+                           want_kl = f.read_f32("kl");
+  ASSERT_EQ(adv.size(), want_adv.size());
+  for (size_t k = 0; k < adv.size(); ++k) {
+    EXPECT_NEAR(adv[k], want_adv[k], 1e-5) << k;
+    EXPECT_NEAR(ret[k], want_ret[k], 1e-5) << k;
+  }
+  ASSERT_EQ(ra.kl.size(), want_kl.size());
+  for (size_t i = 0; i < want_kl.size(); ++i) EXPECT_NEAR(ra.kl[i], want_kl[i], 1e-5) << i;
+  EXPECT_EQ(ra.tokens, static_cast<double>(logp.size()));
+  EXPECT_NEAR(ra.explained_variance, f.read_f32("explained_variance")[0], 1e-5);
+
+  // No actions at all: nothing to whiten, and no error.
+  const std::vector<std::vector<float>> none(2);
+  const hh::RolloutAdvantages empty =
+      hh::rollout_advantages(none, none, none, {1.0f, 2.0f}, 0.1, 1.0f, 0.95f);
+  EXPECT_EQ(empty.tokens, 0.0);
+  EXPECT_EQ(empty.kl, std::vector<double>(2, 0.0));
+}
+
+// pm_scorer reads the PM's score where hh-pm trains it: at the <|endofcontext|> token after
+// prompt + response, left-truncated to the context − 1 tokens, each dialogue scoring as it
+// would alone (right padding and the batch's other rows change nothing).
+TEST(PmScorer, ScoresEachDialogueAtItsEndOfContextToken) {
+  auto be = hh::make_cpu_backend();
+  hh::GPTConfig cfg = hh::test::tiny_lm_config();
+  cfg.max_seq_len = 16;
+  hh::GPT pm(*be, cfg, /*scalar_head=*/true);
+  pm.init_random(3);
+  const int32_t eoc = 39;
+  const std::vector<std::vector<int32_t>> prompts = {
+      {1, 2, 3}, {4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}, {7}};
+  const std::vector<std::vector<int32_t>> responses = {
+      {20, 21}, {22, 23, 24, 25, 26, 27, 28}, {}};  // the second: 18 tokens, 3 cut
+  const std::vector<float> scores = hh::pm_scorer(pm, eoc, 2)(prompts, responses);
+  ASSERT_EQ(scores.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::vector<int32_t> seq = prompts[i];
+    seq.insert(seq.end(), responses[i].begin(), responses[i].end());
+    if (seq.size() > 15) seq.erase(seq.begin(), seq.end() - 15);
+    seq.push_back(eoc);
+    hh::Batch alone;
+    alone.B = 1;
+    alone.T = static_cast<int>(seq.size());
+    alone.tokens = seq;
+    alone.lengths = {alone.T};
+    EXPECT_NEAR(scores[i], pm.forward_scores(alone, {alone.T - 1})[0], 1e-5) << i;
+  }
+  EXPECT_NE(scores[0], scores[2]);
+}
+
 // ---------------------------------------------------------------------------------------
 // GAE, whitening, KL controller, reward statistics
 
@@ -416,6 +492,19 @@ TEST(ComparePolicies, APolicyAgainstItselfTiesWithZeroKl) {
       hh::compare_policies(zed, b, &ref, task.tok, letter_fraction, prompts, s, 4);
   EXPECT_GE(r2.reward_a, r2.reward_b);
   EXPECT_GT(r2.kl_a, 0.0);
+  // The win rates from the scores: mean sigmoid(r_a − r_b), and the fraction r_a > r_b
+  // (ties ½); 'z' wins.
+  ASSERT_EQ(r2.scores_a.size(), prompts.size());
+  double win = 0, hard = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const double d = static_cast<double>(r2.scores_a[i]) - r2.scores_b[i];
+    win += 1.0 / (1.0 + std::exp(-d)) / prompts.size();
+    hard += (d > 0 ? 1.0 : d == 0 ? 0.5 : 0.0) / prompts.size();
+  }
+  EXPECT_NEAR(r2.win_rate, win, 1e-9);
+  EXPECT_NEAR(r2.hard_win_rate, hard, 1e-12);
+  EXPECT_GT(r2.win_rate, 0.5);
+  EXPECT_GT(r2.hard_win_rate, 0.5);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -62,6 +62,57 @@ void whiten(std::vector<float>* x, const std::vector<float>& mask, Communicator&
     (*x)[i] = mask[i] != 0 ? static_cast<float>(((*x)[i] - mean) * rstd) : 0.0f;
 }
 
+RolloutAdvantages rollout_advantages(const std::vector<std::vector<float>>& logp,
+                                     const std::vector<std::vector<float>>& logp_ref,
+                                     const std::vector<std::vector<float>>& values,
+                                     const std::vector<float>& final_rewards, double beta,
+                                     float gamma, float lambda, Communicator& comm) {
+  const size_t N = final_rewards.size();
+  HH_CHECK(logp.size() == N && logp_ref.size() == N && values.size() == N,
+           "rollout_advantages: ", N, " rewards but ", logp.size(), " / ", logp_ref.size(), " / ",
+           values.size(), " sequences of log-probabilities / reference / values");
+  RolloutAdvantages ra;
+  ra.advantages.resize(N);
+  ra.returns.resize(N);
+  ra.kl.assign(N, 0.0);
+  std::vector<float> all_adv;
+  double ret_sum = 0, ret_sq = 0, res_sum = 0, res_sq = 0;
+  for (size_t i = 0; i < N; ++i) {
+    const size_t L = logp[i].size();
+    HH_CHECK(logp_ref[i].size() == L, "rollout_advantages: sequence ", i, " has ", L,
+             " log-probabilities but ", logp_ref[i].size(), " reference ones");
+    std::vector<float> rewards(L);
+    for (size_t t = 0; t < L; ++t) {
+      const double log_ratio = logp[i][t] - logp_ref[i][t];
+      ra.kl[i] += log_ratio;
+      rewards[t] = static_cast<float>(-beta * log_ratio);
+    }
+    if (L > 0) rewards[L - 1] += final_rewards[i];
+    ra.advantages[i] = gae_advantages(rewards, values[i], gamma, lambda, &ra.returns[i]);
+    all_adv.insert(all_adv.end(), ra.advantages[i].begin(), ra.advantages[i].end());
+    for (size_t t = 0; t < L; ++t) {
+      const double r = ra.returns[i][t], e = r - values[i][t];
+      ret_sum += r, ret_sq += r * r, res_sum += e, res_sq += e * e;
+    }
+  }
+  std::vector<double> sums = {static_cast<double>(all_adv.size()), ret_sum, ret_sq, res_sum,
+                              res_sq};
+  all_sum(comm, &sums);
+  const double nt = ra.tokens = sums[0];
+  if (nt > 1) {
+    const double var_ret = sums[2] / nt - (sums[1] / nt) * (sums[1] / nt);
+    const double var_res = sums[4] / nt - (sums[3] / nt) * (sums[3] / nt);
+    ra.explained_variance = var_ret > 0 ? 1.0 - var_res / var_ret : 0.0;
+  }
+  if (nt > 0) {
+    whiten(&all_adv, std::vector<float>(all_adv.size(), 1.0f), comm);
+    size_t pos = 0;
+    for (auto& adv : ra.advantages)
+      for (float& a : adv) a = all_adv[pos++];
+  }
+  return ra;
+}
+
 // ---------------------------------------------------------------------------------------
 // Losses
 
@@ -635,54 +686,25 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
     st.scoring_s = seconds_since(t0);
 
     // ---- 3. rewards and advantages ----
-    ro.kl.assign(N, 0);
-    ro.advantages.resize(N);
-    ro.returns.resize(N);
-    std::vector<float> all_adv, all_mask;
-    double ret_sum = 0, ret_sq = 0, res_sum = 0, res_sq = 0;
+    RolloutAdvantages ra = rollout_advantages(ro.logp_old, ro.logp_ref, ro.values, ro.rewards_final,
+                                              kl_ctl.beta, o.gamma, o.lambda, comm);
+    ro.kl = std::move(ra.kl);
+    ro.advantages = std::move(ra.advantages);
+    ro.returns = std::move(ra.returns);
     for (size_t i = 0; i < N; ++i) {
-      const size_t L = ro.actions[i].size();
-      std::vector<float> rewards(L);
-      for (size_t t = 0; t < L; ++t) {
-        const double log_ratio = ro.logp_old[i][t] - ro.logp_ref[i][t];
-        ro.kl[i] += log_ratio;
-        rewards[t] = static_cast<float>(-kl_ctl.beta * log_ratio);
-      }
-      if (L > 0) rewards[L - 1] += ro.rewards_final[i];
-      ro.advantages[i] = gae_advantages(rewards, ro.values[i], o.gamma, o.lambda, &ro.returns[i]);
-      for (size_t t = 0; t < L; ++t) {
-        all_adv.push_back(ro.advantages[i][t]);
-        all_mask.push_back(1.0f);
-        const double r = ro.returns[i][t], e = r - ro.values[i][t];
-        ret_sum += r, ret_sq += r * r, res_sum += e, res_sq += e * e;
-      }
       st.reward += ro.scores[i];
       st.kl += ro.kl[i];
       st.response_length += static_cast<double>(ro.responses[i].size());
     }
-    // Means over every rank's sequences and tokens.
-    std::vector<double> sums = {
-        st.reward, st.kl, st.response_length, static_cast<double>(all_adv.size()), ret_sum, ret_sq,
-        res_sum,   res_sq};
+    // Means over every rank's sequences.
+    std::vector<double> sums = {st.reward, st.kl, st.response_length};
     all_sum(comm, &sums);
     st.reward = sums[0] / n_global, st.kl = sums[1] / n_global;
     st.response_length = sums[2] / n_global;
-    ret_sum = sums[4], ret_sq = sums[5], res_sum = sums[6], res_sq = sums[7];
     st.sqrt_kl = std::sqrt(std::max(st.kl, 0.0));
     st.entropy = ro.entropy;
-    const double nt = sums[3];
-    if (nt > 1) {
-      const double var_ret = ret_sq / nt - (ret_sum / nt) * (ret_sum / nt);
-      const double var_res = res_sq / nt - (res_sum / nt) * (res_sum / nt);
-      st.explained_variance = var_ret > 0 ? 1.0 - var_res / var_ret : 0.0;
-    }
-    if (nt == 0) st.skipped = true;  // every response empty: nothing to train
-    if (!st.skipped) {
-      whiten(&all_adv, all_mask, comm);
-      size_t pos = 0;
-      for (size_t i = 0; i < N; ++i)
-        for (auto& a : ro.advantages[i]) a = all_adv[pos++];
-    }
+    st.explained_variance = ra.explained_variance;
+    if (ra.tokens == 0) st.skipped = true;  // every response empty: nothing to train
 
     // ---- 4. update ----
     // The minibatches are slices of one permutation of the GLOBAL rollout (every rank

@@ -54,6 +54,24 @@ std::vector<float> gae_advantages(const std::vector<float>& rewards,
 void whiten(std::vector<float>* x, const std::vector<float>& mask,
             Communicator& comm = single_communicator());
 
+// Step 3 of an iteration, for this rank's sequences i (logp, logp_ref, values [i][t] over
+// the actions of sequence i; final_rewards [i]):
+//   r_t = −β·(log π_old(a_t) − log π₀(a_t)) + [t = last]·final_reward
+//   advantages and returns by gae_advantages; the advantages then whitened over every
+//   rank's tokens (when there are any).
+struct RolloutAdvantages {
+  std::vector<std::vector<float>> advantages, returns;
+  std::vector<double> kl;         // Σ_t (log π_old − log π₀) of each sequence
+  double tokens = 0;              // actions over all ranks
+  double explained_variance = 0;  // 1 − Var(R − V) / Var(R) over all ranks' tokens
+};
+RolloutAdvantages rollout_advantages(const std::vector<std::vector<float>>& logp,
+                                     const std::vector<std::vector<float>>& logp_ref,
+                                     const std::vector<std::vector<float>>& values,
+                                     const std::vector<float>& final_rewards, double beta,
+                                     float gamma, float lambda,
+                                     Communicator& comm = single_communicator());
+
 // ---- losses (mean over entries with mask != 0; the gradient is w.r.t. each input) ----
 // `count` > 0 replaces the number of entries as the mean's divisor: a data-parallel rank
 // passes the minibatch's token count over all ranks, so the losses (and gradients) of
