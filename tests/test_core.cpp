@@ -628,6 +628,10 @@ TEST(SafeTensors, CorruptionIsRejectedWithFileName) {
            R"({"a":{"dtype":"U8","shape":[4503599627370496,4503599627370496],"data_offsets":[0,8]}})",
            8),
        "more than 2^64"},
+      // 1937946440 · 19037413721 wraps (mod 2^64) to exactly the 8 bytes spanned.
+      {raw_safetensors(
+           R"({"a":{"dtype":"U8","shape":[1937946440,19037413721],"data_offsets":[0,8]}})", 8),
+       "more than 2^64"},
       {raw_safetensors(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8),
        "run past the end of the data"},
       {raw_safetensors(
@@ -787,6 +791,33 @@ TEST(FileIo, FailedAtomicWriteKeepsOldFile) {
     EXPECT_EQ(dir.list(), (std::vector<std::string>{"keep.txt", "target"}));
   }
   EXPECT_EQ(read_file_text(path), "old contents");
+}
+
+// An output that is an input, however spelled (another path, a hard link, a symbolic
+// link), is refused before any work; so are folders and missing parent folders.
+TEST(FileIo, OutputPathChecks) {
+  TempDir dir;
+  const std::string in = dir.file("in.txt");
+  write_file_atomic(in, std::string_view("input"));
+  const std::vector<std::pair<std::string, std::string>> inputs = {{"--input", in},
+                                                                   {"--other", ""}};
+  check_output_path("--out", "", inputs);                   // not asked for
+  check_output_path("--out", dir.file("new.txt"), inputs);  // a new file
+  ASSERT_EQ(::link(in.c_str(), dir.file("hard.txt").c_str()), 0);
+  ASSERT_EQ(::symlink(in.c_str(), dir.file("soft.txt").c_str()), 0);
+  for (const std::string& same :
+       {in, dir.path() + "/./in.txt", dir.file("hard.txt"), dir.file("soft.txt")}) {
+    const std::string msg = error_of([&] { check_output_path("--out", same, inputs); });
+    EXPECT_TRUE(contains(msg, "--out " + same + " is the same file as --input " + in)) << msg;
+  }
+  write_file_atomic(dir.file("other.txt"), std::string_view("other"));
+  check_output_path("--out", dir.file("other.txt"), inputs);  // exists, but is no input
+  EXPECT_TRUE(
+      contains(error_of([&] { check_output_path("--out", dir.path(), inputs); }), "is a folder"));
+  EXPECT_TRUE(
+      contains(error_of([&] { check_output_path("--out", dir.file("no/such/out.txt"), inputs); }),
+               "does not exist"));
+  EXPECT_EQ(read_file_text(in), "input");
 }
 
 TEST(FileIo, MakeDirs) {

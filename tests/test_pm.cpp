@@ -288,6 +288,9 @@ TEST(TrainPm, LearnsASyntheticPreference) {
   ASSERT_EQ(r.train_losses.size(), static_cast<size_t>(o.steps));
   ASSERT_TRUE(r.has_dev);
   EXPECT_NEAR(r.train_losses.front(), std::log(2.0), 0.3);  // random head: scores ≈ equal
+  // The training batches' accuracy (the chosen response scored higher) follows the dev one.
+  ASSERT_EQ(r.train_accuracies.size(), r.train_losses.size());
+  EXPECT_GE(r.train_accuracies.back(), 0.9);
   EXPECT_GE(r.last_dev.accuracy, 0.95);
   EXPECT_GT(r.last_dev.mean_margin, 1.0);
   EXPECT_LT(r.last_dev.loss, 0.35);

@@ -256,6 +256,11 @@ TEST(RunningMoments, MergedBatchesEqualOnePass) {
   EXPECT_NEAR(m.mean, 3.0, 1e-12);
   EXPECT_NEAR(m.std(), std::sqrt(2.0), 1e-12);
   EXPECT_EQ(m.count, 5);
+  EXPECT_FLOAT_EQ(m.normalize(3.0f + std::sqrt(2.0f)), 1.0f);
+  EXPECT_FLOAT_EQ(m.normalize(0.0f), static_cast<float>(-3.0 / std::sqrt(2.0)));
+  hh::RunningMoments one;  // std 1 until two values are in
+  one.update({4});
+  EXPECT_FLOAT_EQ(one.normalize(5.0f), 1.0f);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -286,10 +291,12 @@ TEST(TrainPpo, RaisesASyntheticRewardWithBoundedKl) {
     EXPECT_TRUE(std::isfinite(s.kl));
     EXPECT_LT(s.kl, 12.0);  // nats per 12-token response
     EXPECT_GT(s.entropy, 0.0);
+    EXPECT_LE(s.entropy, std::log(task.tok.vocab_size()) + 1e-6);  // per token: ≤ log V
     EXPECT_GT(s.response_length, 0.0);
     EXPECT_LT(s.sampler_logp_diff, 1e-3);  // KV-cache sampler and full forward agree
   }
   EXPECT_NEAR(first, 26.0 / 258, 0.06);  // a random policy: ≈ uniform over the bytes
+  EXPECT_NEAR(r.history[0].entropy, std::log(task.tok.vocab_size()), 0.1);
   EXPECT_GT(last, first + (fast_mode() ? 0.1 : 0.15)) << "first " << first << " last " << last;
   EXPECT_GT(r.history.back().kl, 0.01);  // the policy moved away from π₀
   EXPECT_TRUE(fs::exists(o.run_dir + "/model.safetensors"));
@@ -297,6 +304,42 @@ TEST(TrainPpo, RaisesASyntheticRewardWithBoundedKl) {
   auto meta = hh::read_checkpoint_metadata(o.run_dir + "/model.safetensors");
   EXPECT_EQ(meta["stage"], "ppo");
   EXPECT_EQ(meta["tokenizer"], std::to_string(task.tok.fingerprint()));
+}
+
+// The value model regresses on the returns. With β = 0, γ = λ = 1 and every dialogue
+// scored 2, every return is exactly 2 (the whitened advantages have mean 0): a fresh value
+// head that starts near 0 must end near 2 at every position of a response.
+TEST(TrainPpo, TheValueModelLearnsTheReturns) {
+  Task task(16);
+  hh::PpoTrainOptions o = task.options("run");
+  o.scorer = [](const std::vector<std::vector<int32_t>>& p,
+                const std::vector<std::vector<int32_t>>&) {
+    return std::vector<float>(p.size(), 2.0f);
+  };
+  o.kl.beta = 0;
+  o.gamma = o.lambda = 1.0f;
+  o.iterations = 6;
+  o.epochs = 4;
+  o.value_adamw.lr = 1e-2f;
+  const hh::PpoTrainResult r = hh::train_ppo(*task.be, o);
+  ASSERT_EQ(r.history.size(), 6u);
+  hh::GPT value = hh::load_model(o.run_dir + "/value.safetensors", *task.be);
+  hh::PromptDataset ds = hh::PromptDataset::load(task.prompts_path, &task.tok);
+  hh::Batch b;
+  b.B = 4;
+  b.T = static_cast<int>(ds.prompt(0).size()) + 6;
+  std::vector<int32_t> rows;
+  for (int i = 0; i < b.B; ++i) {
+    std::vector<int32_t> seq = ds.prompt(static_cast<size_t>(i)).to_vector();
+    for (int t = 0; static_cast<int>(seq.size()) < b.T; ++t) seq.push_back('a' + (i + t) % 26);
+    b.tokens.insert(b.tokens.end(), seq.begin(), seq.begin() + b.T);
+    b.lengths.push_back(b.T);
+    for (int t = b.T - 7; t < b.T; ++t) rows.push_back(i * b.T + t);
+  }
+  double mean = 0;
+  for (float v : value.forward_scores(b, rows)) mean += v / rows.size();
+  EXPECT_NEAR(mean, 2.0, 0.3) << "first value loss " << r.history.front().value_loss << ", last "
+                              << r.history.back().value_loss;
 }
 
 TEST(TrainPpo, ResumeIsBitExact) {

@@ -371,6 +371,28 @@ TEST(TrainLm, EmptySequenceErrorsNameTheDataset) {
   hh::test::expect_error_with([&] { hh::train_lm(*be, o); }, {bad, "sequence 1 is empty"});
 }
 
+// The held-out loss is the mean over every target token, not over batches: sequences of
+// different lengths, in batches of 3, against each sequence scored alone.
+TEST(TrainLm, EvaluationAveragesOverTargetTokens) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  const hh::SftDataset data = hh::SftDataset::load(make_dataset(tmp.path(), 7, 5));
+  hh::GPT model(*be, hh::test::tiny_lm_config(), false);
+  model.init_random(9);
+  for (bool masked : {false, true}) {
+    double loss_sum = 0, targets = 0;
+    for (size_t i = 0; i < data.size(); ++i) {
+      const hh::Batch alone = hh::make_lm_batch(data, {i}, 32, masked);
+      double c = 0;
+      for (int32_t t : alone.targets) c += t >= 0;
+      loss_sum += model.forward(alone) * c;
+      targets += c;
+    }
+    EXPECT_NEAR(hh::evaluate_lm(model, data, 32, masked, 3, 0), loss_sum / targets, 1e-5)
+        << (masked ? "masked" : "every token");
+  }
+}
+
 // A warmup longer than the run is allowed (a short trial of a long configuration) but said;
 // one exactly as long reaches --lr at the last step, so it is not.
 TEST(TrainFlags, WarmupLongerThanTheRunIsAWarning) {

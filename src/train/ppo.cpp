@@ -223,6 +223,10 @@ void RunningMoments::update(const std::vector<float>& xs) {
 
 double RunningMoments::std() const { return count < 2 ? 1.0 : std::sqrt(m2 / count); }
 
+float RunningMoments::normalize(float x) const {
+  return static_cast<float>((x - mean) / std::max(std(), 1e-6));
+}
+
 // ---------------------------------------------------------------------------------------
 // Batches of prompt + actions
 
@@ -651,8 +655,7 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
     ro.rewards_final = ro.scores;
     if (!st.skipped && o.normalize_reward) {
       moments.update(gather_global(comm, ro.scores, first_global));
-      for (float& r : ro.rewards_final)
-        r = static_cast<float>((r - moments.mean) / std::max(moments.std(), 1e-6));
+      for (float& r : ro.rewards_final) r = moments.normalize(r);
     }
     ro.logp_old.resize(N);
     ro.logp_ref.resize(N);

@@ -117,7 +117,8 @@ struct KlController {
 struct RunningMoments {
   double count = 0, mean = 0, m2 = 0;
   void update(const std::vector<float>& xs);
-  double std() const;  // sqrt(m2/count), 1 while count < 2
+  double std() const;              // sqrt(m2/count), 1 while count < 2
+  float normalize(float x) const;  // (x − mean) / max(std, 1e-6)
 };
 
 // ---- scoring ----
