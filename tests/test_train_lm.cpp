@@ -304,6 +304,34 @@ TEST(TrainLm, CheckpointsWithoutLatestAreNeverOverwritten) {
   EXPECT_EQ(hh::train_lm(*be, o3).steps_done, 1);
 }
 
+// A damaged `latest` is never trusted: one that names no step directory, or a directory
+// missing the optimizer state, stops --resume (and a fresh run) with its path, and the run
+// is left as it was.
+TEST(TrainLm, ADamagedLatestIsRefused) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  auto o = tiny_options(make_dataset(tmp.path(), 8, 8), tmp.path() + "/run");
+  o.steps = 2;
+  o.ckpt_every = 1;
+  hh::train_lm(*be, o);
+  auto resume = o;
+  resume.resume = true;
+  resume.steps = 3;
+  const std::string latest = o.run_dir + "/latest";
+  hh::write_file_atomic(latest, "../../etc\n");
+  auto before = hh::test::snapshot_files(o.run_dir);
+  hh::test::expect_error_with([&] { hh::train_lm(*be, resume); },
+                              {latest, "not a checkpoint name"});
+  hh::test::expect_error_with([&] { hh::train_lm(*be, o); }, {latest, "not a checkpoint name"});
+  EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);
+  hh::write_file_atomic(latest, "step-00000002\n");
+  fs::remove(o.run_dir + "/checkpoints/step-00000002/optim.safetensors");
+  before = hh::test::snapshot_files(o.run_dir);
+  hh::test::expect_error_with([&] { hh::train_lm(*be, resume); },
+                              {latest, "step-00000002", "incomplete"});
+  EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);
+}
+
 // A dev set without a single target token would report val_loss 0: an error at the start
 // that names the file.
 TEST(TrainLm, DevSetWithoutTargetsIsAnError) {
