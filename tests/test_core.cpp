@@ -4,12 +4,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -989,6 +991,16 @@ TEST(Metrics, DurationsAndProgressLine) {
   EXPECT_EQ(p.line("pairs").rfind("step 500/1000 | 0.0 pairs/s", 0), 0u) << p.line("pairs");
   p.update(1000, 2e6);
   EXPECT_EQ(p.eta_seconds(), 0.0);
+
+  // After a resume the rate is that of the steps since the restart: 100 steps done in the
+  // elapsed time, 400 left, so the ETA is 4× the elapsed time (the same clock, read twice).
+  Progress r(1000);
+  r.start(500, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  r.update(600, 0);
+  const double eta = r.eta_seconds(), elapsed = r.elapsed_seconds();
+  ASSERT_GT(elapsed, 0.0);
+  EXPECT_NEAR(eta / elapsed, 4.0, 0.05);
 }
 
 }  // namespace

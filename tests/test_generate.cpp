@@ -67,14 +67,22 @@ GPTConfig tiny_config(int vocab, int max_seq_len = 64) {
 }
 
 // A random model whose matrices are scaled up from GPT-2's init, so that attention is far
-// from uniform and the logits vary a lot from token to token.
+// from uniform and the logits vary a lot from token to token; its biases and LayerNorm
+// parameters get noise too (GPT-2's init leaves them 0 and 1), so that a decode path that
+// drops a bias or takes another layer's LayerNorm shows.
 GPT random_model(Backend& be, const GPTConfig& cfg, uint64_t seed, float matrix_scale = 8.0f) {
   GPT model(be, cfg, false);
   model.init_random(seed);
+  Rng rng(seed ^ 0xb1a5ull);
   for (const ParamTensor& t : model.param_tensors()) {
-    if (!t.decay) continue;
     std::vector<float> v = model.get_param(t.name);
-    for (float& x : v) x *= matrix_scale;
+    const bool gain = t.name.size() > 6 && t.name.compare(t.name.size() - 6, 6, "weight") == 0;
+    for (float& x : v) {
+      if (t.decay)
+        x *= matrix_scale;
+      else
+        x += static_cast<float>((gain ? 0.2 : 0.1) * rng.normal());
+    }
     model.set_param(t.name, v);
   }
   return model;
@@ -225,6 +233,14 @@ TEST_F(GenerateTest, DecodeOnFp16StorageOnTheCpu) {
   EXPECT_GT(rel_err(b, a), 1e-6) << "the fp16 step gave the fp32 step's logits";
   EXPECT_LT(rel_err(b, a), 4e-3);
   expect_seed_reproduces(fp16, prompts, 6, 4, tok_.vocab_size());  // sampling through it
+  // New weights (a training step between two rollouts): the same generator's fp16 copies
+  // follow them, exactly as a new generator's do.
+  std::vector<float> w = model->get_param("transformer.h.1.mlp.c_fc.weight");
+  for (float& x : w) x *= 1.5f;
+  model->set_param("transformer.h.1.mlp.c_fc.weight", w);
+  Generator fresh(*model, tok_);
+  EXPECT_EQ(fp16.prefill(prompts, 8), fresh.prefill(prompts, 8));
+  EXPECT_EQ(fp16.decode({0, 1}, {7, 8}), fresh.decode({0, 1}, {7, 8}));
 }
 
 // The same on the CUDA backend (when built with CUDA and a GPU is present), plus its
@@ -295,7 +311,7 @@ TEST_F(GenerateTest, RunAheadGivesTheStepByStepSamples) {
   Generator ahead(model_, tok_), step_by_step(model_, tok_);
   step_by_step.set_run_ahead(false);
   const int V = tok_.vocab_size();
-  Rng rng(23);
+  Rng rng(24);
   for (float temperature : {1.0f, 0.0f}) {
     for (uint64_t seed : {5, 6}) {
       SamplingOptions opt = staggered_stops(seed);
@@ -783,8 +799,10 @@ TEST_F(GenerateTest, PaddedVocabularyIsNeverSampled) {
 // Stops and streaming
 
 // Samples once with no stops, picks a stop string out of the middle of that text, and
-// samples again with the same seed: the response must end right before its first
-// occurrence, and the streamed pieces must add up to the response.
+// samples again with the same seed: sampling must stop at the token that completes the
+// first match, the response must end right before the earliest-starting match, and the
+// streamed pieces must add up to the response. The stop string is listed before its own
+// last two characters, which complete at the same token: the earlier start must win.
 void check_stop_string(GPT& model, const Tokenizer& tok) {
   Generator gen(model, tok);
   SamplingOptions opt;
@@ -801,8 +819,12 @@ void check_stop_string(GPT& model, const Tokenizer& tok) {
     full[b] = tok.decode(free[b].generated_ids);
     EXPECT_EQ(free[b].response_text, full[b]);
   }
-  const std::string stop = full[0].substr(full[0].size() / 2, 3);
-  opt.stop_strings = {"never-appears-here", stop};
+  size_t pick = std::string::npos;
+  for (size_t i = full[0].size() / 2; i + 3 <= full[0].size() && pick == std::string::npos; ++i)
+    if (full[0].find(full[0].substr(i + 1, 2)) == i + 1) pick = i;
+  ASSERT_NE(pick, std::string::npos) << full[0];
+  const std::string stop = full[0].substr(pick, 3);
+  opt.stop_strings = {"never-appears-here", stop, stop.substr(1)};
   std::vector<std::string> streamed(2);
   auto cut = gen.generate(prompts, opt, [&](int b, const std::string& piece) {
     ASSERT_TRUE(b == 0 || b == 1);
@@ -810,7 +832,14 @@ void check_stop_string(GPT& model, const Tokenizer& tok) {
   });
   for (int b = 0; b < 2; b++) {
     const GeneratedSample& s = cut[b];
-    const size_t at = full[b].find(stop);
+    // The rule, token by token: stop after the first token whose text completes a match;
+    // cut at the earliest start of any match in the text so far.
+    std::string text;
+    size_t n = 0, at = std::string::npos;
+    while (n < free[b].generated_ids.size() && at == std::string::npos) {
+      text += tok.decode_token(free[b].generated_ids[n++]);
+      for (const std::string& st : opt.stop_strings) at = std::min(at, text.find(st));
+    }
     if (at == std::string::npos) {
       EXPECT_EQ(s.finish_reason, "length");
       EXPECT_EQ(s.response_text, full[b]);
@@ -818,6 +847,7 @@ void check_stop_string(GPT& model, const Tokenizer& tok) {
     }
     EXPECT_EQ(s.finish_reason, "stop") << b;
     EXPECT_EQ(s.response_text, full[b].substr(0, at)) << b;
+    EXPECT_EQ(s.generated_ids.size(), n) << b;
     // response_ids: the tokens that end at or before the cut.
     std::vector<int32_t> want;
     size_t end = 0;
@@ -828,14 +858,10 @@ void check_stop_string(GPT& model, const Tokenizer& tok) {
     }
     EXPECT_EQ(s.response_ids, want) << b;
     EXPECT_EQ(s.logprobs.size(), want.size());
-    // Sampling stopped at the token that completed the stop string.
-    size_t stop_end = 0, n = 0;
-    while (stop_end < at + stop.size())
-      stop_end += tok.decode_token(free[b].generated_ids[n++]).size();
-    EXPECT_EQ(s.generated_ids.size(), n) << b;
     EXPECT_EQ(streamed[b], s.response_text) << b;
   }
   EXPECT_EQ(cut[0].finish_reason, "stop");  // sequence 0 contains the stop by construction
+  EXPECT_EQ(cut[0].response_text, full[0].substr(0, full[0].find(stop)));
 }
 
 TEST_F(GenerateTest, StopStringTrimsTheResponseByteTokens) { check_stop_string(model_, tok_); }

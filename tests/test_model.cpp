@@ -134,6 +134,34 @@ TEST_F(ModelTest, LogitsAndLossMatchPyTorch) {
   EXPECT_LT(rel_err(logits, ref), 1e-5);
 }
 
+// The fixture's weights as a Hugging Face GPT2LMHeadModel file (written by the reference
+// script: HF names, Conv1D matrices [IC][OC], the vocabulary unpadded) import to exactly
+// the fixture's parameters, and so to PyTorch's losses. Export then gives back that file.
+TEST_F(ModelTest, HuggingFaceFileImportsToThePyTorchModel) {
+  const Fixture& f = fixture();
+  const SafeTensorsFile hf = SafeTensorsFile::load(kFixtures + "gpt2_hf.safetensors");
+  GPT model(*be, f.config, false);
+  model.import_hf_gpt2(hf);
+  for (const ParamTensor& t : model.param_tensors())
+    EXPECT_EQ(model.get_param(t.name), f.lm.read_f32(t.name, t.shape)) << t.name;
+  EXPECT_LT(rel_err(std::vector<float>{model.forward(f.batch)}, f.lm.read_f32("loss")), 1e-5);
+  EXPECT_LT(rel_err(model.token_losses(), f.lm.read_f32("token_losses")), 1e-5);
+
+  const std::string path = temp_path("hf_again.safetensors");
+  model.export_hf_gpt2(path);
+  const SafeTensorsFile again = SafeTensorsFile::load(path);
+  for (const auto& [name, info] : hf.tensors()) {
+    ASSERT_EQ(again.info(name).shape, info.shape) << name;
+    EXPECT_EQ(again.read_f32(name), hf.read_f32(name)) << name;
+  }
+  const Json config = Json::parse(model.hf_config_json());
+  EXPECT_EQ(config.at("n_layer").as_int(), f.config.n_layer);
+  EXPECT_EQ(config.at("n_head").as_int(), f.config.n_head);
+  EXPECT_EQ(config.at("n_embd").as_int(), f.config.n_embd);
+  EXPECT_EQ(config.at("n_positions").as_int(), f.config.max_seq_len);
+  EXPECT_EQ(config.at("vocab_size").as_int(), f.config.vocab_size);
+}
+
 TEST_F(ModelTest, EveryGradientMatchesPyTorch) {
   const Fixture& f = fixture();
   GPT model = fixture_model(*be);
@@ -164,13 +192,22 @@ TEST_F(ModelTest, AdamWMatchesPyTorch) {
   cfg.weight_decay = f.adamw.read_f32("weight_decay")[0];
   cfg.grad_clip = f.adamw.read_f32("grad_clip")[0];
   AdamW opt(model, cfg);
-  for (int step = 0; step < 2; step++) {  // two steps on the reference gradients
+  // Two steps on the reference gradients, the second scaled down: the first is clipped,
+  // the second not, and the moments mix two magnitudes (a constant gradient would hide
+  // beta1, beta2 and the clip from Adam's update).
+  const std::vector<float> scales = f.adamw.read_f32("grad_scales"),
+                           norms = f.adamw.read_f32("grad_norms");
+  ASSERT_EQ(scales.size(), 2u);
+  ASSERT_GT(norms[0], cfg.grad_clip);
+  ASSERT_LT(norms[1], cfg.grad_clip);
+  for (int step = 0; step < 2; step++) {
     for (const ParamTensor& t : model.param_tensors()) {
       std::vector<float> g = f.grads.read_f32("grad." + t.name, t.shape);
+      for (float& x : g) x *= scales[step];
       be->copy_to_device(model.grads().data() + t.offset, g.data(), g.size() * sizeof(float));
     }
     const float norm = opt.clip_and_step(cfg.lr);
-    EXPECT_NEAR(norm, f.adamw.read_f32("grad_norm")[0], 1e-5 * norm);
+    EXPECT_NEAR(norm, norms[step], 1e-5 * norm);
   }
   EXPECT_EQ(opt.step, 2);
   double worst = 0;

@@ -203,6 +203,24 @@ TEST(Tokenizer, DefaultIsPlainBytes) {
   EXPECT_EQ(tok.vocab_size(), 400);
 }
 
+// The fingerprint that datasets and checkpoints record tells tokenizers apart by their
+// byte order, merges and special tokens (names and order: they decide the special ids).
+TEST(Tokenizer, FingerprintCoversBytesMergesAndSpecials) {
+  std::vector<uint8_t> bytes(256);
+  for (int i = 0; i < 256; i++) bytes[i] = static_cast<uint8_t>(i);
+  const std::vector<std::pair<int32_t, int32_t>> merges = {{'a', 'b'}, {256, 'c'}};
+  const uint64_t base =
+      Tokenizer::from_parts(bytes, merges, {kEndOfText, kEndOfContext}).fingerprint();
+  EXPECT_EQ(Tokenizer::from_parts(bytes, merges, {kEndOfText, kEndOfContext}).fingerprint(), base);
+  EXPECT_NE(Tokenizer::from_parts(bytes, merges, {kEndOfContext, kEndOfText}).fingerprint(), base);
+  EXPECT_NE(Tokenizer::from_parts(bytes, merges, {kEndOfText, "<|other|>"}).fingerprint(), base);
+  EXPECT_NE(Tokenizer::from_parts(bytes, merges, {kEndOfText}).fingerprint(), base);
+  EXPECT_NE(Tokenizer::from_parts(bytes, {{'a', 'b'}}, {kEndOfText, kEndOfContext}).fingerprint(),
+            base);
+  std::swap(bytes[1], bytes[2]);
+  EXPECT_NE(Tokenizer::from_parts(bytes, merges, {kEndOfText, kEndOfContext}).fingerprint(), base);
+}
+
 TEST(Encoder, ThreadsAgreeWithSerial) {
   // encode() is const with a per-thread cache: parallel results equal serial ones, and two
   // tokenizers used alternately on one thread do not share cached ids.

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 
@@ -14,6 +15,7 @@
 #include "ops/ops.h"
 #include "test_util.h"
 #include "train/lm.h"
+#include "train/loop.h"
 #include "train/optimizer.h"
 #include "train/run.h"
 
@@ -419,6 +421,37 @@ TEST(TrainLm, EvaluationAveragesOverTargetTokens) {
     EXPECT_NEAR(hh::evaluate_lm(model, data, 32, masked, 3, 0), loss_sum / targets, 1e-5)
         << (masked ? "masked" : "every token");
   }
+}
+
+// A skipped step (non-finite loss, --on-nan=skip) still counts: the optimizer's step, which
+// checkpoints record and --resume starts from, moves on, so a finished run with a skipped
+// step resumes as finished instead of training one step more.
+TEST(TrainLoop, ASkippedStepStillCounts) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  const hh::SftDataset data = hh::SftDataset::load(make_dataset(tmp.path(), 8, 3));
+  hh::TrainLoopOptions o = tiny_options("", tmp.path() + "/run");
+  o.steps = 4;
+  hh::LoopSetup setup;
+  setup.program = "test";
+  setup.stage = "sft";
+  setup.raw = &data.raw();
+  setup.n_items = data.size();
+  setup.unit = "tok";
+  setup.counter = "tokens";
+  int calls = 0;
+  auto step = [&](const std::vector<size_t>&) {
+    ++calls;
+    return hh::StepOutcome{calls == 2 ? std::nanf("") : 1.0f, 10.0, {}};
+  };
+  {
+    hh::TrainLoop loop(*be, o, setup);
+    EXPECT_EQ(loop.run(step, {}).losses.size(), 4u);
+  }
+  o.resume = true;
+  hh::TrainLoop again(*be, o, setup);
+  EXPECT_EQ(again.run(step, {}).losses.size(), 0u) << "the finished run trained again";
+  EXPECT_EQ(calls, 4);
 }
 
 // A warmup longer than the run is allowed (a short trial of a long configuration) but said;

@@ -9,10 +9,14 @@ parameter names and layout, stored as float32:
   gpt2_lm.safetensors        config, every parameter, tokens, lengths, targets, logits
                              (real vocab columns), per-token losses, mean loss
   gpt2_lm_grads.safetensors  grad.<name>: gradient of the mean loss for every parameter
-  gpt2_adamw.safetensors     parameters after two AdamW steps on those gradients
-                             (clip_grad_norm_ then torch.optim.AdamW, betas 0.9/0.95,
+  gpt2_adamw.safetensors     parameters after two AdamW steps on those gradients, the
+                             second scaled by grad_scales[1] (clip_grad_norm_, clipping
+                             the first step only, then torch.optim.AdamW, betas 0.9/0.95,
                              eps 1e-8, weight decay 0.1 on 2-D tensors only)
   gpt2_score.safetensors     scalar head: rows, scores, upstream dscores, grad.<name>
+  gpt2_hf.safetensors        the same weights as a Hugging Face GPT2LMHeadModel file:
+                             HF names, Conv1D matrices [IC, OC], the vocabulary unpadded,
+                             no scalar head (hh's import must reproduce gpt2_lm's logits)
 
 Width is 32 (not 64) so each file, which holds one copy of the ~30k parameters, stays
 under 200 KB. Weights are drawn wider than GPT-2's 0.02 and biases / LayerNorm
@@ -181,7 +185,24 @@ def main():
     write_safetensors(os.path.join(out_dir, "gpt2_lm_grads.safetensors"),
                       {"grad." + k: ("F32", lm_grads[k]) for k in names}, meta)
 
-    # ---- AdamW: two steps on the LM gradients (the same gradients each step) ----
+    # ---- the same model as a Hugging Face file (written by hand: Debian has no
+    # transformers). Conv1D stores x @ W + b, so its W is our [OC, IC] transposed. ----
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    hf = {}
+    for k in names:
+        if k.startswith("score."):
+            continue
+        w = params[k].detach()
+        if k == "transformer.wte.weight":
+            w = w[:V]
+        elif k.endswith(conv1d):
+            w = w.T.contiguous()
+        hf[k] = ("F32", w)
+    write_safetensors(os.path.join(out_dir, "gpt2_hf.safetensors"), hf, {"format": "pt"})
+
+    # ---- AdamW: two steps on the LM gradients, the second scaled by 0.1: the first is
+    # clipped and the second not, and the moments mix two magnitudes (so beta1 and beta2
+    # both show; a constant gradient would make Adam's update independent of them). ----
     # The starting point is the float32-rounded weights, as hh holds them.
     opt_params = {k: params[k].detach().to(torch.float32).to(DT).clone().requires_grad_(True)
                   for k in names}
@@ -193,17 +214,21 @@ def main():
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=LR, betas=(0.9, 0.95), eps=1e-8)
-    for _ in range(2):
+    grad_scales = [1.0, 0.1]
+    norms = []
+    for scale in grad_scales:
         for k in names:
-            opt_params[k].grad = grads32[k].clone()
-        norm = torch.nn.utils.clip_grad_norm_(list(opt_params.values()), grad_clip)
+            opt_params[k].grad = grads32[k].clone() * scale
+        norms.append(float(torch.nn.utils.clip_grad_norm_(list(opt_params.values()), grad_clip)))
         opt.step()
-    print(f"grad norm {pre_norm:.6f}, clipped to {grad_clip:.6f}")
+    assert norms[0] > grad_clip > norms[1]
+    print(f"grad norms {norms[0]:.6f} (clipped to {grad_clip:.6f}), {norms[1]:.6f}")
     adamw = {k: ("F32", opt_params[k].detach()) for k in names}
     adamw["lr"] = ("F32", torch.tensor([LR]))
     adamw["weight_decay"] = ("F32", torch.tensor([WEIGHT_DECAY]))
     adamw["grad_clip"] = ("F32", torch.tensor([grad_clip]))
-    adamw["grad_norm"] = ("F32", torch.tensor([float(norm)]))
+    adamw["grad_scales"] = ("F32", torch.tensor(grad_scales))
+    adamw["grad_norms"] = ("F32", torch.tensor(norms))
     write_safetensors(os.path.join(out_dir, "gpt2_adamw.safetensors"), adamw, meta)
 
     # ---- scalar head: value at chosen rows (b*T + t), upstream gradient dscores ----
