@@ -24,6 +24,7 @@ Exit status: 0 when every mutant is killed (or is a marked equivalent that survi
 """
 
 import argparse
+import fcntl
 import os
 import re
 import shutil
@@ -173,6 +174,14 @@ def main():
         return 0
 
     os.makedirs(args.scratch, exist_ok=True)
+    # One run at a time per scratch copy: a second one would rewrite files under the
+    # first one's build (and its last rebuild could leave objects older than their source).
+    lock = open(os.path.join(args.scratch, "lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"mutation_check: {args.scratch} is in use by another run", file=sys.stderr)
+        return 2
     tree = copy_tree(args.scratch)
     build = os.path.join(args.scratch, "build")
     logs = os.path.join(args.scratch, "logs")
