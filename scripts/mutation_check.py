@@ -121,7 +121,8 @@ def copy_tree(scratch):
 
 
 def run(cmd, cwd, log, timeout=None):
-    with open(log, "w") as out:
+    """Appends the command's output to `log` (a mutant's build and tests share one)."""
+    with open(log, "a") as out:
         try:
             return subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                   timeout=timeout).returncode
@@ -189,10 +190,13 @@ def main():
     configure = ["cmake", "-S", tree, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DHH_CUDA=OFF"]
     build_cmd = ["cmake", "--build", build, "-j", str(args.jobs)]
     ctest = ["ctest", "-j", str(args.jobs), "-E", args.exclude, "--timeout", "600"]
-    env_log = os.path.join(logs, "baseline.log")
+    for old_log in os.listdir(logs):
+        os.remove(os.path.join(logs, old_log))
+    baseline_log = os.path.join(logs, "baseline.log")
     print("mutation_check: building the unmutated copy and running its tests", flush=True)
-    if run(configure, ROOT, env_log) or run(build_cmd, ROOT, env_log) or run(ctest, build, env_log):
-        print(f"mutation_check: the unmutated tree does not build or pass; see {env_log}",
+    if (run(configure, ROOT, baseline_log) or run(build_cmd, ROOT, baseline_log) or
+            run(ctest, build, baseline_log)):
+        print(f"mutation_check: the unmutated tree does not build or pass; see {baseline_log}",
               file=sys.stderr)
         return 2
 

@@ -49,6 +49,15 @@ hh::LmTrainOptions tiny_options(const std::string& data, const std::string& run_
   return o;
 }
 
+// A run in tmp/run of `steps` steps on 8 pattern sequences, checkpointed at every step:
+// what the resume and run-directory tests start from.
+hh::LmTrainOptions checkpointed_options(const TempDir& tmp, uint64_t data_seed, int64_t steps) {
+  auto o = tiny_options(make_dataset(tmp.path(), 8, data_seed), tmp.path() + "/run");
+  o.steps = steps;
+  o.ckpt_every = 1;
+  return o;
+}
+
 }  // namespace
 
 TEST(TrainLm, LearnsAPattern) {
@@ -177,10 +186,7 @@ TEST(TrainLm, RejectsVocabularyMismatch) {
 TEST(TrainLm, ResumeWithFewerStepsThanTheCheckpointIsRefused) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  std::string data = make_dataset(tmp.path(), 8, 7);
-  auto o = tiny_options(data, tmp.path() + "/run");
-  o.steps = 2;
-  o.ckpt_every = 1;
+  auto o = checkpointed_options(tmp, 7, 2);
   hh::train_lm(*be, o);
   const auto before = hh::test::snapshot_files(o.run_dir);
   ASSERT_TRUE(before.count("checkpoints/step-00000001/model.safetensors"));
@@ -240,10 +246,8 @@ TEST(TrainLm, ModelFlagsThatContradictTheCheckpointAreRefused) {
 TEST(TrainLm, ResumeRefusesChangedSettings) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  std::string data = make_dataset(tmp.path(), 8, 11);
-  auto o = tiny_options(data, tmp.path() + "/run");
-  o.steps = 1;
-  o.ckpt_every = 1;
+  auto o = checkpointed_options(tmp, 11, 1);
+  const std::string data = o.train_path;
   auto flags = [&](const std::string& train, double lr, int64_t steps,
                    const std::string& init = "start.safetensors") {
     return hh::str_cat(R"({"init":")", init, R"(","lr":)", lr, R"(,"steps":)", steps,
@@ -272,10 +276,7 @@ TEST(TrainLm, ResumeRefusesChangedSettings) {
 TEST(TrainLm, CheckpointsWithoutLatestAreNeverOverwritten) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  std::string data = make_dataset(tmp.path(), 8, 8);
-  auto o = tiny_options(data, tmp.path() + "/run");
-  o.steps = 2;
-  o.ckpt_every = 1;
+  auto o = checkpointed_options(tmp, 8, 2);
   hh::train_lm(*be, o);
   fs::remove(o.run_dir + "/latest");
   const auto before = hh::test::snapshot_files(o.run_dir);
@@ -312,9 +313,7 @@ TEST(TrainLm, CheckpointsWithoutLatestAreNeverOverwritten) {
 TEST(TrainLm, ADamagedLatestIsRefused) {
   TempDir tmp;
   auto be = hh::make_cpu_backend();
-  auto o = tiny_options(make_dataset(tmp.path(), 8, 8), tmp.path() + "/run");
-  o.steps = 2;
-  o.ckpt_every = 1;
+  auto o = checkpointed_options(tmp, 8, 2);
   hh::train_lm(*be, o);
   auto resume = o;
   resume.resume = true;
