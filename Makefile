@@ -5,7 +5,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 PYTHON ?= /usr/bin/python3
 
-.PHONY: all build test test-asan mutants bench demo demo-mini fixtures format clean
+.PHONY: all build test test-asan mutants fuzz bench demo demo-mini fixtures format clean
 
 all: build
 
@@ -30,6 +30,17 @@ test-asan:
 mutants:
 	$(PYTHON) scripts/mutation_check.py --jobs $(JOBS)
 
+# Coverage-guided fuzzing of every reader of outside input (fuzz/, docs/fuzzing.md): clang's
+# libFuzzer with ASan + UBSan, FUZZ_SECONDS per target (FUZZ_TARGETS to choose). The corpus
+# grows in build-fuzz/corpus/; a failing input is saved in build-fuzz/ and named.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(patsubst fuzz/fuzz_%.cpp,%,$(filter-out fuzz/fuzz_common.cpp,$(wildcard fuzz/fuzz_*.cpp)))
+fuzz:
+	CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHH_FUZZ=ON \
+	  -DBUILD_TESTING=OFF
+	cmake --build build-fuzz -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_TARGETS))
+	bash scripts/fuzz.sh build-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 bench: build
 	$(BUILD)/hh-bench train --device cpu --layers 4 --heads 4 --width 256 --vocab 8192 --batch 8 --seq 256
 
@@ -47,4 +58,4 @@ format:
 	clang-format -i $$(git ls-files '*.h' '*.cpp' '*.cu' '*.cuh')
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-fuzz

@@ -113,6 +113,25 @@ TEST(Json, UnicodeEscapes) {
   }
 }
 
+// JSON text is UTF-8 (RFC 8259): a malformed sequence inside a string is refused at its
+// offset, never read as bytes that dump() would then write as U+FFFD (found by fuzz_json's
+// round trip through a safetensors header).
+TEST(Json, InvalidUtf8InAStringIsAnErrorAtItsOffset) {
+  for (const char* bad :
+       {"\xE2\x9C", "\x9C", "\xC0\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80", "\xFF"}) {
+    const std::string text = std::string("{\"k\": \"ab") + bad + "c\"}";
+    try {
+      Json::parse(text, "in.json");
+      ADD_FAILURE() << "accepted " << text;
+    } catch (const hh::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("in.json: invalid JSON at byte 9: invalid UTF-8"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  EXPECT_EQ(Json::parse("\"\xC3\xA9\xF0\x9F\x98\x80\"").as_string(), "\xC3\xA9\xF0\x9F\x98\x80");
+}
+
 TEST(Json, MalformedInputNamesSourceAndOffset) {
   struct Case {
     const char* text;

@@ -684,6 +684,47 @@ TEST(CheckpointTest, ResumeIsBitExact) {
   EXPECT_EQ(read_checkpoint_config(model_path), cfg);
 }
 
+// Trainer values that are not finite numbers (strtod reads "nan" and "inf") and a step past
+// int64 are refused, naming the key: a resumed PPO run would otherwise go on with a NaN KL
+// coefficient, or a negative step (found by fuzz_optimizer, docs/fuzzing.md).
+TEST(CheckpointTest, DamagedTrainerStateIsRefused) {
+  auto be = make_cpu_backend();
+  GPTConfig cfg = GPTConfig::preset("tiny", 100);
+  cfg.max_seq_len = 16;
+  GPT model(*be, cfg, false);
+  model.init_random(3);
+  AdamW opt(model, AdamWConfig{});
+  TrainState state;
+  state.rng_state = {1, 2, 3, 4};
+  state.extra = {{"kl_coef", 0.05}};
+  const std::string good = temp_path("trainer_state_good.safetensors");
+  save_optimizer(good, opt, state);
+  // The same file with one metadata value replaced.
+  auto with_meta = [&](const std::string& key, const std::string& value) {
+    const SafeTensorsFile f = SafeTensorsFile::load(good);
+    SafeTensorsWriter w;
+    for (const auto& [k, v] : f.metadata()) w.set_metadata(k, k == key ? value : v);
+    for (const char* name : {"m", "v"})
+      w.add(name, DType::F32, f.info(name).shape, f.data(name),
+            f.info(name).end - f.info(name).begin);
+    const std::string path = temp_path("trainer_state_" + key + ".safetensors");
+    w.save(path);
+    return path;
+  };
+  for (const char* bad : {"nan", "-inf", "inf", "1e999"}) {
+    const std::string path = with_meta("extra.kl_coef", bad);
+    expect_error([&] { load_optimizer(path, opt, &state); },
+                 {path, "metadata extra.kl_coef", "finite number", bad});
+  }
+  const std::string far = with_meta("step", "9223372036854775808");
+  expect_error([&] { load_optimizer(far, opt, &state); }, {far, "metadata step", "out of range"});
+  // The largest step and tiny values still load.
+  load_optimizer(with_meta("step", "9223372036854775807"), opt, &state);
+  EXPECT_EQ(opt.step, INT64_MAX);
+  load_optimizer(with_meta("extra.kl_coef", "4.9406564584124654e-324"), opt, &state);
+  EXPECT_EQ(state.extra.at("kl_coef"), 4.9406564584124654e-324);
+}
+
 // An LM checkpoint initialises a PM's trunk; its head keeps its own init.
 TEST(CheckpointTest, TrunkOnlyLoadsIntoScalarHeadModel) {
   auto be = make_cpu_backend();

@@ -203,6 +203,18 @@ class Parser {
       char c = s_[pos_++];
       if (c == '"') return out;
       if (static_cast<unsigned char>(c) < 0x20) fail("control character in string");
+      if (static_cast<unsigned char>(c) >= 0x80) {
+        // JSON text is UTF-8 (RFC 8259): a malformed sequence would not survive a round
+        // trip (dump writes U+FFFD for it), so it is an error here, at its offset.
+        const size_t len = utf8_sequence_length(s_, pos_ - 1);
+        if (len == 0) {
+          --pos_;
+          fail("invalid UTF-8 in string");
+        }
+        out.append(s_.data() + pos_ - 1, len);
+        pos_ += len - 1;
+        continue;
+      }
       if (c != '\\') {
         out += c;
         continue;

@@ -97,10 +97,13 @@ std::vector<uint64_t> split_u64(const std::string& s, const std::string& what) {
   return out;
 }
 
+// A finite number (what save_optimizer's %.17g writes): a NaN or infinite trainer value (a
+// KL coefficient, a reward statistic) would poison the resumed run without a word.
 double parse_f64(const std::string& s, const std::string& what) {
   char* end = nullptr;
   const double v = std::strtod(s.c_str(), &end);
   HH_CHECK(!s.empty() && end == s.c_str() + s.size(), what, ": expected a number, got \"", s, "\"");
+  HH_CHECK(std::isfinite(v), what, ": expected a finite number, got \"", s, "\"");
   return v;
 }
 
@@ -162,6 +165,8 @@ void load_optimizer(const std::string& path, AdamW& opt, TrainState* state) {
   check_finite(m.data(), m.size(), what, "m");
   check_finite(v.data(), v.size(), what, "v");
   const uint64_t step = parse_u64(meta(f, "step"), what + ": metadata step");
+  HH_CHECK(step <= static_cast<uint64_t>(INT64_MAX), what, ": metadata step ", step,
+           " is out of range");
   TrainState s;
   std::vector<uint64_t> rng = split_u64(meta(f, "rng_state"), what + ": metadata rng_state");
   HH_CHECK(rng.size() == 4, what, ": metadata rng_state has ", rng.size(), " words, expected 4");

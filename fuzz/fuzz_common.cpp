@@ -1,0 +1,63 @@
+// What every fuzz target links: the scratch file, and the seeds handed to libFuzzer.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "core/fileio.h"
+#include "fuzz/fuzz.h"
+
+namespace hh::fuzz {
+
+std::string current_input;
+
+Bytes with_checksum_fixed(const uint8_t* data, size_t size) {
+  Bytes b(data, data + size);
+  if (size < 8) return b;
+  const uint64_t sum = fnv1a64(data, size - 8);
+  for (int i = 0; i < 8; i++) b[size - 8 + i] = static_cast<uint8_t>(sum >> (8 * i));
+  return b;
+}
+
+std::string scratch_file(const uint8_t* data, size_t size, const std::string& suffix) {
+  // /dev/shm when there is one: the readers open real files, and a disk file per input
+  // would slow the fuzzer to the disk's pace.
+  static const std::string dir = [] {
+    const char* env = std::getenv("TMPDIR");
+    if (access("/dev/shm", W_OK) == 0) return std::string("/dev/shm");
+    return std::string(env && *env ? env : "/tmp");
+  }();
+  const std::string path =
+      dir + "/hh-fuzz-" + std::to_string(getpid()) + (suffix.empty() ? "" : "-" + suffix);
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f || (size && std::fwrite(data, 1, size, f) != size) || std::fclose(f) != 0) {
+    std::perror(path.c_str());
+    std::abort();
+  }
+  return path;
+}
+
+}  // namespace hh::fuzz
+
+#ifdef HH_FUZZ_LIBFUZZER
+// Under libFuzzer: HH_FUZZ_SEEDS=DIR writes the target's seeds into DIR (the corpus it is
+// about to read) before fuzzing starts.
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  const char* dir = std::getenv("HH_FUZZ_SEEDS");
+  if (!dir || !*dir) return 0;
+  const std::vector<hh::fuzz::Bytes> seeds = hh::fuzz::seeds();
+  for (size_t i = 0; i < seeds.size(); i++) {
+    const std::string path = std::string(dir) + "/seed-" + std::to_string(i);
+    FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f ||
+        (!seeds[i].empty() &&
+         std::fwrite(seeds[i].data(), 1, seeds[i].size(), f) != seeds[i].size()) ||
+        std::fclose(f) != 0) {
+      std::perror(path.c_str());
+      std::abort();
+    }
+  }
+  return 0;
+}
+#endif
