@@ -82,6 +82,31 @@ TEST(Json, DoublesRoundTripBitExactly) {
   }
 }
 
+// Integers keep every bit: a double holds 53, and a seed of 8888888888888888888 recorded
+// as a double (8888888888888888832 when read back) would be another run's seed (found by
+// fuzz_flags' round trip through a run directory's config.json).
+TEST(Json, IntegersPast2To53AreExact) {
+  for (int64_t v : {int64_t{8888888888888888888}, int64_t{INT64_MAX}, int64_t{INT64_MIN},
+                    int64_t{(1ll << 53) + 1}, int64_t{-1}, int64_t{0}}) {
+    const Json j(v);
+    EXPECT_EQ(j.dump(), std::to_string(v));
+    EXPECT_EQ(Json::parse(j.dump()).as_int(), v);
+    EXPECT_EQ(Json::parse("[" + std::to_string(v) + "]").dump(), "[" + std::to_string(v) + "]");
+  }
+  EXPECT_EQ(Json(uint64_t{1} << 63).dump(), "9.2233720368547758e+18");  // past int64: a double
+  // Past int64, or written with a fraction or an exponent: a double, integral only < 2^53.
+  EXPECT_TRUE(contains(error_of([] { Json::parse("9223372036854775808").as_int(); }), "integer"));
+  EXPECT_TRUE(contains(error_of([] { Json::parse("8.8888888888888888e18").as_int(); }), "integer"));
+  EXPECT_EQ(Json::parse("1e3").as_int(), 1000);
+  EXPECT_EQ(Json::parse("-0").dump(), "0");
+  // The flags a run directory records.
+  Flags f("hh-test", "seeds");
+  f.add_int("seed", 1, "seed");
+  f.parse(std::vector<std::string>{"--seed=8888888888888888888"});
+  EXPECT_EQ(f.to_json(), R"({"seed":8888888888888888888})");
+  EXPECT_EQ(Json::parse(f.to_json()).at("seed").as_int(), 8888888888888888888);
+}
+
 TEST(Json, UnicodeEscapes) {
   EXPECT_EQ(Json::parse(R"("\u00e9")").as_string(), "\xC3\xA9");
   EXPECT_EQ(Json::parse(R"("\u20AC")").as_string(), "\xE2\x82\xAC");

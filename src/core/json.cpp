@@ -1,7 +1,9 @@
 #include "core/json.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
@@ -85,7 +87,7 @@ class Parser {
         expect_word("null");
         return Json();
       default:
-        if (c == '-' || (c >= '0' && c <= '9')) return Json(parse_number());
+        if (c == '-' || (c >= '0' && c <= '9')) return parse_number();
         fail(str_cat("unexpected character '", c, "'"));
     }
   }
@@ -135,7 +137,9 @@ class Parser {
     }
   }
 
-  double parse_number() {
+  // An integer literal that fits int64 is kept exactly (Json(int64_t)); anything else is
+  // a double.
+  Json parse_number() {
     size_t start = pos_;
     if (s_[pos_] == '-') ++pos_;
     auto digits = [&] {
@@ -156,7 +160,12 @@ class Parser {
       digits();
     }
     std::string tok(s_.substr(start, pos_ - start));
-    return std::strtod(tok.c_str(), nullptr);
+    if (tok.find_first_of(".eE") == std::string::npos) {
+      errno = 0;
+      const long long v = std::strtoll(tok.c_str(), nullptr, 10);
+      if (errno == 0) return Json(static_cast<int64_t>(v));
+    }
+    return Json(std::strtod(tok.c_str(), nullptr));
   }
 
   unsigned parse_hex4() {
@@ -300,6 +309,7 @@ double Json::as_number() const {
 }
 int64_t Json::as_int() const {
   double v = as_number();
+  if (exact_) return int_;
   HH_CHECK(std::floor(v) == v && std::fabs(v) < 9.007199254740992e15,
            "JSON: expected an integer, found ", v);
   return static_cast<int64_t>(v);
@@ -435,7 +445,9 @@ void Json::dump_to(std::string& out) const {
       out += bool_ ? "true" : "false";
       break;
     case Type::Number: {
-      if (!std::isfinite(num_)) {
+      if (exact_) {
+        out += std::to_string(int_);
+      } else if (!std::isfinite(num_)) {
         out += "null";  // JSON has no NaN/Inf
       } else if (std::floor(num_) == num_ && std::fabs(num_) < 1e15) {
         out += std::to_string(static_cast<int64_t>(num_));

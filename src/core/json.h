@@ -19,9 +19,15 @@ class Json {
   Json() = default;
   Json(std::nullptr_t) {}
   Json(bool b) : type_(Type::Bool), bool_(b) {}
-  Json(int v) : type_(Type::Number), num_(v) {}
-  Json(int64_t v) : type_(Type::Number), num_(static_cast<double>(v)) {}
-  Json(uint64_t v) : type_(Type::Number), num_(static_cast<double>(v)) {}
+  // Integers keep their exact value beside the double (a double holds only 53 bits): a
+  // seed or count past 2^53 is written, read and compared exactly.
+  Json(int v) : type_(Type::Number), num_(v), exact_(true), int_(v) {}
+  Json(int64_t v) : type_(Type::Number), num_(static_cast<double>(v)), exact_(true), int_(v) {}
+  Json(uint64_t v)
+      : type_(Type::Number),
+        num_(static_cast<double>(v)),
+        exact_(v <= static_cast<uint64_t>(INT64_MAX)),
+        int_(exact_ ? static_cast<int64_t>(v) : 0) {}
   Json(double v) : type_(Type::Number), num_(v) {}
   Json(const char* s) : type_(Type::String), str_(s) {}
   Json(std::string s) : type_(Type::String), str_(std::move(s)) {}
@@ -45,7 +51,9 @@ class Json {
   // Typed access; throws hh::Error naming the expected type when it does not match.
   bool as_bool() const;
   double as_number() const;
-  int64_t as_int() const;  // also checks the number is integral
+  // Also checks the number is an integer: an exact one (written without a fraction or
+  // exponent, or made from an integer), or a double below 2^53 with no fraction.
+  int64_t as_int() const;
   const std::string& as_string() const;
   const Array& as_array() const;
   const Object& as_object() const;
@@ -69,6 +77,8 @@ class Json {
   Type type_ = Type::Null;
   bool bool_ = false;
   double num_ = 0;
+  bool exact_ = false;  // int_ holds the number exactly
+  int64_t int_ = 0;
   std::string str_;
   Array arr_;  // value semantics: a copy is a deep copy
   Object obj_;
