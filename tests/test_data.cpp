@@ -320,6 +320,30 @@ TEST(LineReader, TruncatedGzipIsAnError) {
   EXPECT_TRUE(contains(err, "corrupt gzip")) << err;
 }
 
+// Bytes after the last gzip member that do not start another one are refused, naming
+// where they start: one byte, or a block of zeros, or text.
+TEST(LineReader, TrailingGarbageAfterGzipIsAnError) {
+  TempDir dir;
+  write_gzip(dir.file("ok.gz"), "one\ntwo\n");
+  const std::vector<uint8_t> gz = read_file_bytes(dir.file("ok.gz"));
+  for (const std::string& tail :
+       {std::string("\n"), std::string(512, '\0'), std::string("garbage")}) {
+    SCOPED_TRACE(tail.size());
+    std::vector<uint8_t> bytes = gz;
+    bytes.insert(bytes.end(), tail.begin(), tail.end());
+    write_file_atomic(dir.file("tail.gz"), bytes.data(), bytes.size());
+    std::string err = error_of([&] {
+      LineReader r(dir.file("tail.gz"));
+      std::string line;
+      while (r.next(&line)) {
+      }
+    });
+    EXPECT_TRUE(contains(err, "tail.gz")) << err;
+    EXPECT_TRUE(contains(err, "trailing garbage")) << err;
+    EXPECT_TRUE(contains(err, "from compressed byte " + std::to_string(gz.size()))) << err;
+  }
+}
+
 TEST(HhReader, SharedGzipCutInHalfIsAnError) {
   SKIP_WITHOUT_SHARED_DATA();
   TempDir dir;

@@ -104,6 +104,12 @@ bool LineReader::fill() {
       zs->avail_in = static_cast<uInt>(n);
     }
     if (zstream_done_) {  // more input after a member: the next gzip member
+      // Anything else there is refused (gzip -d only warns about "trailing garbage"): bytes
+      // appended to a download are as suspect as bytes missing from one.
+      const uint64_t at = compressed_read_ - zs->avail_in;
+      HH_CHECK(zs->next_in[0] == 0x1f && (zs->avail_in < 2 || zs->next_in[1] == 0x8b), path_,
+               ": bytes after the end of the gzip data, from compressed byte ", at,
+               ", are not another gzip member (trailing garbage; `gzip -t` warns of it too)");
       inflateReset(zs);
       zstream_done_ = false;
     }
