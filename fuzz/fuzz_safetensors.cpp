@@ -70,7 +70,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<std::pair<std::string, hh::TensorInfo>> order(file.tensors().begin(),
                                                             file.tensors().end());
   std::sort(order.begin(), order.end(),
-            [](const auto& a, const auto& b) { return a.second.begin < b.second.begin; });
+            [](const auto& a, const auto& b) {  // as the reader orders them (empty ones first)
+              return a.second.begin != b.second.begin ? a.second.begin < b.second.begin
+                                                      : a.second.end < b.second.end;
+            });
   hh::SafeTensorsWriter w;
   for (const auto& [key, value] : file.metadata()) w.set_metadata(key, value);
   for (const auto& [name, info] : order)
