@@ -266,6 +266,12 @@ TEST(TrainLm, ResumeRefusesChangedSettings) {
   EXPECT_EQ(hh::test::snapshot_files(o.run_dir), before);
   resume.config_json = flags(data, 1e-3, 2, "other.safetensors");
   hh::test::expect_error_with([&] { hh::train_lm(*be, resume); }, {"--init=\"other.safetensors\""});
+  // A damaged config.json does not turn the check off.
+  const std::string config = o.run_dir + "/config.json", kept = hh::read_file_text(config);
+  hh::write_file_atomic(config, "[1, 2]\n");
+  hh::test::expect_error_with([&] { hh::train_lm(*be, resume); },
+                              {config, "not a JSON object of flags"});
+  hh::write_file_atomic(config, kept);
   // The same file through another path, more steps, and --init left out: fine.
   resume.config_json = flags(tmp.path() + "/./" + fs::path(data).filename().string(), 1e-3, 2, "");
   EXPECT_EQ(hh::train_lm(*be, resume).steps_done, 1);

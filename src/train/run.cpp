@@ -316,7 +316,9 @@ void RunDir::write_config(const std::string& json) const {
     return;
   }
   const Json saved = Json::parse(read_file_text(p), p), now = Json::parse(json, "the flags");
-  if (!saved.is_object() || !now.is_object()) return;
+  // A damaged record must not switch the check off.
+  HH_CHECK(saved.is_object(), p, ": not a JSON object of flags (a damaged run directory?)");
+  if (!now.is_object()) return;
   std::string differ;
   for (const auto& [flag, value] : now.as_object()) {
     const Json* before = saved.find(flag);
