@@ -113,6 +113,50 @@ TEST(Pretokenizer, CodePointClasses) {
   EXPECT_EQ(code_point_class(0x1D7CE), CharClass::kNumber);  // mathematical bold zero
 }
 
+// Against the regex itself, run by an independent engine (Python's `regex` module;
+// scripts/reference/pretokenizer_reference.py): the class of every code point, and the
+// split of 2000 random texts built from the characters that decide a split (contractions
+// in both cases, every Unicode space and its look-alikes, marks, Nd/Nl/No numbers of
+// several planes, emoji with modifiers and joiners, runs of spaces).
+TEST(Pretokenizer, MatchesTheRegexOnEveryCodePointAndRandomTexts) {
+  std::ifstream in(HH_SOURCE_DIR "/tests/fixtures/pretokenizer_regex.jsonl");
+  ASSERT_TRUE(in) << "tests/fixtures/pretokenizer_regex.jsonl (make fixtures)";
+  std::string line;
+  ASSERT_TRUE(std::getline(in, line));
+  // Every code point outside the listed ranges (and the surrogates, which UTF-8 cannot
+  // encode) is "other".
+  std::vector<CharClass> want(0x110000, CharClass::kOther);
+  const Json classes = Json::parse(line, "classes");
+  for (const Json& r : classes.at("classes").as_array()) {
+    const std::string& c = r.as_array()[2].as_string();
+    const CharClass cls = c == "L"   ? CharClass::kLetter
+                          : c == "N" ? CharClass::kNumber
+                                     : CharClass::kSpace;
+    for (int64_t cp = r.as_array()[0].as_int(); cp <= r.as_array()[1].as_int(); cp++)
+      want[cp] = cls;
+  }
+  int class_mismatches = 0;
+  for (uint32_t cp = 0; cp < 0x110000; cp++) {
+    if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+    if (code_point_class(cp) != want[cp] && ++class_mismatches <= 10)
+      ADD_FAILURE() << "U+" << std::hex << cp << ": class " << int(code_point_class(cp))
+                    << ", the regex says " << int(want[cp]);
+  }
+  EXPECT_EQ(class_mismatches, 0);
+  int texts = 0, split_mismatches = 0;
+  while (std::getline(in, line)) {
+    const Json j = Json::parse(line, "pretokenizer_regex.jsonl");
+    std::vector<std::string> pieces;
+    for (const Json& p : j.at("pieces").as_array()) pieces.push_back(p.as_string());
+    texts++;
+    if (split(j.at("text").as_string()) != pieces && ++split_mismatches <= 10)
+      ADD_FAILURE() << "text " << j.at("text").dump() << ": regex gives "
+                    << Json(Json::Array(j.at("pieces").as_array())).dump();
+  }
+  EXPECT_EQ(texts, 2000);
+  EXPECT_EQ(split_mismatches, 0);
+}
+
 TEST(Trainer, ClassicExampleMerges) {
   // "aaabdaaabac": (a,a) is most frequent; then (a,b) and (256,a) tie at 2 and the
   // smaller left id wins.
