@@ -2,10 +2,12 @@
 #include <dirent.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -812,6 +814,34 @@ TEST(FileIo, AtomicWriteOverwritesAndLeavesNoTemp) {
   write_file_atomic(rel, std::string_view("rel"));
   EXPECT_EQ(read_file_text(rel), "rel");
   std::remove(rel.c_str());
+}
+
+// The point of writing to a temporary file and renaming it: a writer killed at any moment
+// (Ctrl-C twice, an OOM kill, a preempted job) leaves the old file or the new one, whole.
+// A child process rewrites an 8 MiB file over and over, alternating two contents, and is
+// killed with SIGKILL after a varying delay; the file must always be exactly one of the
+// two. (Killed writers leave their temporary file, path.tmp.<pid>, behind; the target is
+// never touched until the rename.)
+TEST(FileIo, AKilledWriterLeavesTheOldFileOrTheNew) {
+  TempDir dir;
+  const std::string path = dir.file("checkpoint.bin");
+  const std::string a(8 << 20, 'a'), b(8 << 20, 'b');
+  write_file_atomic(path, a);
+  Rng rng(5);
+  for (int kill_no = 0; kill_no < 30; kill_no++) {
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      for (int i = 0;; i++) write_file_atomic(path, i % 2 ? a : b);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(500 + rng.below(20000)));
+    ASSERT_EQ(kill(child, SIGKILL), 0);
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    const std::string now = read_file_text(path);
+    ASSERT_TRUE(now == a || now == b) << "after kill " << kill_no << " the file holds "
+                                      << now.size() << " bytes, neither version";
+  }
 }
 
 TEST(FileIo, FailedAtomicWriteKeepsOldFile) {
