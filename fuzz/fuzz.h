@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "model/gpt.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
@@ -67,6 +68,11 @@ bool returns_or_throws_hh_error(F&& body) {
 // before it. Random changes almost never keep it right, so targets also try each input
 // with the checksum recomputed: that reaches the checks behind it.
 Bytes with_checksum_fixed(const uint8_t* data, size_t size);
+
+// The CPU backend, and the small model config (1 layer, 2 heads, width 8, vocabulary 20,
+// context 4) of the targets that load models and their state.
+hh::Backend& cpu_backend();
+hh::GPTConfig small_gpt_config();
 
 // Writes the bytes to this process's scratch file (readers that take a path) and returns
 // its path; `suffix` tells apart several files of one input.

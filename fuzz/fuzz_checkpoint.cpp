@@ -8,31 +8,12 @@
 #include "fuzz/fuzz.h"
 #include "model/checkpoint.h"
 
-namespace {
-
-hh::Backend& cpu() {
-  static std::unique_ptr<hh::Backend> backend = hh::make_cpu_backend();
-  return *backend;
-}
-
-hh::GPTConfig small_config() {
-  hh::GPTConfig c;
-  c.n_layer = 1;
-  c.n_head = 2;
-  c.n_embd = 8;
-  c.max_seq_len = 4;
-  c.set_vocab_size(20);
-  return c;
-}
-
-}  // namespace
-
 namespace hh::fuzz {
 
 std::vector<Bytes> seeds() {
   std::vector<Bytes> out;
   for (bool head : {false, true}) {
-    GPT model(cpu(), small_config(), head);
+    GPT model(cpu_backend(), small_gpt_config(), head);
     model.init_random(head ? 2 : 1);
     const std::string path = scratch_file(nullptr, 0, "seed");
     save_model(path, model, {{"stage", head ? "pm" : "sft"}});
@@ -47,15 +28,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string path = hh::fuzz::scratch_file(data, size);
   std::unique_ptr<hh::GPT> model;
   std::map<std::string, std::string> meta;
-  if (!hh::fuzz::returns_or_throws_hh_error(
-          [&] { model = std::make_unique<hh::GPT>(hh::load_model(path, cpu(), &meta)); }))
+  if (!hh::fuzz::returns_or_throws_hh_error([&] {
+        model = std::make_unique<hh::GPT>(hh::load_model(path, hh::fuzz::cpu_backend(), &meta));
+      }))
     return 0;
   // The metadata keys save_model writes itself are not the caller's to pass.
   meta.erase("config");
   meta.erase("scalar_head");
   const std::string resaved = hh::fuzz::scratch_file(nullptr, 0, "resaved");
   hh::save_model(resaved, *model, meta);
-  hh::GPT again = hh::load_model(resaved, cpu());
+  hh::GPT again = hh::load_model(resaved, hh::fuzz::cpu_backend());
   FUZZ_REQUIRE(again.config() == model->config(), "config changed");
   FUZZ_REQUIRE(again.has_scalar_head() == model->has_scalar_head(), "head changed");
   for (const hh::ParamTensor& t : model->param_tensors())

@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "core/fileio.h"
@@ -11,6 +12,21 @@
 namespace hh::fuzz {
 
 std::string current_input;
+
+hh::Backend& cpu_backend() {
+  static std::unique_ptr<hh::Backend> backend = hh::make_cpu_backend();
+  return *backend;
+}
+
+hh::GPTConfig small_gpt_config() {
+  hh::GPTConfig c;
+  c.n_layer = 1;
+  c.n_head = 2;
+  c.n_embd = 8;
+  c.max_seq_len = 4;
+  c.set_vocab_size(20);
+  return c;
+}
 
 Bytes with_checksum_fixed(const uint8_t* data, size_t size) {
   Bytes b(data, data + size);

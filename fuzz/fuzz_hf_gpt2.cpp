@@ -11,19 +11,8 @@
 
 namespace {
 
-hh::Backend& cpu() {
-  static std::unique_ptr<hh::Backend> backend = hh::make_cpu_backend();
-  return *backend;
-}
-
 std::unique_ptr<hh::GPT> small_model() {
-  hh::GPTConfig c;
-  c.n_layer = 1;
-  c.n_head = 2;
-  c.n_embd = 8;
-  c.max_seq_len = 4;
-  c.set_vocab_size(20);
-  return std::make_unique<hh::GPT>(cpu(), c, false);
+  return std::make_unique<hh::GPT>(hh::fuzz::cpu_backend(), hh::fuzz::small_gpt_config(), false);
 }
 
 }  // namespace

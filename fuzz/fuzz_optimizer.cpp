@@ -10,15 +10,8 @@
 namespace {
 
 hh::GPT& model() {
-  static std::unique_ptr<hh::Backend> backend = hh::make_cpu_backend();
   static hh::GPT gpt = [] {
-    hh::GPTConfig c;
-    c.n_layer = 1;
-    c.n_head = 2;
-    c.n_embd = 8;
-    c.max_seq_len = 4;
-    c.set_vocab_size(20);
-    hh::GPT m(*backend, c, false);
+    hh::GPT m(hh::fuzz::cpu_backend(), hh::fuzz::small_gpt_config(), false);
     m.init_random(1);
     return m;
   }();
