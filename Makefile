@@ -36,6 +36,8 @@ mutants:
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= $(patsubst fuzz/fuzz_%.cpp,%,$(filter-out fuzz/fuzz_common.cpp,$(wildcard fuzz/fuzz_*.cpp)))
 fuzz:
+	@command -v clang++ >/dev/null || { echo "make fuzz needs clang and its fuzzer runtime:" \
+	  "apt-get install clang libclang-rt-14-dev" >&2; exit 1; }
 	CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHH_FUZZ=ON \
 	  -DBUILD_TESTING=OFF
 	cmake --build build-fuzz -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_TARGETS))
