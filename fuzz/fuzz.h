@@ -69,6 +69,14 @@ bool returns_or_throws_hh_error(F&& body) {
 // with the checksum recomputed: that reaches the checks behind it.
 Bytes with_checksum_fixed(const uint8_t* data, size_t size);
 
+// check(data, size) on the input as it is, then with its checksum recomputed.
+template <typename F>
+void as_is_and_with_checksum_fixed(const uint8_t* data, size_t size, F&& check) {
+  check(data, size);
+  const Bytes fixed = with_checksum_fixed(data, size);
+  check(fixed.data(), fixed.size());
+}
+
 // The CPU backend, and the small model config (1 layer, 2 heads, width 8, vocabulary 20,
 // context 4) of the targets that load models and their state.
 hh::Backend& cpu_backend();

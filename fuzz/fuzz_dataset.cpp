@@ -46,8 +46,6 @@ void check(const uint8_t* data, size_t size) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  check(data, size);
-  const hh::fuzz::Bytes fixed = hh::fuzz::with_checksum_fixed(data, size);
-  check(fixed.data(), fixed.size());
+  hh::fuzz::as_is_and_with_checksum_fixed(data, size, check);
   return 0;
 }

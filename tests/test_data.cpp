@@ -288,6 +288,16 @@ TEST(LineReader, LongLinesAcrossChunks) {
   EXPECT_FALSE(r.next(&line));
 }
 
+// The error reading every line of `path` gives ("" when there is none).
+std::string error_reading_lines(const std::string& path) {
+  return error_of([&] {
+    LineReader r(path);
+    std::string line;
+    while (r.next(&line)) {
+    }
+  });
+}
+
 TEST(LineReader, TruncatedGzipIsAnError) {
   TempDir dir;
   std::string text;
@@ -299,24 +309,14 @@ TEST(LineReader, TruncatedGzipIsAnError) {
        {bytes.size() / 2, bytes.size() - 9, bytes.size() - 4, bytes.size() - 1, size_t{12}}) {
     SCOPED_TRACE(keep);
     write_file_atomic(dir.file("cut.gz"), bytes.data(), keep);
-    std::string err = error_of([&] {
-      LineReader r(dir.file("cut.gz"));
-      std::string line;
-      while (r.next(&line)) {
-      }
-    });
+    std::string err = error_reading_lines(dir.file("cut.gz"));
     EXPECT_TRUE(contains(err, "cut short")) << err;
     EXPECT_TRUE(contains(err, "cut.gz")) << err;
   }
   // A flipped byte in the compressed data: corrupt data or a CRC mismatch.
   bytes[bytes.size() / 2] ^= 0x55;
   write_file_atomic(dir.file("flip.gz"), bytes.data(), bytes.size());
-  std::string err = error_of([&] {
-    LineReader r(dir.file("flip.gz"));
-    std::string line;
-    while (r.next(&line)) {
-    }
-  });
+  std::string err = error_reading_lines(dir.file("flip.gz"));
   EXPECT_TRUE(contains(err, "corrupt gzip")) << err;
 }
 
@@ -332,12 +332,7 @@ TEST(LineReader, TrailingGarbageAfterGzipIsAnError) {
     std::vector<uint8_t> bytes = gz;
     bytes.insert(bytes.end(), tail.begin(), tail.end());
     write_file_atomic(dir.file("tail.gz"), bytes.data(), bytes.size());
-    std::string err = error_of([&] {
-      LineReader r(dir.file("tail.gz"));
-      std::string line;
-      while (r.next(&line)) {
-      }
-    });
+    std::string err = error_reading_lines(dir.file("tail.gz"));
     EXPECT_TRUE(contains(err, "tail.gz")) << err;
     EXPECT_TRUE(contains(err, "trailing garbage")) << err;
     EXPECT_TRUE(contains(err, "from compressed byte " + std::to_string(gz.size()))) << err;

@@ -689,10 +689,7 @@ TEST(CheckpointTest, ResumeIsBitExact) {
 // coefficient, or a negative step (found by fuzz_optimizer, docs/fuzzing.md).
 TEST(CheckpointTest, DamagedTrainerStateIsRefused) {
   auto be = make_cpu_backend();
-  GPTConfig cfg = GPTConfig::preset("tiny", 100);
-  cfg.max_seq_len = 16;
-  GPT model(*be, cfg, false);
-  model.init_random(3);
+  GPT model(*be, GPTConfig::preset("tiny", 100), false);
   AdamW opt(model, AdamWConfig{});
   TrainState state;
   state.rng_state = {1, 2, 3, 4};
