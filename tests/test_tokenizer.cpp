@@ -524,6 +524,31 @@ TEST_F(Gpt2, SaveLoadKeepsIds) {
   EXPECT_EQ(back.encode(text), tok.encode(text));
 }
 
+// An id in encoder.json that is not an integer (a string, a fraction, past int32) is an
+// error naming the file and the token, for a byte token, a merged token and the end token.
+TEST_F(Gpt2, NonIntegerIdsNameTheFileAndToken) {
+  const Json encoder = Json::parse(read_file_text(kGpt2Dir + "/encoder.json"));
+  const std::string path = temp_path("bad_encoder.json");
+  for (const char* token : {"!", "Ġthe", "<|endoftext|>"}) {
+    for (const Json& bad : {Json("7"), Json(1.5), Json(int64_t{1} << 40)}) {
+      Json changed = encoder;
+      changed[token] = bad;
+      write_file_atomic(path, changed.dump());
+      std::string err;
+      try {
+        Tokenizer::import_gpt2(path, kGpt2Dir + "/vocab.bpe");
+      } catch (const Error& e) {
+        err = e.what();
+      }
+      EXPECT_NE(
+          err.find(path + ": token '" + token + "' has id " + bad.dump() + ", not an integer id"),
+          std::string::npos)
+          << token << " " << bad.dump() << ": " << err;
+    }
+  }
+  std::remove(path.c_str());
+}
+
 TEST(Gpt2Import, RejectsMissingAndMalformedFiles) {
   std::string enc = temp_path("enc.json"), bpe = temp_path("vocab.bpe");
   EXPECT_THROW(Tokenizer::import_gpt2(enc + ".missing", bpe), Error);

@@ -1,5 +1,6 @@
 // Import of GPT-2's encoder.json (token string -> id) and vocab.bpe (merges in rank
 // order). GPT-2 writes bytes as printable code points (bytes_to_unicode); we map them back.
+#include <cmath>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -65,6 +66,14 @@ std::string gpt2_token_bytes(const std::string& token, const std::vector<int>& c
   return out;
 }
 
+// The id encoder.json gives `token`: an integer, or an error naming the file and token.
+int64_t token_id(const Json& id, const std::string& path, const std::string& token) {
+  HH_CHECK(id.is_number() && id.as_number() == std::floor(id.as_number()) &&
+               std::fabs(id.as_number()) < 2147483648.0,
+           path, ": token '", token, "' has id ", id.dump(), ", not an integer id");
+  return id.as_int();
+}
+
 }  // namespace
 
 Tokenizer Tokenizer::import_gpt2(const std::string& encoder_json_path,
@@ -84,7 +93,7 @@ Tokenizer Tokenizer::import_gpt2(const std::string& encoder_json_path,
   for (int b = 0; b < 256; ++b) {
     auto it = enc.find(utf8(byte_cp[b]));
     HH_CHECK(it != enc.end(), encoder_json_path, ": no token for byte ", b);
-    int64_t id = it->second.as_int();
+    int64_t id = token_id(it->second, encoder_json_path, it->first);
     HH_CHECK(id >= 0 && id < 256 && !id_seen[id], encoder_json_path, ": byte ", b, " has id ", id,
              "; expected a distinct id below 256");
     id_seen[id] = true;
@@ -117,9 +126,9 @@ Tokenizer Tokenizer::import_gpt2(const std::string& encoder_json_path,
              "' uses a token no earlier merge made");
     int32_t id = 256 + static_cast<int32_t>(merges.size());
     auto e = enc.find(left + right);
-    HH_CHECK(e != enc.end() && e->second.as_int() == id, where, ": encoder.json gives '",
-             left + right, "' id ", (e == enc.end() ? int64_t{-1} : e->second.as_int()),
-             ", expected ", id, " (256 + merge rank)");
+    const int64_t got = e == enc.end() ? -1 : token_id(e->second, encoder_json_path, e->first);
+    HH_CHECK(got == id, where, ": encoder.json gives '", left + right, "' id ", got, ", expected ",
+             id, " (256 + merge rank)");
     merges.push_back({li->second, ri->second});
     id_of_bytes.emplace(lb + rb, id);
   }
@@ -127,8 +136,8 @@ Tokenizer Tokenizer::import_gpt2(const std::string& encoder_json_path,
   std::vector<std::string> specials = {kEndOfText};
   auto eot = enc.find(kEndOfText);
   int64_t expected_eot = 256 + static_cast<int64_t>(merges.size());
-  HH_CHECK(eot != enc.end() && eot->second.as_int() == expected_eot, encoder_json_path,
-           ": expected ", kEndOfText, " with id ", expected_eot);
+  HH_CHECK(eot != enc.end() && token_id(eot->second, encoder_json_path, eot->first) == expected_eot,
+           encoder_json_path, ": expected ", kEndOfText, " with id ", expected_eot);
   HH_CHECK(enc.size() == static_cast<size_t>(expected_eot + 1), encoder_json_path, ": ", enc.size(),
            " tokens, but vocab.bpe's ", merges.size(), " merges give ", expected_eot + 1);
   for (const std::string& s : extra_specials)
