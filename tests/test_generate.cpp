@@ -1078,5 +1078,35 @@ TEST(HhChat, BatchInteractiveAndTokenizerCheck) {
       << read_file_text(dir + "/err.txt");
 }
 
+// A transformers config.json field past int32 is refused, naming the file and field. It
+// used to be cut to an int: n_layer = 2^32 + 2 read as 2, and the 2-layer weights loaded.
+TEST(HhChat, HfConfigFieldsMustFitAnInt) {
+  const std::string exe = std::string(HH_BINARY_DIR) + "/hh-chat";
+  if (!file_exists(exe)) GTEST_SKIP() << exe << " not built";
+  auto be = make_cpu_backend();
+  Tokenizer tok = merged_tokenizer();
+  GPT model = random_model(*be, tiny_config(tok.vocab_size(), 128), 3, 1.0f);
+  ASSERT_EQ(model.config().n_layer, 2);
+  const std::string dir = std::string(HH_BINARY_DIR) + "/test_generate_hf_config";
+  make_dirs(dir);
+  tok.save(dir + "/tok.bin");
+  model.export_hf_gpt2(dir + "/model.safetensors");
+  Json config = Json::parse(model.hf_config_json());
+  const std::string run = exe + " --model " + dir + "/model.safetensors --hf-config " + dir +
+                          "/config.json --tokenizer " + dir + "/tok.bin --device cpu < /dev/null" +
+                          " > /dev/null 2> " + dir + "/err.txt";
+  write_file_atomic(dir + "/config.json", config.dump());
+  ASSERT_EQ(std::system(run.c_str()), 0) << read_file_text(dir + "/err.txt");
+  config["n_layer"] = Json(int64_t{(1ll << 32) + 2});
+  write_file_atomic(dir + "/config.json", config.dump());
+  const int status = std::system(run.c_str());
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << status;
+  const std::string err = read_file_text(dir + "/err.txt");
+  EXPECT_NE(err.find(dir + "/config.json: field 'n_layer' must be an integer below 2^31, got "
+                           "4294967298"),
+            std::string::npos)
+      << err;
+}
+
 }  // namespace
 }  // namespace hh
