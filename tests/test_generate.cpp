@@ -1002,12 +1002,20 @@ TEST_F(GenerateTest, HfExportImportRoundTripGivesIdenticalLogits) {
 // The hh-chat binary, when built: batch mode, the interactive loop on a pipe, and the
 // tokenizer check.
 
-TEST(HhChat, BatchInteractiveAndTokenizerCheck) {
+// The hh-chat binary (the tests skip when it is not built), and a small random model with
+// its tokenizer.
+class HhChat : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!file_exists(exe)) GTEST_SKIP() << exe << " not built";
+  }
   const std::string exe = std::string(HH_BINARY_DIR) + "/hh-chat";
-  if (!file_exists(exe)) GTEST_SKIP() << exe << " not built";
-  auto be = make_cpu_backend();
+  std::unique_ptr<Backend> be = make_cpu_backend();
   Tokenizer tok = merged_tokenizer();
   GPT model = random_model(*be, tiny_config(tok.vocab_size(), 128), 3, 1.0f);
+};
+
+TEST_F(HhChat, BatchInteractiveAndTokenizerCheck) {
   const std::string dir = std::string(HH_BINARY_DIR) + "/test_generate_tmp";
   make_dirs(dir);
   tok.save(dir + "/tok.bin");
@@ -1080,12 +1088,7 @@ TEST(HhChat, BatchInteractiveAndTokenizerCheck) {
 
 // A transformers config.json field past int32 is refused, naming the file and field. It
 // used to be cut to an int: n_layer = 2^32 + 2 read as 2, and the 2-layer weights loaded.
-TEST(HhChat, HfConfigFieldsMustFitAnInt) {
-  const std::string exe = std::string(HH_BINARY_DIR) + "/hh-chat";
-  if (!file_exists(exe)) GTEST_SKIP() << exe << " not built";
-  auto be = make_cpu_backend();
-  Tokenizer tok = merged_tokenizer();
-  GPT model = random_model(*be, tiny_config(tok.vocab_size(), 128), 3, 1.0f);
+TEST_F(HhChat, HfConfigFieldsMustFitAnInt) {
   ASSERT_EQ(model.config().n_layer, 2);
   const std::string dir = std::string(HH_BINARY_DIR) + "/test_generate_hf_config";
   make_dirs(dir);
