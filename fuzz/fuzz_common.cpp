@@ -4,10 +4,23 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "core/fileio.h"
 #include "fuzz/fuzz.h"
+
+namespace {
+
+void write_or_abort(const std::string& path, const uint8_t* data, size_t size) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f || (size && std::fwrite(data, 1, size, f) != size) || std::fclose(f) != 0) {
+    std::perror(path.c_str());
+    std::abort();
+  }
+}
+
+}  // namespace
 
 namespace hh::fuzz {
 
@@ -46,11 +59,13 @@ std::string scratch_file(const uint8_t* data, size_t size, const std::string& su
   }();
   const std::string path =
       dir + "/hh-fuzz-" + std::to_string(getpid()) + (suffix.empty() ? "" : "-" + suffix);
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f || (size && std::fwrite(data, 1, size, f) != size) || std::fclose(f) != 0) {
-    std::perror(path.c_str());
-    std::abort();
-  }
+  // Removed when the process exits (a run that aborts on a finding leaves them).
+  static std::set<std::string> made;
+  if (made.insert(path).second && made.size() == 1)
+    std::atexit([] {
+      for (const std::string& p : made) std::remove(p.c_str());
+    });
+  write_or_abort(path, data, size);
   return path;
 }
 
@@ -63,17 +78,9 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   const char* dir = std::getenv("HH_FUZZ_SEEDS");
   if (!dir || !*dir) return 0;
   const std::vector<hh::fuzz::Bytes> seeds = hh::fuzz::seeds();
-  for (size_t i = 0; i < seeds.size(); i++) {
-    const std::string path = std::string(dir) + "/seed-" + std::to_string(i);
-    FILE* f = std::fopen(path.c_str(), "wb");
-    if (!f ||
-        (!seeds[i].empty() &&
-         std::fwrite(seeds[i].data(), 1, seeds[i].size(), f) != seeds[i].size()) ||
-        std::fclose(f) != 0) {
-      std::perror(path.c_str());
-      std::abort();
-    }
-  }
+  for (size_t i = 0; i < seeds.size(); i++)
+    write_or_abort(std::string(dir) + "/seed-" + std::to_string(i), seeds[i].data(),
+                   seeds[i].size());
   return 0;
 }
 #endif

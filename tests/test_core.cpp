@@ -101,6 +101,11 @@ TEST(Json, IntegersPast2To53AreExact) {
   EXPECT_TRUE(contains(error_of([] { Json::parse("8.8888888888888888e18").as_int(); }), "integer"));
   EXPECT_EQ(Json::parse("1e3").as_int(), 1000);
   EXPECT_EQ(Json::parse("-0").dump(), "0");
+  // is_int32: what a model dimension or a token id may be.
+  for (const char* ok : {"0", "-2147483648", "2147483647", "1e3", "-7.0"})
+    EXPECT_TRUE(Json::parse(ok).is_int32()) << ok;
+  for (const char* bad : {"2147483648", "-2147483649", "4294967298", "1.5", "\"7\"", "null"})
+    EXPECT_FALSE(Json::parse(bad).is_int32()) << bad;
   // The flags a run directory records.
   Flags f("hh-test", "seeds");
   f.add_int("seed", 1, "seed");

@@ -1105,7 +1105,7 @@ TEST_F(HhChat, HfConfigFieldsMustFitAnInt) {
   const int status = std::system(run.c_str());
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << status;
   const std::string err = read_file_text(dir + "/err.txt");
-  EXPECT_NE(err.find(dir + "/config.json: field 'n_layer' must be an integer below 2^31, got "
+  EXPECT_NE(err.find(dir + "/config.json: field 'n_layer' must be an integer that fits an int, got "
                            "4294967298"),
             std::string::npos)
       << err;

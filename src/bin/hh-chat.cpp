@@ -76,9 +76,8 @@ GPTConfig hf_model_config(const SafeTensorsFile& file, const std::string& path,
     const Json* v = j.find(key);
     if (!v && alt) v = j.find(alt);
     HH_CHECK(v && v->is_number(), config_path, ": no integer field '", key, "'");
-    HH_CHECK(
-        v->as_number() == std::floor(v->as_number()) && std::fabs(v->as_number()) < 2147483648.0,
-        config_path, ": field '", key, "' must be an integer below 2^31, got ", v->dump());
+    HH_CHECK(v->is_int32(), config_path, ": field '", key,
+             "' must be an integer that fits an int, got ", v->dump());
     return static_cast<int>(v->as_int());
   };
   GPTConfig c;

@@ -314,6 +314,11 @@ int64_t Json::as_int() const {
            "JSON: expected an integer, found ", v);
   return static_cast<int64_t>(v);
 }
+bool Json::is_int32() const {
+  if (type_ != Type::Number) return false;
+  if (exact_) return int_ >= INT32_MIN && int_ <= INT32_MAX;
+  return std::floor(num_) == num_ && num_ >= INT32_MIN && num_ <= INT32_MAX;
+}
 const std::string& Json::as_string() const {
   if (type_ != Type::String) type_error(Type::String, type_);
   return str_;

@@ -54,6 +54,8 @@ class Json {
   // Also checks the number is an integer: an exact one (written without a fraction or
   // exponent, or made from an integer), or a double below 2^53 with no fraction.
   int64_t as_int() const;
+  // A number that as_int() reads and that fits an int (model dimensions, token ids).
+  bool is_int32() const;
   const std::string& as_string() const;
   const Array& as_array() const;
   const Object& as_object() const;

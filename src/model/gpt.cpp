@@ -114,9 +114,8 @@ GPTConfig GPTConfig::from_json(const Json& j, const std::string& what) {
   auto field = [&](const char* key) -> int {
     const Json* v = j.find(key);
     HH_CHECK(v != nullptr, what, ": model config has no field '", key, "'");
-    HH_CHECK(v->is_number() && v->as_number() == std::floor(v->as_number()) &&
-                 std::fabs(v->as_number()) < 2147483648.0,
-             what, ": model config field '", key, "' must be an integer, got ", v->dump());
+    HH_CHECK(v->is_int32(), what, ": model config field '", key, "' must be an integer, got ",
+             v->dump());
     return static_cast<int>(v->as_int());
   };
   GPTConfig c;

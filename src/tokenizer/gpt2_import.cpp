@@ -1,6 +1,5 @@
 // Import of GPT-2's encoder.json (token string -> id) and vocab.bpe (merges in rank
 // order). GPT-2 writes bytes as printable code points (bytes_to_unicode); we map them back.
-#include <cmath>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -68,9 +67,7 @@ std::string gpt2_token_bytes(const std::string& token, const std::vector<int>& c
 
 // The id encoder.json gives `token`: an integer, or an error naming the file and token.
 int64_t token_id(const Json& id, const std::string& path, const std::string& token) {
-  HH_CHECK(id.is_number() && id.as_number() == std::floor(id.as_number()) &&
-               std::fabs(id.as_number()) < 2147483648.0,
-           path, ": token '", token, "' has id ", id.dump(), ", not an integer id");
+  HH_CHECK(id.is_int32(), path, ": token '", token, "' has id ", id.dump(), ", not an integer id");
   return id.as_int();
 }
 
