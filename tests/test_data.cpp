@@ -819,6 +819,42 @@ TEST(EndToEnd, HhPrepareBinary) {
   PmDataset pm = PmDataset::load(dir.file("dev.pm.bin"), nullptr);
   EXPECT_EQ(pm.size(), 200u);
 
+  // info: the summary as JSON on stdout; with the tokenizer, the first pair decoded on
+  // stderr (and the fingerprint checked).
+  cmd = exe + " info " + dir.file("dev.pm.bin") + " --tokenizer " + dir.file("tok.bin") + " > " +
+        dir.file("info.json") + " 2> " + dir.file("err.txt");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << read_file_text(dir.file("err.txt"));
+  Json info = Json::parse(read_file_text(dir.file("info.json")));
+  EXPECT_EQ(info.at("kind").as_string(), "pm");
+  EXPECT_EQ(info.at("sequences").as_int(), 400);
+  EXPECT_EQ(info.at("tokens").as_int(), static_cast<int64_t>(pm.raw().tokens.size()));
+  const std::string shown = read_file_text(dir.file("err.txt"));
+  EXPECT_TRUE(contains(shown, "--- sequence 1 (")) << shown;
+  EXPECT_TRUE(contains(shown, "Human:")) << shown;
+  Tokenizer other =
+      small_tokenizer(std::vector<HhPair>(read.pairs.begin(), read.pairs.begin() + 10), 300);
+  other.save(dir.file("other.bin"));
+  cmd = exe + " info " + dir.file("dev.pm.bin") + " --tokenizer " + dir.file("other.bin") +
+        " > /dev/null 2> " + dir.file("err.txt");
+  EXPECT_EQ(WEXITSTATUS(std::system(cmd.c_str())), 1);
+  EXPECT_TRUE(contains(read_file_text(dir.file("err.txt")), dir.file("dev.pm.bin")))
+      << read_file_text(dir.file("err.txt"));
+
+  // No --input: harmless-train from the shared data folder, found from the working
+  // directory (ctest runs in the source tree) or named by $HH_DATA_DIR.
+  cmd = "cd / && " + exe + " prompts --tokenizer " + dir.file("tok.bin") + " --out " +
+        dir.file("train.prompts.bin") + " > " + dir.file("out.json") + " 2> " + dir.file("err.txt");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << read_file_text(dir.file("err.txt"));
+  EXPECT_EQ(Json::parse(read_file_text(dir.file("out.json"))).at("examples").as_int(), 1800);
+  cmd = "HH_DATA_DIR=" + dir.file("nowhere") + " " + exe + " prompts --tokenizer " +
+        dir.file("tok.bin") + " --out " + dir.file("x.bin") + " > /dev/null 2> " +
+        dir.file("err.txt");
+  EXPECT_EQ(WEXITSTATUS(std::system(cmd.c_str())), 1);
+  EXPECT_TRUE(contains(read_file_text(dir.file("err.txt")),
+                       dir.file("nowhere") + "/hh-rlhf/harmless-train.jsonl.gz"))
+      << read_file_text(dir.file("err.txt"));
+  EXPECT_FALSE(file_exists(dir.file("x.bin")));
+
   // A truncated input: exit status 1 and a message naming the file.
   std::vector<uint8_t> bytes = read_file_bytes(input);
   write_file_atomic(dir.file("half.jsonl.gz"), bytes.data(), bytes.size() / 2);

@@ -38,6 +38,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using hh::test::run_shell;
 using hh::test::TempDir;
 
 // ---- a fake environment for detect_dist_env ----
@@ -55,8 +56,6 @@ hh::DistEnv detect(std::map<std::string, std::string> vars) {
 
 bool under_mpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr; }
 
-std::string binary(const std::string& name) { return std::string(HH_BINARY_DIR) + "/" + name; }
-
 // mpirun as CI runs it: as root in a container, two ranks on however many cores.
 std::string mpirun() {
   return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
@@ -64,11 +63,6 @@ std::string mpirun() {
 }
 bool have_mpirun() {
   return hh::built_with_mpi() && std::system("mpirun --version >/dev/null 2>&1") == 0;
-}
-
-int run_shell(const std::string& cmd) {
-  int rc = std::system(cmd.c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
 }
 
 // ---- synthetic data shared with the trainers' own tests (same shapes, smaller) ----
@@ -712,7 +706,7 @@ TEST(DistMpi, BinariesStopCleanlyOnBadJobs) {
   }
   TempDir tmp;
   std::string data = make_sft_dataset(tmp.path(), 16);
-  std::string sft = binary("hh-sft") + " --device cpu --train " + data +
+  std::string sft = hh::test::built_binary("hh-sft") + " --device cpu --train " + data +
                     " --steps 2 --seq 32 --ctx 64 --dist-timeout 20";
   std::string common = sft + " --batch 4 --run-dir ";
   std::string log = tmp.path() + "/log.txt";

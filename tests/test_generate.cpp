@@ -22,6 +22,7 @@
 #include "model/generate.h"
 #include "model/gpt.h"
 #include "ops/ops.h"
+#include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
 namespace hh {
@@ -1029,14 +1030,7 @@ TEST_F(HhChat, BatchInteractiveAndTokenizerCheck) {
   std::string cmd = common + " --prompts-file " + dir + "/prompts.jsonl --out " + dir +
                     "/out.jsonl 2> " + dir + "/err.txt";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << read_file_text(dir + "/err.txt");
-  std::string out = read_file_text(dir + "/out.jsonl");
-  std::vector<Json> lines;
-  size_t at = 0;
-  while (at < out.size()) {
-    size_t end = out.find('\n', at);
-    lines.push_back(Json::parse(out.substr(at, end - at)));
-    at = end + 1;
-  }
+  std::vector<Json> lines = test::parse_jsonl(read_file_text(dir + "/out.jsonl"));
   ASSERT_EQ(lines.size(), 2u);
   EXPECT_EQ(lines[0].at("id").as_int(), 7);
   EXPECT_EQ(lines[0].at("prompt").as_string(), "how are you?");
@@ -1109,6 +1103,75 @@ TEST_F(HhChat, HfConfigFieldsMustFitAnInt) {
                            "4294967298"),
             std::string::npos)
       << err;
+}
+
+// --export-hf writes Hugging Face GPT-2 files that hh-chat loads back to the very same
+// logits (--dump-logits, checked against the library's forward); it refuses to overwrite
+// an export; --dump-logits refuses ids that are not ids; --bench on a random model makes
+// exactly batch x new tokens per repeat.
+TEST_F(HhChat, ExportHfLoadsBackToTheSameLogitsAndBenchCountsTokens) {
+  using test::run_shell;
+  test::TempDir dir;
+  tok.save(dir.file("tok.bin"));
+  save_model(dir.file("model.safetensors"), model,
+             {{"tokenizer", std::to_string(tok.fingerprint())}, {"stage", "sft"}});
+  const std::string err = dir.file("err.txt");
+  const std::string chat = exe + " --device cpu --tokenizer " + dir.file("tok.bin");
+  const std::string to_hf = chat + " --model " + dir.file("model.safetensors") + " --export-hf " +
+                            dir.file("hf") + " 2> " + err;
+  ASSERT_EQ(run_shell(to_hf), 0) << read_file_text(err);
+  const Json config = Json::parse(read_file_text(dir.file("hf/config.json")));
+  EXPECT_EQ(config.at("n_layer").as_int(), model.config().n_layer);
+  EXPECT_EQ(config.at("vocab_size").as_int(), model.config().vocab_size);
+  EXPECT_EQ(run_shell(to_hf), 1);  // the export is there: not overwritten
+  EXPECT_NE(read_file_text(err).find(dir.file("hf") + "/model.safetensors"), std::string::npos)
+      << read_file_text(err);
+
+  const std::vector<int32_t> ids = {5, 0, tok.vocab_size() - 1, 7, 7};
+  Batch batch;
+  batch.B = 1;
+  batch.T = static_cast<int>(ids.size());
+  batch.tokens = ids;
+  batch.lengths = {batch.T};
+  model.forward_logits(batch);
+  const std::vector<float> want = model.logits_rows({0, 1, 2, 3, 4});
+  const int V = model.config().vocab_size;
+  for (const std::string& weights :
+       {dir.file("model.safetensors"), dir.file("hf/model.safetensors")}) {
+    ASSERT_EQ(run_shell(chat + " --model " + weights + " --dump-logits 5,0," +
+                        std::to_string(V - 1) + ",7,7 > " + dir.file("logits.json") + " 2> " + err),
+              0)
+        << read_file_text(err);
+    const Json dumped = Json::parse(read_file_text(dir.file("logits.json")));
+    EXPECT_EQ(dumped.at("vocab_size").as_int(), V);
+    ASSERT_EQ(dumped.at("logits").size(), ids.size());
+    std::vector<float> got;
+    for (const Json& row : dumped.at("logits").as_array()) {
+      ASSERT_EQ(row.size(), static_cast<size_t>(V));
+      for (const Json& x : row.as_array()) got.push_back(static_cast<float>(x.as_number()));
+    }
+    EXPECT_EQ(got, want) << weights;  // %.9g round-trips a float exactly
+  }
+  // (stdin from /dev/null: were "" taken for no flag, hh-chat would chat, not wait.)
+  const std::vector<std::string> bad_ids = {"1,x", "1,,2", "-1", "2147483648", ""};
+  for (const std::string& bad : bad_ids) {
+    EXPECT_EQ(run_shell(chat + " --model " + dir.file("model.safetensors") + " --dump-logits '" +
+                        bad + "' < /dev/null > /dev/null 2> " + err),
+              1)
+        << bad;
+    EXPECT_NE(read_file_text(err).find("--dump-logits"), std::string::npos) << read_file_text(err);
+  }
+
+  ASSERT_EQ(run_shell(exe +
+                      " --device cpu --random-model tiny --vocab-size 300 --bench "
+                      "--batch-size 3 --prompt-len 5 --max-new-tokens 4 --repeats 2 > " +
+                      dir.file("bench.json") + " 2> " + err),
+            0)
+      << read_file_text(err);
+  const Json bench = Json::parse(read_file_text(dir.file("bench.json")));
+  EXPECT_EQ(bench.at("new_tokens").as_int(), 3 * 4 * 2);
+  EXPECT_EQ(bench.at("config").at("vocab_size").as_int(), 300);
+  EXPECT_EQ(bench.at("graph_replays").as_int(), 0);  // no CUDA graphs on the CPU
 }
 
 }  // namespace

@@ -530,3 +530,132 @@ TEST(TrainPm, EmptySequenceErrorsNameTheDataset) {
                               {bad_path, "pair 3", "rejected sequence is empty"});
   EXPECT_FALSE(fs::exists(o.run_dir));
 }
+
+// ---------------------------------------------------------------------------------------
+// hh-pm score, the binary: each line's score is the PM's score of pm_sequence(text), in
+// batches that cut between lines and inside none; gzip input; bad lines and models are
+// errors naming them, with nothing written to --output.
+
+TEST(HhPmScore, ScoresAreThePmsOwnAndBadInputIsNamed) {
+  const std::string exe = hh::test::built_binary("hh-pm");
+  if (!hh::file_exists(exe)) GTEST_SKIP() << exe << " not built";
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  const hh::Tokenizer tok = hh::test::byte_tokenizer();
+  tok.save(tmp.file("tok.bin"));
+  hh::GPTConfig config = hh::GPTConfig::preset("tiny", tok.vocab_size());
+  config.max_seq_len = 48;
+  hh::GPT pm(*be, config, true);
+  pm.init_random(41);
+  const std::map<std::string, std::string> meta = {
+      {"stage", "pm"}, {"tokenizer", std::to_string(tok.fingerprint())}};
+  hh::save_model(tmp.file("pm.safetensors"), pm, meta);
+
+  const std::string human = "\n\nHuman: Can you help me move house?\n\nAssistant:";
+  const std::string long_text = human + std::string(80, 'z') + " (cut from the left)";
+  auto quoted = [](const std::string& text) { return hh::Json(text).dump(); };
+  const std::vector<std::string> lines = {
+      "{\"text\": " + quoted(human + " Yes, gladly.") + ", \"id\": 1}",
+      "",
+      "{\"chosen\": " + quoted(human + " Sure.") + ", \"rejected\": " + quoted(human + " No.") +
+          "}",
+      "{\"text\": " + quoted(long_text) + "}",
+      "   ",
+      "{\"text\": \"no markers at all\"}",
+  };
+  std::string input;
+  for (const std::string& line : lines) input += line + "\n";
+  hh::write_file_atomic(tmp.file("in.jsonl"), input);
+  const std::string score = exe + " score --device cpu --model " + tmp.file("pm.safetensors") +
+                            " --tokenizer " + tmp.file("tok.bin");
+  ASSERT_EQ(
+      hh::test::run_shell(score + " --batch 2 --input " + tmp.file("in.jsonl") + " --output " +
+                          tmp.file("out.jsonl") + " 2> " + tmp.file("err.txt")),
+      0)
+      << hh::read_file_text(tmp.file("err.txt"));
+  const std::string out = hh::read_file_text(tmp.file("out.jsonl"));
+  std::vector<hh::Json> scored = hh::test::parse_jsonl(out);
+  ASSERT_EQ(scored.size(), 4u) << out;
+
+  // The library's scores, one sequence at a time.
+  const hh::TextEncoder encoder = hh::TextEncoder::from(tok);
+  auto pm_score = [&](const std::string& text) {
+    std::vector<int32_t> seq = hh::pm_sequence(text, encoder, 48);
+    hh::Batch b;
+    b.B = 1;
+    b.T = static_cast<int>(seq.size());
+    b.tokens = seq;
+    b.lengths = {b.T};
+    return static_cast<double>(pm.forward_scores(b, {b.T - 1})[0]);
+  };
+  EXPECT_EQ(scored[0].at("id").as_int(), 1);
+  EXPECT_EQ(scored[0].at("text").as_string(), human + " Yes, gladly.");
+  EXPECT_NEAR(scored[0].at("score").as_number(), pm_score(human + " Yes, gladly."), 1e-5);
+  EXPECT_NEAR(scored[1].at("score_chosen").as_number(), pm_score(human + " Sure."), 1e-5);
+  EXPECT_NEAR(scored[1].at("score_rejected").as_number(), pm_score(human + " No."), 1e-5);
+  EXPECT_EQ(scored[1].find("score"), nullptr);
+  EXPECT_NEAR(scored[2].at("score").as_number(), pm_score(long_text), 1e-5);
+  EXPECT_NEAR(scored[3].at("score").as_number(), pm_score("no markers at all"), 1e-5);
+  // Left truncation keeps the end: the long text scores as its last 47 bytes + the end.
+  EXPECT_NEAR(pm_score(long_text), pm_score(long_text.substr(long_text.size() - 47)), 1e-5);
+  EXPECT_NE(scored[0].at("score").as_number(), scored[3].at("score").as_number());
+
+  // The same file gzipped, written to stdout, another batch size: the same lines.
+  ASSERT_EQ(
+      hh::test::run_shell("gzip -c " + tmp.file("in.jsonl") + " > " + tmp.file("in.jsonl.gz")), 0);
+  ASSERT_EQ(hh::test::run_shell(score + " --batch 5 --input " + tmp.file("in.jsonl.gz") + " > " +
+                                tmp.file("stdout.jsonl") + " 2> " + tmp.file("err.txt")),
+            0)
+      << hh::read_file_text(tmp.file("err.txt"));
+  std::vector<hh::Json> from_gz =
+      hh::test::parse_jsonl(hh::read_file_text(tmp.file("stdout.jsonl")));
+  ASSERT_EQ(from_gz.size(), scored.size());
+  for (size_t i = 0; i < scored.size(); ++i)
+    for (const char* key : {"score", "score_chosen", "score_rejected"}) {
+      if (scored[i].find(key)) {
+        EXPECT_NEAR(from_gz[i].at(key).as_number(), scored[i].at(key).as_number(), 1e-5) << i;
+      }
+    }
+
+  // A bad line: exit status 1, the file and line named, no --output written.
+  const std::vector<std::pair<std::string, std::string>> bad_lines = {
+      {"[1, 2]", "bad.jsonl:3: expected a JSON object"},
+      {"{\"text\": 7}", "bad.jsonl:3: \"text\" is not a string"},
+      {"{\"chosen\": \"a\"}",
+       "bad.jsonl:3: expected a \"text\" field, or \"chosen\" and \"rejected\""},
+      {"{\"chosen\": \"a\", \"rejected\": null}",
+       "bad.jsonl:3: \"chosen\" and \"rejected\" must be strings"},
+      {"{\"text\": \"a\"", "bad.jsonl:3"},
+  };
+  for (const auto& [line, message] : bad_lines) {
+    hh::write_file_atomic(tmp.file("bad.jsonl"), lines[0] + "\n" + lines[2] + "\n" + line + "\n");
+    EXPECT_EQ(hh::test::run_shell(score + " --input " + tmp.file("bad.jsonl") + " --output " +
+                                  tmp.file("bad_out.jsonl") + " 2> " + tmp.file("err.txt")),
+              1)
+        << line;
+    const std::string err = hh::read_file_text(tmp.file("err.txt"));
+    EXPECT_NE(err.find(message), std::string::npos) << err;
+    EXPECT_FALSE(hh::file_exists(tmp.file("bad_out.jsonl"))) << line;
+  }
+
+  // A language model, a PPO value model, another tokenizer: refused by name.
+  hh::GPT lm(*be, config, false);
+  lm.init_random(1);
+  hh::save_model(tmp.file("lm.safetensors"), lm, meta);
+  hh::save_model(tmp.file("value.safetensors"), pm,
+                 {{"stage", "ppo"}, {"tokenizer", std::to_string(tok.fingerprint())}});
+  hh::save_model(tmp.file("other.safetensors"), pm, {{"stage", "pm"}, {"tokenizer", "12345"}});
+  for (const auto& [model, message] : std::vector<std::pair<std::string, std::string>>{
+           {"lm.safetensors", "has no scalar head"},
+           {"value.safetensors", "is a PPO value model"},
+           {"other.safetensors", "was trained with another tokenizer"}}) {
+    EXPECT_EQ(hh::test::run_shell(exe + " score --device cpu --model " + tmp.file(model) +
+                                  " --tokenizer " + tmp.file("tok.bin") + " --input " +
+                                  tmp.file("in.jsonl") + " > /dev/null 2> " + tmp.file("err.txt")),
+              1)
+        << model;
+    const std::string err = hh::read_file_text(tmp.file("err.txt"));
+    EXPECT_NE(err.find(tmp.file(model)), std::string::npos) << err;
+    EXPECT_NE(err.find(message), std::string::npos) << err;
+  }
+}

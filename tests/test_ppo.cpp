@@ -625,3 +625,60 @@ TEST(TrainPpo, SamplingOtherThanThePolicyIsRefused) {
                               {"samples from the policy itself", "--temperature 1"});
   EXPECT_FALSE(fs::exists(o.run_dir));
 }
+
+// hh-eval bon, the binary: its JSON line is the library's best_of_n with the PM as the
+// judge (same prompts, seed and micro-batches), KL log N − (N−1)/N; a sampling that is not
+// the policy's reports no KL; an LM given as the PM is refused by name.
+TEST(HhEvalBon, IsTheLibrarysBestOfNJudgedByThePm) {
+  const std::string exe = hh::test::built_binary("hh-eval");
+  if (!hh::file_exists(exe)) GTEST_SKIP() << exe << " not built";
+  Task task(8);
+  hh::GPTConfig config = hh::GPTConfig::preset("tiny", task.tok.vocab_size());
+  config.max_seq_len = 64;
+  hh::GPT pm(*task.be, config, true);
+  pm.init_random(17);
+  const std::string pm_path = task.tmp.file("pm.safetensors");
+  hh::save_model(pm_path, pm,
+                 {{"stage", "pm"}, {"tokenizer", std::to_string(task.tok.fingerprint())}});
+  const std::string bon = exe + " bon --device cpu --policy " + task.policy_path + " --tokenizer " +
+                          task.tok_path + " --prompts " + task.prompts_path +
+                          " --n 3 --num-prompts 5 --max-new-tokens 6 --micro-batch 2 --seed 9";
+  const std::string out = task.tmp.file("out.txt"), err = task.tmp.file("err.txt");
+  ASSERT_EQ(hh::test::run_shell(bon + " --pm " + pm_path + " > " + out + " 2> " + err), 0)
+      << hh::read_file_text(err);
+  std::string text = hh::read_file_text(out);
+  const hh::Json j = hh::Json::parse(text.substr(text.rfind('\n', text.size() - 2) + 1));
+
+  hh::GPT policy = hh::load_model(task.policy_path, *task.be);
+  hh::PromptDataset ds = hh::PromptDataset::load(task.prompts_path, &task.tok);
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t i = 0; i < 5; ++i) prompts.push_back(ds.prompt(i).to_vector());
+  hh::SamplingOptions s;
+  s.max_new_tokens = 6;
+  s.seed = 9;
+  const hh::BestOfNResult want =
+      hh::best_of_n(policy, task.tok, hh::pm_scorer(pm, task.tok.special_id(hh::kEndOfContext), 2),
+                    prompts, 3, s, 2);
+  EXPECT_EQ(j.at("n").as_int(), 3);
+  EXPECT_EQ(j.at("prompts").as_int(), 5);
+  EXPECT_NEAR(j.at("mean_best").as_number(), want.mean_best, 1e-6) << text;
+  EXPECT_NEAR(j.at("mean_all").as_number(), want.mean_all, 1e-6) << text;
+  EXPECT_GT(j.at("mean_best").as_number(), j.at("mean_all").as_number());
+  EXPECT_NEAR(j.at("kl").as_number(), std::log(3.0) - 2.0 / 3.0, 1e-12);
+  EXPECT_NE(text.find("[0] best score"), std::string::npos) << text;
+
+  // Top-k samples are not the policy's: no KL.
+  ASSERT_EQ(hh::test::run_shell(bon + " --top-k 5 --pm " + pm_path + " > " + out + " 2> " + err), 0)
+      << hh::read_file_text(err);
+  text = hh::read_file_text(out);
+  EXPECT_TRUE(
+      hh::Json::parse(text.substr(text.rfind('\n', text.size() - 2) + 1)).at("kl").is_null())
+      << text;
+  EXPECT_NE(text.find("KL n/a"), std::string::npos) << text;
+
+  // The policy given as the PM: exit status 1, naming the flag and the file.
+  EXPECT_EQ(hh::test::run_shell(bon + " --pm " + task.policy_path + " > /dev/null 2> " + err), 1);
+  const std::string message = hh::read_file_text(err);
+  EXPECT_NE(message.find("--pm " + task.policy_path + " has no scalar head"), std::string::npos)
+      << message;
+}

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/json.h"
 #include "core/rng.h"
 #include "data/dataset.h"
 #include "model/checkpoint.h"
@@ -56,6 +58,29 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// A binary of this build (HH_BINARY_DIR): the tests that run one skip when it is not built.
+inline std::string built_binary(const std::string& name) {
+  return std::string(HH_BINARY_DIR) + "/" + name;
+}
+
+// Runs a shell command line: its exit status, or -1 when it did not exit (a signal).
+inline int run_shell(const std::string& cmd) {
+  const int status = std::system(cmd.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// The lines of a JSONL text, each parsed.
+inline std::vector<Json> parse_jsonl(const std::string& text) {
+  std::vector<Json> lines;
+  for (size_t at = 0; at < text.size();) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    lines.push_back(Json::parse(text.substr(at, end - at)));
+    at = end + 1;
+  }
+  return lines;
+}
 
 // Every regular file under `dir`, as relative path -> contents: two snapshots compare
 // equal when nothing in between wrote, removed or added a file there.

@@ -367,6 +367,9 @@ int main(int argc, char** argv) {
     f.add_int("prompt-len", 64, "bench: prompt tokens");
     f.add_int("repeats", 3, "bench: timed repetitions after one warm-up");
     f.parse(argc, argv);
+    // A mode given an empty value is a mistake, not a request to chat interactively.
+    for (const char* mode : {"export-hf", "dump-logits", "prompts-file", "out"})
+      HH_CHECK(!f.is_set(mode) || !f.get_string(mode).empty(), "--", mode, " needs a value");
 
     auto backend = hh::make_backend(f.get_string("device"));
     const std::string model_path = f.get_string("model");
