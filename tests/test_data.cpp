@@ -840,12 +840,28 @@ TEST(EndToEnd, HhPrepareBinary) {
   EXPECT_TRUE(contains(read_file_text(dir.file("err.txt")), dir.file("dev.pm.bin")))
       << read_file_text(dir.file("err.txt"));
 
-  // No --input: harmless-train from the shared data folder, found from the working
-  // directory (ctest runs in the source tree) or named by $HH_DATA_DIR.
-  cmd = "cd / && " + exe + " prompts --tokenizer " + dir.file("tok.bin") + " --out " +
-        dir.file("train.prompts.bin") + " > " + dir.file("out.json") + " 2> " + dir.file("err.txt");
+  // No --input: harmless-train from the shared data folder. From / with the binary in
+  // dir/a/b/c, the folder is found two levels above the binary's (dir/shared/data).
+  std::filesystem::create_directories(dir.file("a/b/c"));
+  std::filesystem::create_directories(dir.file("shared"));
+  std::filesystem::create_symlink(std::filesystem::absolute(shared_hh_dir() + "/.."),
+                                  dir.file("shared/data"));
+  std::filesystem::copy_file(exe, dir.file("a/b/c/hh-prepare"));
+
+  cmd = "cd / && " + dir.file("a/b/c/hh-prepare") + " prompts --tokenizer " + dir.file("tok.bin") +
+        " --out " + dir.file("train.prompts.bin") + " > " + dir.file("out.json") + " 2> " +
+        dir.file("err.txt");
   ASSERT_EQ(std::system(cmd.c_str()), 0) << read_file_text(dir.file("err.txt"));
   EXPECT_EQ(Json::parse(read_file_text(dir.file("out.json"))).at("examples").as_int(), 1800);
+  // One level too deep: not found, and said so.
+  std::filesystem::create_directories(dir.file("a/b/c/d"));
+  std::filesystem::copy_file(exe, dir.file("a/b/c/d/hh-prepare"));
+  cmd = "cd / && " + dir.file("a/b/c/d/hh-prepare") + " prompts --tokenizer " +
+        dir.file("tok.bin") + " --out " + dir.file("x.bin") + " > /dev/null 2> " +
+        dir.file("err.txt");
+  EXPECT_EQ(WEXITSTATUS(std::system(cmd.c_str())), 1);
+  EXPECT_TRUE(contains(read_file_text(dir.file("err.txt")), "no shared data folder found"))
+      << read_file_text(dir.file("err.txt"));
   cmd = "HH_DATA_DIR=" + dir.file("nowhere") + " " + exe + " prompts --tokenizer " +
         dir.file("tok.bin") + " --out " + dir.file("x.bin") + " > /dev/null 2> " +
         dir.file("err.txt");

@@ -682,3 +682,34 @@ TEST(HhEvalBon, IsTheLibrarysBestOfNJudgedByThePm) {
   EXPECT_NE(message.find("--pm " + task.policy_path + " has no scalar head"), std::string::npos)
       << message;
 }
+
+// Ctrl-C during hh-ppo (the binary): the iteration in progress finishes, a checkpoint is
+// saved, the exit status is 130, and --resume finishes the very run an uninterrupted one
+// makes (policy and value model, byte for byte).
+TEST(TrainPpo, CtrlCSavesACheckpointAndResumeFinishesTheSameRun) {
+  const std::string exe = hh::test::built_binary("hh-ppo");
+  if (!hh::file_exists(exe)) GTEST_SKIP() << exe << " not built";
+  Task task(16);
+  hh::GPT pm(*task.be, hh::read_checkpoint_config(task.policy_path), true);
+  pm.init_random(23);
+  const std::string pm_path = task.tmp.file("pm.safetensors");
+  hh::save_model(pm_path, pm,
+                 {{"stage", "pm"}, {"tokenizer", std::to_string(task.tok.fingerprint())}});
+  const std::string ppo = exe + " --device cpu --policy " + task.policy_path + " --pm " + pm_path +
+                          " --tokenizer " + task.tok_path + " --prompts " + task.prompts_path +
+                          " --steps 80 --batch 4 --minibatch 4 --epochs 1 --max-new-tokens 6"
+                          " --lr 1e-3 --log-every 1 --ckpt-every 0 --sample-every 0 --run-dir ";
+  const std::string a = task.tmp.file("a"), b = task.tmp.file("b"), err = task.tmp.file("err.txt");
+  ASSERT_EQ(hh::test::run_shell(ppo + a + " > /dev/null 2> " + err), 0) << hh::read_file_text(err);
+  ASSERT_EQ(hh::test::interrupt_once_logged(ppo + b, b + "/metrics.jsonl", 1, err), 130)
+      << hh::read_file_text(err);
+  const std::string message = hh::read_file_text(err);
+  EXPECT_NE(message.find("interrupted: saving a checkpoint at iteration"), std::string::npos)
+      << message;
+  EXPECT_TRUE(fs::exists(b + "/latest"));
+  EXPECT_FALSE(fs::exists(b + "/model.safetensors"));
+  ASSERT_EQ(hh::test::run_shell(ppo + b + " --resume > /dev/null 2> " + err), 0)
+      << hh::read_file_text(err);
+  for (const char* file : {"/model.safetensors", "/value.safetensors"})
+    EXPECT_EQ(hh::read_file_bytes(b + file), hh::read_file_bytes(a + file)) << file;
+}

@@ -475,3 +475,56 @@ TEST(TrainFlags, WarmupLongerThanTheRunIsAWarning) {
   EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
   EXPECT_FLOAT_EQ(hh::lr_at(9, 1.0f, 10, 10, 0.1f), 1.0f);
 }
+
+// Ctrl-C during training (hh-sft, the binary): the step in progress finishes, a checkpoint
+// is saved and named, the exit status is 130, `latest` names it and nothing half-written
+// is left; --resume then finishes the very run an uninterrupted one makes. A second Ctrl-C
+// exits at once, and whatever `latest` names stays loadable.
+TEST(TrainLm, CtrlCSavesACheckpointAndResumeFinishesTheSameRun) {
+  const std::string exe = hh::test::built_binary("hh-sft");
+  if (!hh::file_exists(exe)) GTEST_SKIP() << exe << " not built";
+  TempDir tmp;
+  const std::string data = hh::test::make_pattern_dataset(tmp.path(), 32, 5);
+  const std::string sft = exe + " --device cpu --mode sft --train " + data +
+                          " --model tiny --ctx 64 --seq 32 --batch 4 --steps 300 --lr 1e-3"
+                          " --log-every 1 --eval-every 0 --run-dir ";
+  const std::string a = tmp.file("a"), b = tmp.file("b"), err = tmp.file("err.txt");
+  ASSERT_EQ(hh::test::run_shell(sft + a + " --ckpt-every 0 > /dev/null 2> " + err), 0)
+      << hh::read_file_text(err);
+
+  ASSERT_EQ(
+      hh::test::interrupt_once_logged(sft + b + " --ckpt-every 0", b + "/metrics.jsonl", 1, err),
+      130)
+      << hh::read_file_text(err);
+  // `latest` is "step-NNNNNNNN\n".
+  auto latest_model = [](const std::string& run) {
+    std::string name = hh::read_file_text(run + "/latest");
+    return run + "/checkpoints/" + name.substr(0, name.find('\n')) + "/model.safetensors";
+  };
+  const std::string latest = hh::read_file_text(b + "/latest");
+  const std::string message = hh::read_file_text(err);
+  const int64_t step = std::stoll(latest.substr(latest.find("step-") + 5));
+  EXPECT_GE(step, 1);
+  EXPECT_LT(step, 300);
+  EXPECT_NE(message.find("interrupted: saving a checkpoint at step " + std::to_string(step)),
+            std::string::npos)
+      << message;
+  EXPECT_FALSE(fs::exists(b + "/model.safetensors"));  // the run is not finished
+  for (const auto& e : fs::recursive_directory_iterator(b))
+    EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
+  auto be = hh::make_cpu_backend();
+  hh::load_model(latest_model(b), *be);
+
+  ASSERT_EQ(hh::test::run_shell(sft + b + " --ckpt-every 0 --resume > /dev/null 2> " + err), 0)
+      << hh::read_file_text(err);
+  EXPECT_EQ(hh::read_file_bytes(b + "/model.safetensors"),
+            hh::read_file_bytes(a + "/model.safetensors"));
+
+  // Two Ctrl-C in a row.
+  const std::string c = tmp.file("c");
+  EXPECT_EQ(
+      hh::test::interrupt_once_logged(sft + c + " --ckpt-every 2", c + "/metrics.jsonl", 2, err),
+      130)
+      << hh::read_file_text(err);
+  if (fs::exists(c + "/latest")) hh::load_model(latest_model(c), *be);
+}

@@ -70,6 +70,17 @@ inline int run_shell(const std::string& cmd) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+// Runs `cmd` in the background (stdout discarded, stderr to `err`), waits until `file`
+// holds something (a trainer's first metrics line), sends it `signals` SIGINTs (Ctrl-C)
+// and returns its exit status. A command that ends before `file` fills is not signalled.
+inline int interrupt_once_logged(const std::string& cmd, const std::string& file, int signals,
+                                 const std::string& err) {
+  std::string kills;
+  for (int i = 0; i < signals; ++i) kills += "kill -INT $pid; ";
+  return run_shell(cmd + " > /dev/null 2> " + err + " & pid=$!; while [ ! -s " + file +
+                   " ] && kill -0 $pid 2> /dev/null; do sleep 0.01; done; " + kills + "wait $pid");
+}
+
 // The lines of a JSONL text, each parsed.
 inline std::vector<Json> parse_jsonl(const std::string& text) {
   std::vector<Json> lines;
