@@ -713,3 +713,39 @@ TEST(TrainPpo, CtrlCSavesACheckpointAndResumeFinishesTheSameRun) {
   for (const char* file : {"/model.safetensors", "/value.safetensors"})
     EXPECT_EQ(hh::read_file_bytes(b + file), hh::read_file_bytes(a + file)) << file;
 }
+
+// A non-finite loss or gradient in the update, here from a value model whose head is so
+// large that (V − R)² overflows: --on-nan=stop ends the run naming the iteration, with no
+// model written; --on-nan=skip logs every iteration as skipped and the value model leaves
+// as it came.
+TEST(TrainPpo, NonFiniteUpdateStopsOrSkips) {
+  Task task(16);
+  hh::GPT value(*task.be, hh::read_checkpoint_config(task.policy_path), true);
+  value.init_random(4);
+  std::vector<float> head = value.get_param("score.weight");
+  for (float& w : head) w *= 1e30f;
+  value.set_param("score.weight", head);
+  const std::string value_path = task.tmp.file("value_init.safetensors");
+  hh::save_model(value_path, value,
+                 {{"stage", "pm"}, {"tokenizer", std::to_string(task.tok.fingerprint())}});
+  hh::PpoTrainOptions o = task.options("nan_stop");
+  o.value_init = value_path;
+  o.iterations = 2;
+  hh::test::expect_error_with(
+      [&] { hh::train_ppo(*task.be, o); },
+      {"non-finite loss or gradient at iteration 1", "the last checkpoint is intact"});
+  EXPECT_FALSE(fs::exists(o.run_dir + "/model.safetensors"));
+
+  o.nan_policy = hh::NanPolicy::Skip;
+  o.run_dir = task.tmp.file("nan_skip");
+  hh::PpoTrainResult r = hh::train_ppo(*task.be, o);
+  ASSERT_EQ(r.history.size(), 2u);
+  EXPECT_TRUE(r.history[0].skipped && r.history[1].skipped);
+  hh::GPT after = hh::load_model(o.run_dir + "/value.safetensors", *task.be);
+  EXPECT_EQ(after.get_param("score.weight"), head);
+  EXPECT_EQ(after.get_param("transformer.h.0.mlp.c_fc.weight"),
+            value.get_param("transformer.h.0.mlp.c_fc.weight"));
+  hh::GPT before = hh::load_model(task.policy_path, *task.be);
+  hh::GPT policy = hh::load_model(o.run_dir + "/model.safetensors", *task.be);
+  EXPECT_EQ(policy.get_param("transformer.wte.weight"), before.get_param("transformer.wte.weight"));
+}

@@ -28,11 +28,20 @@ AdamW::AdamW(GPT& model, const AdamWConfig& cfg) : config(cfg), model_(&model) {
 
 // clip (global norm, as torch's clip_grad_norm_), then the two AdamW ranges.
 float AdamW::clip_and_step(float lr) {
+  const float norm = grad_norm();
+  if (std::isfinite(norm)) clip_and_step(lr, norm);
+  return norm;
+}
+
+float AdamW::grad_norm() const {
+  return static_cast<float>(
+      std::sqrt(model_->backend().sum_squares(model_->grads().data(), model_->grads().size())));
+}
+
+void AdamW::clip_and_step(float lr, float norm) {
   Backend& be = model_->backend();
   float* g = model_->grads().data();
   const size_t n = model_->grads().size();
-  const float norm = static_cast<float>(std::sqrt(be.sum_squares(g, n)));
-  if (!std::isfinite(norm)) return norm;
   AdamWParams hp;
   if (config.grad_clip > 0) {
     const float coef = config.grad_clip / (norm + 1e-6f);
@@ -50,7 +59,6 @@ float AdamW::clip_and_step(float lr) {
   be.adamw_update(p, g, m.data(), v.data(), nd, hp);
   hp.weight_decay = 0.0f;
   be.adamw_update(p + nd, g + nd, m.data() + nd, v.data() + nd, n - nd, hp);
-  return norm;
 }
 
 // warmup: max_lr·(step+1)/warmup; then min + ½(1 + cos(π·progress))·(max − min).

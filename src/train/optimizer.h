@@ -33,6 +33,10 @@ class AdamW {
   // adamw_update on [0, decay_size) with weight_decay and on the rest with none. Returns the
   // pre-clip norm. Call model.zero_grad() afterwards.
   float clip_and_step(float lr);
+  // The same in two halves, for a caller that must see several models' norms before it
+  // steps any (PPO: the policy and the value model step together or not at all).
+  float grad_norm() const;                   // ‖g‖₂ over the whole gradient buffer
+  void clip_and_step(float lr, float norm);  // norm = grad_norm(), finite
 
   GPT& model() { return *model_; }
   const GPT& model() const { return *model_; }

@@ -768,7 +768,6 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
           }
         }
         policy_sync.finish();
-        const float pnorm = popt.clip_and_step(lr_policy);
         // Value model.
         value->zero_grad();
         ValueLoss vl;
@@ -783,7 +782,9 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
           }
         }
         value_sync.finish();
-        const float vnorm = vopt.clip_and_step(lr_value);
+        // Both models step, or neither: a value gradient that overflows must not leave
+        // the policy one step ahead of it.
+        const float pnorm = popt.grad_norm(), vnorm = vopt.grad_norm();
         if (!std::isfinite(pnorm) || !std::isfinite(vnorm)) {
           std::fprintf(
               stderr,
@@ -795,6 +796,8 @@ PpoTrainResult train_ppo(Backend& backend, const PpoTrainOptions& o) {
           st.skipped = true;
           break;
         }
+        popt.clip_and_step(lr_policy, pnorm);
+        vopt.clip_and_step(lr_value, vnorm);
         // This rank's share of each slice mean (summed over ranks below).
         st.policy_loss += pl.loss;
         st.clip_fraction += pl.clip_fraction;
