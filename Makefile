@@ -5,7 +5,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 PYTHON ?= /usr/bin/python3
 
-.PHONY: all build test test-asan mutants fuzz bench demo demo-mini fixtures format clean
+.PHONY: all build test test-asan coverage mutants fuzz bench demo demo-mini fixtures format clean
 
 all: build
 
@@ -24,6 +24,21 @@ test-asan:
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  HH_TEST_FAST=1 ctest --output-on-failure -j $(JOBS)
+
+# Line coverage of src/ by the CPU tests (gcc --coverage, CUDA off; needs lcov): a table
+# per file, and HTML in build-cov/html. Lines no test runs are where to look for a missing
+# test (docs/decisions.md, "Coverage").
+coverage:
+	@command -v lcov >/dev/null || { echo "make coverage needs lcov: apt-get install lcov" >&2; exit 1; }
+	cmake -S . -B build-cov -DCMAKE_BUILD_TYPE=Debug -DHH_CUDA=OFF \
+	  -DCMAKE_CXX_FLAGS="-O1 --coverage" -DCMAKE_EXE_LINKER_FLAGS="--coverage"
+	cmake --build build-cov -j $(JOBS)
+	lcov --zerocounters --directory build-cov -q
+	cd build-cov && ctest --output-on-failure -j $(JOBS)
+	lcov --capture --directory build-cov --output-file build-cov/all.info -q
+	lcov --extract build-cov/all.info '$(CURDIR)/src/*' --output-file build-cov/src.info -q
+	lcov --list build-cov/src.info
+	genhtml -q build-cov/src.info --output-directory build-cov/html
 
 # Mutation check: each deliberate defect of tests/mutants.txt, alone, must fail a test
 # (a scratch copy in build-mutants/; about 20 s a mutant on 2 cores).
@@ -60,4 +75,4 @@ format:
 	clang-format -i $$(git ls-files '*.h' '*.cpp' '*.cu' '*.cuh')
 
 clean:
-	rm -rf $(BUILD) build-asan build-fuzz
+	rm -rf $(BUILD) build-asan build-fuzz build-cov

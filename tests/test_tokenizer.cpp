@@ -645,5 +645,45 @@ TEST_F(HhBpe, TrainEncodeDecodeAndBadInput) {
   EXPECT_EQ(run("no-such-command 2>/dev/null"), 2);
 }
 
+// import-gpt2 with no flags finds GPT-2's files in the shared data folder from any working
+// directory; the tokenizer it writes encodes tiktoken's reference texts to tiktoken's ids
+// through `encode --jsonl`, and `decode --jsonl` gives the texts back.
+TEST_F(HhBpe, ImportGpt2FindsTheSharedFilesAndEncodesLikeTiktoken) {
+  const std::string reference = kGpt2Dir + "/tiktoken-gpt2-reference.jsonl";
+  if (!file_exists(reference)) GTEST_SKIP() << "missing " << reference;
+  ASSERT_EQ(run("import-gpt2 --out " + dir_ + "/gpt2.bin 2> " + dir_ + "/import.err"), 0)
+      << read_file_text(dir_ + "/import.err");
+  ASSERT_EQ(std::system(("cd / && " + binary_ + " import-gpt2 --out " + dir_ +
+                         "/gpt2_from_root.bin" + " 2> " + dir_ + "/import.err")
+                            .c_str()),
+            0)
+      << read_file_text(dir_ + "/import.err");
+  const Tokenizer tok = Tokenizer::load(dir_ + "/gpt2.bin");
+  EXPECT_EQ(tok.vocab_size(), 50258);
+  EXPECT_EQ(tok.special_id(kEndOfContext), 50257);
+  EXPECT_EQ(read_file_bytes(dir_ + "/gpt2_from_root.bin"), read_file_bytes(dir_ + "/gpt2.bin"));
+
+  ASSERT_EQ(run("encode --tokenizer " + dir_ + "/gpt2.bin --jsonl < " + reference + " > " + dir_ +
+                "/ids.jsonl 2> " + dir_ + "/encode.err"),
+            0)
+      << read_file_text(dir_ + "/encode.err");
+  ASSERT_EQ(run("decode --tokenizer " + dir_ + "/gpt2.bin --jsonl < " + dir_ + "/ids.jsonl > " +
+                dir_ + "/texts.jsonl 2> " + dir_ + "/decode.err"),
+            0)
+      << read_file_text(dir_ + "/decode.err");
+  std::ifstream want(reference), ids(dir_ + "/ids.jsonl"), texts(dir_ + "/texts.jsonl");
+  std::string want_line, ids_line, text_line;
+  int lines = 0;
+  while (std::getline(want, want_line)) {
+    ASSERT_TRUE(std::getline(ids, ids_line) && std::getline(texts, text_line)) << lines;
+    const Json row = Json::parse(want_line);
+    EXPECT_EQ(Json::parse(ids_line).dump(), row.at("ids").dump()) << row.at("text").as_string();
+    EXPECT_EQ(Json::parse(text_line).at("text").as_string(), row.at("text").as_string());
+    ++lines;
+  }
+  EXPECT_GT(lines, 100);
+  EXPECT_FALSE(std::getline(ids, ids_line));
+}
+
 }  // namespace
 }  // namespace hh

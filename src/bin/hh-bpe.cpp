@@ -137,11 +137,12 @@ std::vector<std::string> read_training_texts(const std::vector<std::string>& pat
   return texts;
 }
 
-// Where GPT-2's files are by default: ../shared/data/gpt2 from the repo or a build dir.
+// Where GPT-2's files are by default: gpt2/ in the shared data folder (find_shared_data_dir:
+// $HH_DATA_DIR, else ../shared/data from here or from the binary), or "" when not there.
 std::string default_gpt2_file(const std::string& name) {
-  for (const char* dir : {"../shared/data/gpt2/", "../../shared/data/gpt2/", "shared/data/gpt2/"})
-    if (file_exists(std::string(dir) + name)) return std::string(dir) + name;
-  return "";
+  const std::string dir = find_shared_data_dir();
+  const std::string path = dir + "/gpt2/" + name;
+  return !dir.empty() && file_exists(path) ? path : "";
 }
 
 void append_ids_json(std::string& out, const std::vector<int32_t>& ids) {
