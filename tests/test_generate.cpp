@@ -768,12 +768,7 @@ TEST_F(GenerateTest, PaddedVocabularyIsNeverSampled) {
   for (size_t i = static_cast<size_t>(V) * C; i < wte.size(); i++) wte[i] = 10.0f;
   model_.set_param("transformer.wte.weight", wte);
   // Check the premise: the full forward's padded logits are huge.
-  Batch batch;
-  batch.B = 1;
-  batch.T = 2;
-  batch.tokens = {1, 2};
-  batch.lengths = {2};
-  model_.forward_logits(batch);
+  model_.forward_logits(Batch::single({1, 2}));
   std::vector<float> all(static_cast<size_t>(2) * Vp);
   be_->copy_to_host(all.data(), model_.logits_device(), all.size() * sizeof(float));
   EXPECT_GT(all[Vp + V], 100.0f);
@@ -1128,12 +1123,7 @@ TEST_F(HhChat, ExportHfLoadsBackToTheSameLogitsAndBenchCountsTokens) {
       << read_file_text(err);
 
   const std::vector<int32_t> ids = {5, 0, tok.vocab_size() - 1, 7, 7};
-  Batch batch;
-  batch.B = 1;
-  batch.T = static_cast<int>(ids.size());
-  batch.tokens = ids;
-  batch.lengths = {batch.T};
-  model.forward_logits(batch);
+  model.forward_logits(Batch::single(ids));
   const std::vector<float> want = model.logits_rows({0, 1, 2, 3, 4});
   const int V = model.config().vocab_size;
   for (const std::string& weights :

@@ -581,12 +581,8 @@ TEST(HhPmScore, ScoresAreThePmsOwnAndBadInputIsNamed) {
   const hh::TextEncoder encoder = hh::TextEncoder::from(tok);
   auto pm_score = [&](const std::string& text) {
     std::vector<int32_t> seq = hh::pm_sequence(text, encoder, 48);
-    hh::Batch b;
-    b.B = 1;
-    b.T = static_cast<int>(seq.size());
-    b.tokens = seq;
-    b.lengths = {b.T};
-    return static_cast<double>(pm.forward_scores(b, {b.T - 1})[0]);
+    return static_cast<double>(
+        pm.forward_scores(hh::Batch::single(seq), {static_cast<int32_t>(seq.size()) - 1})[0]);
   };
   EXPECT_EQ(scored[0].at("id").as_int(), 1);
   EXPECT_EQ(scored[0].at("text").as_string(), human + " Yes, gladly.");

@@ -41,6 +41,14 @@ using hh::test::letter_fraction;
 struct Task : hh::test::PpoTask {
   using PpoTask::PpoTask;
 
+  // The first n prompts of the task's dataset.
+  std::vector<std::vector<int32_t>> first_prompts(size_t n) const {
+    hh::PromptDataset ds = hh::PromptDataset::load(prompts_path, &tok);
+    std::vector<std::vector<int32_t>> prompts;
+    for (size_t i = 0; i < n; ++i) prompts.push_back(ds.prompt(i).to_vector());
+    return prompts;
+  }
+
   hh::PpoTrainOptions options(const std::string& run) const {
     hh::PpoTrainOptions o;
     o.policy_init = policy_path;
@@ -179,12 +187,10 @@ TEST(PmScorer, ScoresEachDialogueAtItsEndOfContextToken) {
     seq.insert(seq.end(), responses[i].begin(), responses[i].end());
     if (seq.size() > 15) seq.erase(seq.begin(), seq.end() - 15);
     seq.push_back(eoc);
-    hh::Batch alone;
-    alone.B = 1;
-    alone.T = static_cast<int>(seq.size());
-    alone.tokens = seq;
-    alone.lengths = {alone.T};
-    EXPECT_NEAR(scores[i], pm.forward_scores(alone, {alone.T - 1})[0], 1e-5) << i;
+    EXPECT_NEAR(
+        scores[i],
+        pm.forward_scores(hh::Batch::single(seq), {static_cast<int32_t>(seq.size()) - 1})[0], 1e-5)
+        << i;
   }
   EXPECT_NE(scores[0], scores[2]);
 }
@@ -462,9 +468,7 @@ TEST(BestOfN, KlFormulaAndPicksTheBest) {
 
   Task task(8);
   hh::GPT policy = hh::load_model(task.policy_path, *task.be);
-  hh::PromptDataset ds = hh::PromptDataset::load(task.prompts_path, &task.tok);
-  std::vector<std::vector<int32_t>> prompts;
-  for (size_t i = 0; i < 8; ++i) prompts.push_back(ds.prompt(i).to_vector());
+  const std::vector<std::vector<int32_t>> prompts = task.first_prompts(8);
   hh::SamplingOptions s;
   s.max_new_tokens = 12;
   s.seed = 11;
@@ -490,9 +494,7 @@ TEST(ComparePolicies, APolicyAgainstItselfTiesWithZeroKl) {
   hh::GPT a = hh::load_model(task.policy_path, *task.be);
   hh::GPT b = hh::load_model(task.policy_path, *task.be);
   hh::GPT ref = hh::load_model(task.policy_path, *task.be);
-  hh::PromptDataset ds = hh::PromptDataset::load(task.prompts_path, &task.tok);
-  std::vector<std::vector<int32_t>> prompts;
-  for (size_t i = 0; i < 6; ++i) prompts.push_back(ds.prompt(i).to_vector());
+  const std::vector<std::vector<int32_t>> prompts = task.first_prompts(6);
   hh::SamplingOptions s;
   s.max_new_tokens = 10;
   s.seed = 5;
@@ -650,9 +652,7 @@ TEST(HhEvalBon, IsTheLibrarysBestOfNJudgedByThePm) {
   const hh::Json j = hh::Json::parse(text.substr(text.rfind('\n', text.size() - 2) + 1));
 
   hh::GPT policy = hh::load_model(task.policy_path, *task.be);
-  hh::PromptDataset ds = hh::PromptDataset::load(task.prompts_path, &task.tok);
-  std::vector<std::vector<int32_t>> prompts;
-  for (size_t i = 0; i < 5; ++i) prompts.push_back(ds.prompt(i).to_vector());
+  const std::vector<std::vector<int32_t>> prompts = task.first_prompts(5);
   hh::SamplingOptions s;
   s.max_new_tokens = 6;
   s.seed = 9;

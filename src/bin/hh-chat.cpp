@@ -155,12 +155,7 @@ std::vector<int32_t> parse_ids(const std::string& s) {
 
 // {"tokens": [...], "vocab_size": V, "logits": [[V floats] per position]}
 int dump_logits(GPT& model, const std::vector<int32_t>& ids) {
-  Batch batch;
-  batch.B = 1;
-  batch.T = static_cast<int>(ids.size());
-  batch.tokens = ids;
-  batch.lengths = {batch.T};
-  model.forward_logits(batch);
+  model.forward_logits(Batch::single(ids));
   std::vector<int32_t> rows(ids.size());
   for (size_t i = 0; i < rows.size(); i++) rows[i] = static_cast<int32_t>(i);
   std::vector<float> logits = model.logits_rows(rows);

@@ -66,6 +66,16 @@ struct Batch {
   std::vector<int32_t> lengths;     // B, each in [1, T]
   std::vector<int32_t> targets;     // B*T, -1 = no loss; empty for forward_logits/scores
   std::vector<float> loss_weights;  // B*T, optional: weighted mean of the token losses
+
+  // One sequence, every position real (no padding, no targets).
+  static Batch single(const std::vector<int32_t>& ids) {
+    Batch b;
+    b.B = 1;
+    b.T = static_cast<int>(ids.size());
+    b.tokens = ids;
+    b.lengths = {b.T};
+    return b;
+  }
 };
 
 class GPT {
