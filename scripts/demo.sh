@@ -61,12 +61,12 @@ case "$SIZE" in
     VOCAB=512; MAXLEN=64; MODEL="--model tiny --ctx 128"; LM_BATCH=4
     PRE_STEPS=8; SFT_STEPS=4; PM_STEPS=6; PM_BATCH=4
     PPO_ITERS=3; PPO_PROMPTS=4; PPO_NEW=8; PPO_EPOCHS=1; PPO_MB=4; PPO_LR=1e-4; PPO_KL_HORIZON=40
-    EVAL_N=4; EVAL_NEW=8 ;;
+    EVAL_N=4; EVAL_NEW=8; BON_N=4 ;;
   cpu)
     VOCAB=4096; MAXLEN=256; MODEL="--model tiny --layers 4 --width 128 --ctx 256"; LM_BATCH=16
     PRE_STEPS=1000; SFT_STEPS=200; PM_STEPS=112; PM_BATCH=16
     PPO_ITERS=60; PPO_PROMPTS=16; PPO_NEW=24; PPO_EPOCHS=2; PPO_MB=8; PPO_LR=1e-4; PPO_KL_HORIZON=40
-    EVAL_N=128; EVAL_NEW=32 ;;
+    EVAL_N=128; EVAL_NEW=32; BON_N=16 ;;
   gpu)
     DEVICE=cuda
     VOCAB=8192; MAXLEN=512; MODEL="--model small --ctx 512"; LM_BATCH=32
@@ -79,7 +79,7 @@ case "$SIZE" in
     # iteration on the H100 (2026-11-27).
     PPO_ITERS=100; PPO_PROMPTS=64; PPO_NEW=64; PPO_EPOCHS=2; PPO_MB=32; PPO_LR=3e-5
     PPO_KL_HORIZON=160  # β's gain per iteration as on the CPU: 16 prompts / 40 = 64 / 160
-    EVAL_N=200; EVAL_NEW=64 ;;
+    EVAL_N=200; EVAL_NEW=64; BON_N=16 ;;
   *) echo "demo: --size must be mini, cpu or gpu" >&2; exit 2 ;;
 esac
 
@@ -135,11 +135,16 @@ run "$BUILD/hh-ppo" --device $DEVICE --policy "$OUT/sft/model.safetensors" \
   --kl-coef 0.1 --kl-target 3 --kl-horizon $PPO_KL_HORIZON --log-every 1 --ckpt-every 0 --sample-every 10 \
   --run-dir "$OUT/ppo" > "$OUT/ppo.json"
 
-stage "7/7 evaluation on held-out prompts: PPO vs SFT, judged by the PM"
+stage "7/7 evaluation on held-out prompts: PPO vs SFT, and best-of-N from SFT, judged by the PM"
 run "$BUILD/hh-eval" compare --device $DEVICE --a "$OUT/ppo/model.safetensors" \
   --b "$OUT/sft/model.safetensors" --reference "$OUT/sft/model.safetensors" \
   --pm "$OUT/pm/model.safetensors" --tokenizer "$OUT/tok.bin" --prompts "$OUT/dev.prompts.bin" \
   --n $EVAL_N --max-new-tokens $EVAL_NEW --show 3 > "$OUT/compare.txt"
+# The paper's other way to spend KL: best-of-N from the SFT policy on the same prompts
+# (the curve for k = 1, 2, 4, ... N from one run), drawn beside PPO in the plot.
+run "$BUILD/hh-eval" bon --device $DEVICE --policy "$OUT/sft/model.safetensors" \
+  --pm "$OUT/pm/model.safetensors" --tokenizer "$OUT/tok.bin" --prompts "$OUT/dev.prompts.bin" \
+  --n $BON_N --num-prompts $EVAL_N --max-new-tokens $EVAL_NEW --show 0 > "$OUT/bon.txt"
 
 # Plots (matplotlib); a missing matplotlib only skips them.
 if $PY -c "import matplotlib" 2>/dev/null; then
@@ -147,7 +152,8 @@ if $PY -c "import matplotlib" 2>/dev/null; then
   $PY scripts/plot_metrics.py "$OUT/sft/metrics.jsonl" --keys loss,val_loss --out "$OUT/sft_loss.png" --title "SFT" >/dev/null
   $PY scripts/plot_metrics.py "$OUT/pm/metrics.jsonl" --keys accuracy,val_accuracy --out "$OUT/pm_accuracy.png" --title "preference model" >/dev/null
   $PY scripts/plot_calibration.py "$OUT/pm_eval.json" "$OUT/pm_calibration.png" >/dev/null
-  $PY scripts/plot_ppo.py "$OUT/ppo" "$OUT/ppo_reward_vs_sqrt_kl.png" > "$OUT/ppo_fit.txt"
+  $PY scripts/plot_ppo.py "$OUT/ppo" "$OUT/ppo_reward_vs_sqrt_kl.png" --bon "$OUT/bon.txt" \
+    --compare "$OUT/compare.txt" > "$OUT/ppo_fit.txt"
 else
   echo "demo: matplotlib not found ($PY): skipping plots (apt-get install python3-matplotlib)" >&2
 fi

@@ -57,11 +57,15 @@ def main():
         print(f"PPO              {len(ppo)} iterations; PM reward {mean(first, 'reward'):+.3f} -> "
               f"{mean(last, 'reward'):+.3f} (first/last {k}); KL to SFT {mean(first, 'kl'):.3f} -> "
               f"{mean(last, 'kl'):.3f} nats/response; beta {last[-1].get('beta', 0):.4g}")
-    if os.path.exists(p("ppo_fit.txt")):
+    if os.path.exists(p("ppo_fit.txt")):  # the fit, best-of-N and the held-out point
         with open(p("ppo_fit.txt")) as f:
             for line in f:
-                if "R" in line:
+                if line.strip() and not line.startswith("{"):
                     print("  " + line.rstrip())
+    elif os.path.exists(p("bon.txt")):  # no plots (no matplotlib): the curve alone
+        curve = last_json_line(p("bon.txt")).get("curve", [])
+        print("  best-of-N from SFT (held-out): " + ", ".join(
+            f"N={c['n']} {c['mean_best']:+.4f}" for c in curve))
 
     with open(p("compare.txt"), errors="replace") as f:
         text = f.read()

@@ -10,17 +10,12 @@ Usage: /usr/bin/python3 scripts/plot_calibration.py EVAL_JSON [OUT_PNG=calibrati
 """
 import argparse
 
-from plot_common import check_out, fail, number, parse_json, pyplot, read_lines, savefig, warn
+from plot_common import check_out, fail, number, pyplot, read_last_object, savefig, warn
 
 
 def read_eval(path):
-    """(line number, object) of the last line of the file that parses as a JSON object
-    with a calibration table."""
-    for n, line in reversed(read_lines(path)):
-        obj = parse_json(line)
-        if isinstance(obj, dict) and "calibration" in obj:
-            return n, obj
-    fail("%s: no JSON line with a \"calibration\" table (hh-pm eval's last line)" % path)
+    """(line number, object) of the last JSON line with a calibration table."""
+    return read_last_object(path, "calibration", "hh-pm eval's last line")
 
 
 def read_bins(path, n, table):

@@ -26,6 +26,11 @@ def ppo_rec(step, skl, reward=None, **kw):
     return rec
 
 
+def bon_point(k, score):
+    """A point of hh-eval bon's curve: KL = log k - (k-1)/k."""
+    return {"n": k, "mean_best": score, "sqrt_kl": math.sqrt(math.log(k) - (k - 1) / k)}
+
+
 def jsonl(*lines):
     return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
 
@@ -80,6 +85,14 @@ def build(d):
         "ppo_flat": put("ppo_flat/metrics.jsonl", jsonl(*[ppo_rec(s, 0.1 * s, reward=0.5) for s in range(1, 6)])),
         "ppo_junk": put("ppo_junk/metrics.jsonl", jsonl("5", "[]", ppo_rec(1, 0.0), {"reward": 1, "sqrt_kl": 0})),
         "ppo_empty_dir": os.path.dirname(put("ppo_none/other.txt", "")),
+        "bon": put("e/bon.txt", "[0] best score +1.5: caf\xe9\n".encode("latin-1") + (jsonl(
+            {"other": 1}, {"n": 4, "curve": [bon_point(1, 1.0), bon_point(2, 1.2), bon_point(4, 1.5)]})
+            + "table\n").encode()),
+        "bon_nokl": put("e/bon_nokl.txt", jsonl({"n": 2, "curve": [
+            {"n": 1, "mean_best": 1.0, "sqrt_kl": None}, {"n": 2, "mean_best": 1.1, "sqrt_kl": None}]})),
+        "compare": put("e/compare.txt", "  A: \xff\n".encode("latin-1") + jsonl(
+            {"reward_a": 1.3, "reward_b": 1.0, "kl_a": 0.09, "kl_b": 0.0}).encode()),
+        "compare_nokl": put("e/compare_nokl.txt", jsonl({"reward_a": 1.3, "reward_b": 1.0})),
         "missing": os.path.join(d, "no_such_dir", "metrics.jsonl"),
         "nodir_png": os.path.join(d, "no_such_dir", "x.png"),
     }
@@ -157,6 +170,16 @@ def cases(p, d):
         ("ppo --skap 1", P, [os.path.join(d, "ppo"), "--skap", "1"], 2, ["--skap"], None),
         ("ppo too few iterations", P, [os.path.join(d, "ppo_junk"), out("pj.png")], 1,
          ["ppo_junk", "need at least 3"], lambda r: "ppo_junk/metrics.jsonl:4:" in r.stderr),
+        ("ppo with --bon and --compare (cut UTF-8 in their tables)", P,
+         [os.path.join(d, "ppo"), out("pb.png"), "--bon", p["bon"], "--compare", p["compare"]], 0, [],
+         lambda r: bon_ok(r, out("pb.png"))),
+        ("ppo --bon without KL", P, [os.path.join(d, "ppo"), out("pb2.png"), "--bon", p["bon_nokl"]], 1,
+         ["bon_nokl.txt:1:", "point 0", "sqrt_kl"], lambda r: not os.path.exists(out("pb2.png"))),
+        ("ppo --bon without a curve", P, [os.path.join(d, "ppo"), out("pb3.png"), "--bon", p["compare"]], 1,
+         ["compare.txt", "curve"], None),
+        ("ppo --compare without kl_a", P,
+         [os.path.join(d, "ppo"), out("pb4.png"), "--compare", p["compare_nokl"]], 1,
+         ["compare_nokl.txt:1:", "kl_a", "--reference"], None),
         ("ppo missing dir", P, [os.path.join(d, "nope"), out("p7.png")], 1, ["nope", "No such file"], None),
         ("ppo dir without metrics.jsonl", P, [p["ppo_empty_dir"], out("p8.png")], 1,
          ["ppo_none/metrics.jsonl", "No such file"], None),
@@ -173,6 +196,19 @@ def ppo_ok(r, png, iterations, fit_points, intercept, slope, r2):
             and (last["iterations"], last["fit_points"]) == (iterations, fit_points)
             and close(last["intercept"], intercept) and close(last["slope"], slope) and close(last["r2"], r2)
             and "sqrt(KL)" in r.stdout.splitlines()[0])
+
+
+def bon_ok(r, png):
+    """The fit as in "ppo good", then the best-of-N curve and the held-out PPO point, with
+    the curve's score interpolated at the point's sqrt(KL) = 0.3."""
+    last = json.loads(r.stdout.splitlines()[-1], parse_constant=lambda c: 1 / 0)
+    x1 = math.sqrt(math.log(2) - 0.5)
+    return (list(last)[:6] == PPO_KEYS and last["png"] == png and os.path.getsize(png) > 0
+            and (last["iterations"], last["fit_points"]) == (6, 6) and math.isclose(last["slope"], 2.0)
+            and [p["n"] for p in last["bon"]] == [1, 2, 4]
+            and math.isclose(last["policy_sqrt_kl"], 0.3) and math.isclose(last["policy_reward"], 1.3)
+            and math.isclose(last["bon_at_policy_kl"], 1.0 + 0.2 * 0.3 / x1)
+            and "best-of-N (held-out): N=1 +1.0000" in r.stdout and "PPO policy (held-out)" in r.stdout)
 
 
 def run_case(case, d, env):

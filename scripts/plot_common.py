@@ -83,10 +83,12 @@ def savefig(fig, path, dpi):
         fail(f"{path}: cannot write: {e}")
 
 
-def read_lines(path):
-    """(line number, stripped line) for the non-blank lines of a UTF-8 text file."""
+def read_lines(path, lenient=False):
+    """(line number, stripped line) for the non-blank lines of a UTF-8 text file; lenient:
+    bytes that are not UTF-8 become U+FFFD (an hh-eval table can quote a sample cut inside
+    a character)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="replace" if lenient else "strict") as f:
             text = f.read()
     except UnicodeDecodeError as e:
         fail(f"{path}: not a UTF-8 text file (byte {e.start})")
@@ -121,3 +123,14 @@ def read_jsonl(path):
         else:
             records.append((n, rec))
     return records
+
+
+def read_last_object(path, key, what, lenient=False):
+    """(line number, object) of the last line of `path` that parses as a JSON object with
+    `key` (the last line of hh-pm eval, hh-eval bon, hh-eval compare); fails naming `what`.
+    lenient: as read_lines."""
+    for n, line in reversed(read_lines(path, lenient)):
+        obj = parse_json(line)
+        if isinstance(obj, dict) and key in obj:
+            return n, obj
+    fail(f"{path}: no JSON line with a \"{key}\" field ({what})")

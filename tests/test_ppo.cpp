@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -477,6 +478,34 @@ TEST(BestOfN, KlFormulaAndPicksTheBest) {
   EXPECT_EQ(one.kl, 0.0);
   hh::BestOfNResult four = hh::best_of_n(policy, task.tok, letter_fraction, prompts, 4, s, 4);
   ASSERT_EQ(four.best_scores.size(), 8u);
+  // The best-of-k curve, from every score the judge gave (prompt-major, n per prompt):
+  // k = 1, 2, 4 below n = 5, then 5.
+  std::vector<float> seen;
+  hh::Scorer recording = [&](const std::vector<std::vector<int32_t>>& p,
+                             const std::vector<std::vector<int32_t>>& r) {
+    std::vector<float> out = letter_fraction(p, r);
+    seen.insert(seen.end(), out.begin(), out.end());
+    return out;
+  };
+  hh::BestOfNResult five = hh::best_of_n(policy, task.tok, recording, prompts, 5, s, 3);
+  ASSERT_EQ(seen.size(), 40u);
+  ASSERT_EQ(five.curve.size(), 4u);
+  for (size_t c = 0; c < five.curve.size(); ++c) {
+    const int k = five.curve[c].n;
+    EXPECT_EQ(k, c < 3 ? 1 << c : 5);
+    double want = 0;
+    for (size_t i = 0; i < 8; ++i)
+      want += *std::max_element(seen.begin() + i * 5, seen.begin() + i * 5 + k) / 8.0;
+    EXPECT_NEAR(five.curve[c].mean_best, want, 1e-6) << k;
+    if (c > 0) {
+      EXPECT_GE(five.curve[c].mean_best, five.curve[c - 1].mean_best);
+    }
+  }
+  EXPECT_DOUBLE_EQ(five.curve.back().mean_best, five.mean_best);
+  const hh::Json curve = five.to_json().at("curve");
+  ASSERT_EQ(curve.size(), 4u);
+  EXPECT_EQ(curve.as_array()[2].at("n").as_int(), 4);
+  EXPECT_NEAR(curve.as_array()[2].at("kl").as_number(), hh::best_of_n_kl(4), 1e-12);
   EXPECT_GT(four.mean_best, four.mean_all);  // 8 prompts × 4 samples: some differ
   for (float b : four.best_scores) EXPECT_GE(b, 0.0f);
   EXPECT_TRUE(four.has_kl);
@@ -665,6 +694,12 @@ TEST(HhEvalBon, IsTheLibrarysBestOfNJudgedByThePm) {
   EXPECT_NEAR(j.at("mean_all").as_number(), want.mean_all, 1e-6) << text;
   EXPECT_GT(j.at("mean_best").as_number(), j.at("mean_all").as_number());
   EXPECT_NEAR(j.at("kl").as_number(), std::log(3.0) - 2.0 / 3.0, 1e-12);
+  ASSERT_EQ(j.at("curve").size(), want.curve.size());
+  for (size_t c = 0; c < want.curve.size(); ++c) {
+    EXPECT_EQ(j.at("curve").as_array()[c].at("n").as_int(), want.curve[c].n);
+    EXPECT_NEAR(j.at("curve").as_array()[c].at("mean_best").as_number(), want.curve[c].mean_best,
+                1e-6);
+  }
   EXPECT_NE(text.find("[0] best score"), std::string::npos) << text;
 
   // Top-k samples are not the policy's: no KL.

@@ -143,6 +143,14 @@ int run_bon(const std::vector<std::string>& args) {
   for (int i = 0; i < std::min<int>(f.get_int32("show"), static_cast<int>(r.best_texts.size()));
        ++i)
     std::printf("[%d] best score %+.3f: %s\n", i, r.best_scores[i], r.best_texts[i].c_str());
+  std::printf("     k  best-of-k PM score  sqrt(KL)   (the first k of each prompt's samples)\n");
+  for (const hh::BestOfNResult::CurvePoint& c : r.curve) {
+    std::printf("%6d  %18.4f  ", c.n, c.mean_best);
+    if (r.has_kl)
+      std::printf("%8.4f\n", std::sqrt(hh::best_of_n_kl(c.n)));
+    else
+      std::printf("%8s\n", "n/a");
+  }
   std::printf("best-of-%d over %lld prompts: mean PM score %.4f (best-of-1: %.4f), ", n,
               static_cast<long long>(r.prompts), r.mean_best, r.mean_all);
   if (r.has_kl)

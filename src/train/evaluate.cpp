@@ -22,6 +22,16 @@ Json BestOfNResult::to_json() const {
   j["mean_all"] = mean_all;
   j["kl"] = has_kl ? Json(kl) : Json();  // null: not a sample of the policy (see has_kl)
   j["sqrt_kl"] = has_kl ? Json(std::sqrt(kl)) : Json();
+  Json points = Json::array();
+  for (const CurvePoint& c : curve) {
+    Json point;
+    point["n"] = c.n;
+    point["mean_best"] = c.mean_best;
+    point["kl"] = has_kl ? Json(best_of_n_kl(c.n)) : Json();
+    point["sqrt_kl"] = has_kl ? Json(std::sqrt(best_of_n_kl(c.n))) : Json();
+    points.push_back(point);
+  }
+  j["curve"] = points;
   return j;
 }
 
@@ -37,6 +47,8 @@ BestOfNResult best_of_n(GPT& policy, const Tokenizer& tok, const Scorer& scorer,
   r.has_kl = sampling.samples_the_model();
   r.kl = r.has_kl ? best_of_n_kl(n) : 0.0;
   r.prompts = static_cast<int64_t>(prompts.size());
+  for (int k = 1; k < n; k *= 2) r.curve.push_back({k, 0.0});
+  r.curve.push_back({n, 0.0});
   Generator gen(policy, tok);
   SamplingOptions so = sampling;
   const size_t step = static_cast<size_t>(std::max(1, micro_batch));
@@ -54,11 +66,13 @@ BestOfNResult best_of_n(GPT& policy, const Tokenizer& tok, const Scorer& scorer,
              " scores for ", batch.size(), " samples");
     for (size_t i = start; i < end; ++i) {
       size_t best = (i - start) * n;
+      auto point = r.curve.begin();
       for (int k = 0; k < n; ++k) {
         const size_t s = (i - start) * n + k;
         HH_CHECK(std::isfinite(scores[s]), "best-of-N: non-finite PM score for prompt ", i);
         r.mean_all += scores[s];
         if (scores[s] > scores[best]) best = s;
+        if (k + 1 == point->n) (point++)->mean_best += scores[best];  // best of the first k+1
       }
       r.best_scores.push_back(scores[best]);
       r.best_texts.push_back(gs[best].response_text);
@@ -67,6 +81,7 @@ BestOfNResult best_of_n(GPT& policy, const Tokenizer& tok, const Scorer& scorer,
   }
   r.mean_all /= static_cast<double>(prompts.size()) * n;
   r.mean_best /= static_cast<double>(prompts.size());
+  for (BestOfNResult::CurvePoint& c : r.curve) c.mean_best /= static_cast<double>(prompts.size());
   return r;
 }
 

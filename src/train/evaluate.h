@@ -38,7 +38,16 @@ struct BestOfNResult {
   double kl = 0;                        // best_of_n_kl(n), when has_kl
   std::vector<std::string> best_texts;  // per prompt
   std::vector<float> best_scores;
-  Json to_json() const;
+  // Best-of-k for k = 1, 2, 4, ... below n, and n: the mean over prompts of the best of
+  // each prompt's first k samples (independent draws, so an estimate of best-of-k). The
+  // paper's best-of-N curve (PM score against √KL) from one run; the last point is
+  // mean_best.
+  struct CurvePoint {
+    int n = 0;
+    double mean_best = 0;
+  };
+  std::vector<CurvePoint> curve;
+  Json to_json() const;  // with "curve": [{"n", "mean_best", "kl", "sqrt_kl"}, ...]
 };
 
 // `micro_batch` prompts (each repeated n times) per generate() call.
