@@ -148,7 +148,7 @@ def main():
     ax[0].set_xlabel("√KL(π‖π₀)  (nats, per response)")
     ax[0].set_ylabel("mean PM reward")
     ax[0].set_title("reward vs √KL")
-    ax[0].legend(fontsize=8)
+    ax[0].legend(fontsize=8, loc="upper left")
     fig.colorbar(sc, ax=ax[0], label="iteration")
     ax[1].plot(steps, reward, "b.-")
     ax[1].set_xlabel("iteration")
