@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -527,4 +528,34 @@ TEST(TrainLm, CtrlCSavesACheckpointAndResumeFinishesTheSameRun) {
       130)
       << hh::read_file_text(err);
   if (fs::exists(c + "/latest")) hh::load_model(latest_model(c), *be);
+}
+
+// --keep-ckpts: after each save only the newest N step directories remain (`latest` names
+// the newest), and a resumed run goes on pruning its own.
+TEST(TrainLm, KeepCkptsKeepsTheNewestCheckpoints) {
+  TempDir tmp;
+  auto be = hh::make_cpu_backend();
+  auto checkpoints = [](const std::string& run) {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(run + "/checkpoints"))
+      names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  auto o = checkpointed_options(tmp, 11, 5);
+  o.keep_ckpts = 2;
+  hh::train_lm(*be, o);
+  EXPECT_EQ(checkpoints(o.run_dir), (std::vector<std::string>{"step-00000004", "step-00000005"}));
+  EXPECT_EQ(hh::read_file_text(o.run_dir + "/latest"), "step-00000005\n");
+  auto more = o;
+  more.resume = true;
+  more.steps = 7;
+  EXPECT_EQ(hh::train_lm(*be, more).steps_done, 2);
+  EXPECT_EQ(checkpoints(o.run_dir), (std::vector<std::string>{"step-00000006", "step-00000007"}));
+
+  auto one = o;
+  one.run_dir = tmp.path() + "/one";
+  one.keep_ckpts = 1;
+  hh::train_lm(*be, one);
+  EXPECT_EQ(checkpoints(one.run_dir), std::vector<std::string>{"step-00000005"});
 }

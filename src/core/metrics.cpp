@@ -84,13 +84,13 @@ std::string Progress::line(const char* item_unit) const {
                  format_duration(eta_seconds()));
 }
 
-// "H:MM:SS" from one hour up, "MM:SS" below; "--:--" when unknown (negative or not finite).
 std::string format_gib(size_t bytes) {
   char s[48];
   std::snprintf(s, sizeof s, "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
   return s;
 }
 
+// "H:MM:SS" from one hour up, "MM:SS" below; "--:--" when unknown (negative or not finite).
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "--:--";
   if (seconds > 1e9) seconds = 1e9;

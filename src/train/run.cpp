@@ -478,17 +478,4 @@ bool stop_requested() { return g_stop_signals.load() > 0; }
 
 bool stop_requested(Communicator& comm) { return any_rank(comm, stop_requested()); }
 
-std::string human_count(double v) {
-  char buf[32];
-  if (v >= 1e9)
-    std::snprintf(buf, sizeof buf, "%.2fG", v / 1e9);
-  else if (v >= 1e6)
-    std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
-  else if (v >= 1e3)
-    std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
-  else
-    std::snprintf(buf, sizeof buf, "%.1f", v);
-  return buf;
-}
-
 }  // namespace hh

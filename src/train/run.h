@@ -224,7 +224,4 @@ bool stop_requested();
 // leave at the same step.
 bool stop_requested(Communicator& comm);
 
-// "1.23k", "45.6M": compact numbers for progress lines.
-std::string human_count(double v);
-
 }  // namespace hh
