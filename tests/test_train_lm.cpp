@@ -559,3 +559,37 @@ TEST(TrainLm, KeepCkptsKeepsTheNewestCheckpoints) {
   hh::train_lm(*be, one);
   EXPECT_EQ(checkpoints(one.run_dir), std::vector<std::string>{"step-00000005"});
 }
+
+// hh-bench, the benchmark binary the scripts run: each mode runs on a tiny model and ends
+// in one JSON line with its counts (timings are printed, never checked).
+TEST(HhBench, EveryModeRunsAndEndsInAJsonLine) {
+  const std::string exe = hh::test::built_binary("hh-bench");
+  if (!hh::file_exists(exe)) GTEST_SKIP() << exe << " not built";
+  TempDir tmp;
+  const std::string common =
+      " --device cpu --layers 2 --heads 2 --width 64"
+      " --batch 4 --seq 32 --steps 2 --warmup 1 > " +
+      tmp.file("out.txt") + " 2> " + tmp.file("err.txt");
+  auto last_json = [&](const std::string& mode) {
+    EXPECT_EQ(hh::test::run_shell(exe + " " + mode + " --vocab 300" + common), 0)
+        << mode << ": " << hh::read_file_text(tmp.file("err.txt"));
+    std::string out = hh::read_file_text(tmp.file("out.txt"));
+    while (!out.empty() && out.back() == '\n') out.pop_back();
+    return hh::Json::parse(out.substr(out.rfind('\n') + 1), mode);
+  };
+  hh::Json train = last_json("train");
+  // GPT-2's count, V·C + T·C + L·(12C² + 13C) + 2C, with V = 300 padded to 320.
+  const int64_t C = 64, L = 2, T = 32, V = 320;
+  EXPECT_EQ(train.at("parameters").as_int(), V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C);
+  EXPECT_EQ(train.at("steps").as_int(), 2);
+  EXPECT_TRUE(std::isfinite(train.at("final_loss").as_number()));
+  EXPECT_TRUE(last_json("train --pm").find("pairs_per_s"));
+  hh::Json ppo = last_json("ppo --prompt-len 8 --new-tokens 8 --epochs 1 --minibatch 4");
+  EXPECT_EQ(ppo.at("prompts").as_int(), 4);
+  EXPECT_EQ(ppo.at("new_tokens").as_int(), 8);
+  for (const char* phase : {"rollout_s", "scoring_s", "update_s"})
+    EXPECT_TRUE(ppo.find(phase)) << phase;
+  EXPECT_EQ(hh::test::run_shell(exe + " ppo --vocab 100 --prompt-len 8 --new-tokens 8" + common),
+            1);  // below the 256 bytes and 2 specials
+  EXPECT_NE(hh::read_file_text(tmp.file("err.txt")).find("vocabulary 100"), std::string::npos);
+}
