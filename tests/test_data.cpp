@@ -836,7 +836,7 @@ TEST(EndToEnd, HhPrepareBinary) {
   other.save(dir.file("other.bin"));
   cmd = exe + " info " + dir.file("dev.pm.bin") + " --tokenizer " + dir.file("other.bin") +
         " > /dev/null 2> " + dir.file("err.txt");
-  EXPECT_EQ(WEXITSTATUS(std::system(cmd.c_str())), 1);
+  EXPECT_EQ(test::run_shell(cmd), 1);
   EXPECT_TRUE(contains(read_file_text(dir.file("err.txt")), dir.file("dev.pm.bin")))
       << read_file_text(dir.file("err.txt"));
 
@@ -859,13 +859,13 @@ TEST(EndToEnd, HhPrepareBinary) {
   cmd = "cd / && " + dir.file("a/b/c/d/hh-prepare") + " prompts --tokenizer " +
         dir.file("tok.bin") + " --out " + dir.file("x.bin") + " > /dev/null 2> " +
         dir.file("err.txt");
-  EXPECT_EQ(WEXITSTATUS(std::system(cmd.c_str())), 1);
+  EXPECT_EQ(test::run_shell(cmd), 1);
   EXPECT_TRUE(contains(read_file_text(dir.file("err.txt")), "no shared data folder found"))
       << read_file_text(dir.file("err.txt"));
   cmd = "HH_DATA_DIR=" + dir.file("nowhere") + " " + exe + " prompts --tokenizer " +
         dir.file("tok.bin") + " --out " + dir.file("x.bin") + " > /dev/null 2> " +
         dir.file("err.txt");
-  EXPECT_EQ(WEXITSTATUS(std::system(cmd.c_str())), 1);
+  EXPECT_EQ(test::run_shell(cmd), 1);
   EXPECT_TRUE(contains(read_file_text(dir.file("err.txt")),
                        dir.file("nowhere") + "/hh-rlhf/harmless-train.jsonl.gz"))
       << read_file_text(dir.file("err.txt"));

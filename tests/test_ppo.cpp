@@ -42,6 +42,19 @@ using hh::test::letter_fraction;
 struct Task : hh::test::PpoTask {
   using PpoTask::PpoTask;
 
+  // A random scalar-head model of the policy's shape, and where it is saved as a PM of
+  // the task's tokenizer.
+  hh::GPT random_pm(uint64_t seed) const {
+    hh::GPT pm(*be, hh::read_checkpoint_config(policy_path), true);
+    pm.init_random(seed);
+    return pm;
+  }
+  std::string save_pm(const hh::GPT& pm, const std::string& name) const {
+    const std::string path = tmp.file(name);
+    hh::save_model(path, pm, {{"stage", "pm"}, {"tokenizer", std::to_string(tok.fingerprint())}});
+    return path;
+  }
+
   // The first n prompts of the task's dataset.
   std::vector<std::vector<int32_t>> first_prompts(size_t n) const {
     hh::PromptDataset ds = hh::PromptDataset::load(prompts_path, &tok);
@@ -419,11 +432,8 @@ TEST(TrainPpo, NonFiniteRewardStopsOrSkips) {
 TEST(TrainPpo, MismatchedModelsAndLongPromptsAreClearErrors) {
   Task task;
   // A PM trained with another tokenizer.
-  hh::GPTConfig c = hh::read_checkpoint_config(task.policy_path);
-  hh::GPT pm(*task.be, c, true);
-  pm.init_random(9);
   const std::string pm_path = task.tmp.path() + "/pm.safetensors";
-  hh::save_model(pm_path, pm, {{"stage", "pm"}, {"tokenizer", "12345"}});
+  hh::save_model(pm_path, task.random_pm(9), {{"stage", "pm"}, {"tokenizer", "12345"}});
   hh::PpoTrainOptions o = task.options("bad_pm");
   o.scorer = nullptr;
   o.pm_path = pm_path;
@@ -664,13 +674,8 @@ TEST(HhEvalBon, IsTheLibrarysBestOfNJudgedByThePm) {
   const std::string exe = hh::test::built_binary("hh-eval");
   if (!hh::file_exists(exe)) GTEST_SKIP() << exe << " not built";
   Task task(8);
-  hh::GPTConfig config = hh::GPTConfig::preset("tiny", task.tok.vocab_size());
-  config.max_seq_len = 64;
-  hh::GPT pm(*task.be, config, true);
-  pm.init_random(17);
-  const std::string pm_path = task.tmp.file("pm.safetensors");
-  hh::save_model(pm_path, pm,
-                 {{"stage", "pm"}, {"tokenizer", std::to_string(task.tok.fingerprint())}});
+  hh::GPT pm = task.random_pm(17);
+  const std::string pm_path = task.save_pm(pm, "pm.safetensors");
   const std::string bon = exe + " bon --device cpu --policy " + task.policy_path + " --tokenizer " +
                           task.tok_path + " --prompts " + task.prompts_path +
                           " --n 3 --num-prompts 5 --max-new-tokens 6 --micro-batch 2 --seed 9";
@@ -678,7 +683,7 @@ TEST(HhEvalBon, IsTheLibrarysBestOfNJudgedByThePm) {
   ASSERT_EQ(hh::test::run_shell(bon + " --pm " + pm_path + " > " + out + " 2> " + err), 0)
       << hh::read_file_text(err);
   std::string text = hh::read_file_text(out);
-  const hh::Json j = hh::Json::parse(text.substr(text.rfind('\n', text.size() - 2) + 1));
+  const hh::Json j = hh::test::last_json_line(text);
 
   hh::GPT policy = hh::load_model(task.policy_path, *task.be);
   const std::vector<std::vector<int32_t>> prompts = task.first_prompts(5);
@@ -706,9 +711,7 @@ TEST(HhEvalBon, IsTheLibrarysBestOfNJudgedByThePm) {
   ASSERT_EQ(hh::test::run_shell(bon + " --top-k 5 --pm " + pm_path + " > " + out + " 2> " + err), 0)
       << hh::read_file_text(err);
   text = hh::read_file_text(out);
-  EXPECT_TRUE(
-      hh::Json::parse(text.substr(text.rfind('\n', text.size() - 2) + 1)).at("kl").is_null())
-      << text;
+  EXPECT_TRUE(hh::test::last_json_line(text).at("kl").is_null()) << text;
   EXPECT_NE(text.find("KL n/a"), std::string::npos) << text;
 
   // The policy given as the PM: exit status 1, naming the flag and the file.
@@ -725,11 +728,7 @@ TEST(TrainPpo, CtrlCSavesACheckpointAndResumeFinishesTheSameRun) {
   const std::string exe = hh::test::built_binary("hh-ppo");
   if (!hh::file_exists(exe)) GTEST_SKIP() << exe << " not built";
   Task task(16);
-  hh::GPT pm(*task.be, hh::read_checkpoint_config(task.policy_path), true);
-  pm.init_random(23);
-  const std::string pm_path = task.tmp.file("pm.safetensors");
-  hh::save_model(pm_path, pm,
-                 {{"stage", "pm"}, {"tokenizer", std::to_string(task.tok.fingerprint())}});
+  const std::string pm_path = task.save_pm(task.random_pm(23), "pm.safetensors");
   const std::string ppo = exe + " --device cpu --policy " + task.policy_path + " --pm " + pm_path +
                           " --tokenizer " + task.tok_path + " --prompts " + task.prompts_path +
                           " --steps 80 --batch 4 --minibatch 4 --epochs 1 --max-new-tokens 6"
@@ -755,14 +754,11 @@ TEST(TrainPpo, CtrlCSavesACheckpointAndResumeFinishesTheSameRun) {
 // as it came.
 TEST(TrainPpo, NonFiniteUpdateStopsOrSkips) {
   Task task(16);
-  hh::GPT value(*task.be, hh::read_checkpoint_config(task.policy_path), true);
-  value.init_random(4);
+  hh::GPT value = task.random_pm(4);
   std::vector<float> head = value.get_param("score.weight");
   for (float& w : head) w *= 1e30f;
   value.set_param("score.weight", head);
-  const std::string value_path = task.tmp.file("value_init.safetensors");
-  hh::save_model(value_path, value,
-                 {{"stage", "pm"}, {"tokenizer", std::to_string(task.tok.fingerprint())}});
+  const std::string value_path = task.save_pm(value, "value_init.safetensors");
   hh::PpoTrainOptions o = task.options("nan_stop");
   o.value_init = value_path;
   o.iterations = 2;

@@ -573,9 +573,7 @@ TEST(HhBench, EveryModeRunsAndEndsInAJsonLine) {
   auto last_json = [&](const std::string& mode) {
     EXPECT_EQ(hh::test::run_shell(exe + " " + mode + " --vocab 300" + common), 0)
         << mode << ": " << hh::read_file_text(tmp.file("err.txt"));
-    std::string out = hh::read_file_text(tmp.file("out.txt"));
-    while (!out.empty() && out.back() == '\n') out.pop_back();
-    return hh::Json::parse(out.substr(out.rfind('\n') + 1), mode);
+    return hh::test::last_json_line(hh::read_file_text(tmp.file("out.txt")));
   };
   hh::Json train = last_json("train");
   // GPT-2's count, V·C + T·C + L·(12C² + 13C) + 2C, with V = 300 padded to 320.

@@ -93,6 +93,13 @@ inline std::vector<Json> parse_jsonl(const std::string& text) {
   return lines;
 }
 
+// The last line of a program's output (trailing newlines aside), parsed: the JSON summary
+// every hh binary ends with.
+inline Json last_json_line(std::string text) {
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  return Json::parse(text.substr(text.rfind('\n') + 1), "the last line of the output");
+}
+
 // Every regular file under `dir`, as relative path -> contents: two snapshots compare
 // equal when nothing in between wrote, removed or added a file there.
 inline std::map<std::string, std::string> snapshot_files(const std::string& dir) {
